@@ -1,0 +1,1 @@
+//! SSH communicator (russh + SFTP): one connection per builder.

@@ -1,0 +1,4 @@
+//! bake: build golden AWS machine images from TOML recipes.
+
+pub mod communicator;
+pub mod recipe;
