@@ -2,3 +2,4 @@
 
 pub mod communicator;
 pub mod recipe;
+pub mod retry;

@@ -1,0 +1,149 @@
+//! The one poll/retry helper: exponential backoff with a ceiling and full jitter, bounded by a
+//! deadline. Every wait in bake (instance state, SSH coming up, image available, snapshot still
+//! in use, refresh progress) goes through [`poll`], so tuning the cadence happens in one place.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How often to look, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay before the second attempt.
+    pub initial: Duration,
+    /// Ceiling on the delay between attempts. Keeps state changes noticed within `max` of
+    /// happening without hammering the API.
+    pub max: Duration,
+    /// Growth factor between attempts.
+    pub factor: f64,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Backoff {
+    /// AWS state polling: quick first looks (the lab and fast paths answer at once), then
+    /// settle at one call every two seconds.
+    pub const AWS: Backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+        factor: 1.6,
+        timeout: Duration::from_secs(30 * 60),
+    };
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// The delay after `attempt` (0-based) failures, before jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.factor.powi(attempt.min(64) as i32);
+        let d = self.initial.as_secs_f64() * exp;
+        Duration::from_secs_f64(d.min(self.max.as_secs_f64()))
+    }
+}
+
+/// What one attempt says.
+#[derive(Debug)]
+pub enum Poll<T, E> {
+    /// Done: stop polling with this value.
+    Ready(T),
+    /// Not yet; look again. The string says what we are waiting for (shown in progress).
+    Pending(String),
+    /// Throttled by the service: look again, but back off harder.
+    Throttled,
+    /// A permanent failure: stop now.
+    Fail(E),
+}
+
+/// Why polling ended without a value.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError<E> {
+    #[error("timed out after {elapsed:?}: {last}")]
+    Timeout { elapsed: Duration, last: String },
+    #[error(transparent)]
+    Failed(E),
+}
+
+/// Calls `attempt` until it is `Ready` or `Fail`s, sleeping with jittered exponential backoff
+/// between attempts, up to `backoff.timeout`.
+pub async fn poll<T, E, F, Fut>(backoff: Backoff, mut attempt: F) -> Result<T, PollError<E>>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Poll<T, E>>,
+{
+    let start = Instant::now();
+    let mut n: u32 = 0;
+    let mut penalty: u32 = 0;
+    let mut last = String::from("no attempt yet");
+    loop {
+        match attempt(n).await {
+            Poll::Ready(v) => return Ok(v),
+            Poll::Fail(e) => return Err(PollError::Failed(e)),
+            Poll::Pending(why) => last = why,
+            Poll::Throttled => {
+                penalty += 2;
+                last = "throttled by the service".into();
+            }
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= backoff.timeout {
+            return Err(PollError::Timeout { elapsed, last });
+        }
+        let base = backoff.delay(n + penalty);
+        // Full jitter over the upper half keeps concurrent builds from polling in lockstep
+        // while never dropping below half the nominal delay.
+        let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
+        let mut sleep = base.mul_f64(jitter);
+        let left = backoff.timeout - elapsed;
+        if sleep > left {
+            sleep = left;
+        }
+        tokio::time::sleep(sleep).await;
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_grows_to_ceiling() {
+        let b = Backoff::AWS;
+        assert_eq!(b.delay(0), Duration::from_millis(100));
+        assert!(b.delay(1) > b.delay(0));
+        assert_eq!(b.delay(30), Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn poll_returns_ready_after_pending() {
+        let b = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(2), factor: 2.0, timeout: Duration::from_secs(5) };
+        let r: Result<u32, PollError<()>> = poll(b, |n| async move {
+            if n < 3 { Poll::Pending(format!("attempt {n}")) } else { Poll::Ready(n) }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn poll_times_out_with_last_reason() {
+        let b = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(5), factor: 2.0, timeout: Duration::from_millis(30) };
+        let r: Result<(), PollError<()>> = poll(b, |_| async { Poll::Pending("still pending".into()) }).await;
+        match r {
+            Err(PollError::Timeout { last, .. }) => assert_eq!(last, "still pending"),
+            other => panic!("expected timeout, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn poll_stops_on_fail() {
+        let b = Backoff::AWS;
+        let r: Result<(), PollError<&str>> = poll(b, |_| async { Poll::Fail("boom") }).await;
+        assert!(matches!(r, Err(PollError::Failed("boom"))));
+    }
+}
