@@ -1,0 +1,224 @@
+//! Commands on the builder: the capability probe, captured helper commands, and provisioning
+//! steps with live output, timeouts and remote kill.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use russh::ChannelMsg;
+use russh::client::Handle;
+
+use super::Remote;
+use super::connect::Client;
+use crate::communicator::{CommError, SharedSink, StepOutcome, Stream, shell_quote, step_command};
+use crate::recipe::model::Step;
+
+/// Lines of output kept for error messages.
+const TAIL_LINES: usize = 20;
+
+/// Above this, a rendered step no longer fits comfortably in one exec argument (Linux limits a
+/// single argv string to 128 KiB), so the script is shipped as a file first.
+const MAX_INLINE_COMMAND: usize = 64 * 1024;
+
+/// First stderr line of every step: the PID of the login shell that `exec`s the step. sshd
+/// makes that process a session leader, so the PID names the step's whole process tree and a
+/// timeout can kill all of it.
+const PID_MARKER: &str = "bake-step-pid:";
+
+/// What a captured command produced.
+pub struct Captured {
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Captured {
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+pub fn protocol(what: &str, e: impl std::fmt::Display) -> CommError {
+    CommError::Protocol(format!("{what}: {e}"))
+}
+
+/// Runs `command`, feeding it `stdin` and collecting all output. For short helper commands.
+pub async fn capture(handle: &Handle<Client>, command: &str, stdin: Vec<u8>) -> Result<Captured, CommError> {
+    let channel = handle.channel_open_session().await.map_err(|e| protocol("opening a channel", e))?;
+    channel.exec(true, command).await.map_err(|e| protocol("starting a command", e))?;
+    let (mut read, write) = channel.split();
+    let feed = async move {
+        if !stdin.is_empty() {
+            write.data_bytes(stdin).await?;
+        }
+        write.eof().await?;
+        Ok::<_, russh::Error>(write)
+    };
+    let collect = async move {
+        let mut out = Captured { status: None, stdout: Vec::new(), stderr: Vec::new() };
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                _ => {}
+            }
+        }
+        out
+    };
+    let (fed, out) = tokio::join!(feed, collect);
+    // Keep the write half alive until the command finished, then let the channel close.
+    drop(fed.map_err(|e| protocol("sending input", e))?);
+    Ok(out)
+}
+
+/// Finds out who we are on the builder and which hasher it has.
+pub async fn probe(handle: &Handle<Client>) -> Result<Remote, CommError> {
+    let out = capture(handle, "id -u; command -v openssl >/dev/null 2>&1 && echo openssl; true", Vec::new()).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let uid = lines.next().unwrap_or("").trim().to_string();
+    let openssl = lines.any(|l| l.trim() == "openssl");
+    Ok(Remote { sudo: if uid == "0" { "" } else { "sudo -n " }, openssl })
+}
+
+/// Splits a byte stream into lines for the sink, remembering the last few for the tail.
+struct Lines<'a> {
+    sink: &'a SharedSink,
+    step: &'a str,
+    partial: [Vec<u8>; 2],
+    tail: VecDeque<String>,
+    /// The PID marker is expected as the very first stderr line.
+    want_marker: bool,
+    pid: Option<u32>,
+}
+
+impl Lines<'_> {
+    fn feed(&mut self, stream: Stream, data: &[u8]) {
+        let idx = stream as usize;
+        self.partial[idx].extend_from_slice(data);
+        while let Some(pos) = self.partial[idx].iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial[idx].drain(..=pos).collect();
+            self.emit(stream, &line[..line.len() - 1]);
+        }
+    }
+
+    fn emit(&mut self, stream: Stream, raw: &[u8]) {
+        let text = String::from_utf8_lossy(raw);
+        let line = text.strip_suffix('\r').unwrap_or(&text);
+        if stream == Stream::Stderr && self.want_marker {
+            self.want_marker = false;
+            if let Some(pid) = line.strip_prefix(PID_MARKER) {
+                self.pid = pid.trim().parse().ok();
+                return;
+            }
+        }
+        self.sink.step_line(self.step, stream, line);
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    fn flush(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut self.partial[stream as usize]);
+            if !rest.is_empty() {
+                self.emit(stream, &rest);
+            }
+        }
+    }
+}
+
+/// Ships a large script to a private temp file and returns a stub that runs it from there.
+async fn stage_script(handle: &Handle<Client>, script: &str) -> Result<String, CommError> {
+    let out = capture(
+        handle,
+        "umask 077; f=$(mktemp /tmp/bake-step.XXXXXXXX) && cat >\"$f\" && printf %s \"$f\"",
+        script.as_bytes().to_vec(),
+    )
+    .await?;
+    if out.status != Some(0) || out.stdout.is_empty() {
+        return Err(CommError::Protocol(format!("could not stage the step script: {}", out.stderr_text())));
+    }
+    let path = shell_quote(&String::from_utf8_lossy(&out.stdout));
+    // Open then unlink at once, so the file is gone whatever the script does (even `exit`).
+    Ok(format!("exec 9<{path} && rm -f {path} && . /dev/fd/9\n"))
+}
+
+pub async fn run(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    sink: &SharedSink,
+    step: &Step,
+    script: &str,
+) -> Result<StepOutcome, CommError> {
+    let start = Instant::now();
+    let mut rendered = step_command(step, script);
+    if rendered.len() > MAX_INLINE_COMMAND {
+        let stub = stage_script(handle, script).await?;
+        rendered = step_command(step, &stub);
+    }
+    let command = format!("printf '{PID_MARKER}%s\\n' \"$$\" >&2; exec {rendered}");
+
+    let mut channel = handle.channel_open_session().await.map_err(|e| protocol("opening a channel", e))?;
+    channel.exec(true, command).await.map_err(|e| protocol("starting the step", e))?;
+    // No input: a step that reads stdin gets EOF instead of hanging.
+    channel.eof().await.map_err(|e| protocol("closing the step's input", e))?;
+
+    let mut lines = Lines {
+        sink,
+        step: &step.name,
+        partial: [Vec::new(), Vec::new()],
+        tail: VecDeque::new(),
+        want_marker: true,
+        pid: None,
+    };
+    let mut exit_status = None;
+    let mut closed = false;
+    let deadline = tokio::time::Instant::now() + step.timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, channel.wait()).await {
+            Ok(m) => m,
+            Err(_) => {
+                lines.flush();
+                kill(handle, remote, lines.pid).await;
+                let _ = channel.close().await;
+                return Err(CommError::StepTimeout { step: step.name.clone(), timeout: step.timeout });
+            }
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => lines.feed(Stream::Stdout, &data),
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => lines.feed(Stream::Stderr, &data),
+            Some(ChannelMsg::ExitStatus { exit_status: s }) => exit_status = Some(s),
+            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                lines.flush();
+                lines.tail.push_back(format!("[terminated by signal {signal_name:?}]"));
+            }
+            Some(ChannelMsg::Close) => closed = true,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    lines.flush();
+    // Without an exit status or an orderly close the connection itself went away (a reboot).
+    let disconnected = exit_status.is_none() && (!closed || handle.is_closed());
+    Ok(StepOutcome {
+        exit_status,
+        tail: lines.tail.into_iter().collect(),
+        disconnected,
+        duration: start.elapsed(),
+    })
+}
+
+/// Best effort: kills the timed-out step's whole session on the builder (as root if we can,
+/// because sudo steps run as root).
+async fn kill(handle: &Handle<Client>, remote: &Remote, pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let inner = format!("kill -KILL -- -{pid} 2>/dev/null; pkill -KILL -s {pid} 2>/dev/null; true");
+    let command = if remote.sudo.is_empty() {
+        inner
+    } else {
+        format!("{}sh -c {} 2>/dev/null || {{ {inner}; }}", remote.sudo, shell_quote(&inner))
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), capture(handle, &command, Vec::new())).await;
+}

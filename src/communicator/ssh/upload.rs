@@ -1,0 +1,455 @@
+//! Uploads: a tar stream for directories and small files, raw streams with an overlapped remote
+//! hash for large files, and sha256 verification of every file on the builder.
+//!
+//! Why not SFTP: SFTP pays a request/response per open, write batch, setstat and close, which is
+//! what makes Packer slow on many small files; a tar stream is one channel and zero round trips
+//! per file. Large files skip tar so the builder can hash the bytes while they arrive
+//! (`tee | openssl`), instead of re-reading a gigabyte after the transfer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use russh::ChannelMsg;
+use russh::client::Handle;
+use tokio::sync::mpsc;
+
+use super::Remote;
+use super::connect::Client;
+use super::exec::{Captured, capture, protocol};
+use super::tarball::{self, Kind, Owner};
+use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
+
+/// Files at least this large get their own raw stream with the hash overlapped; below it the
+/// per-file cost of a channel outweighs the extra read for verification.
+const STREAM_THRESHOLD: u64 = 16 * 1024 * 1024;
+
+/// Read size and unit of work handed to the SSH session. Large enough that per-chunk overhead
+/// vanishes, small enough that progress moves smoothly.
+const CHUNK: usize = 1024 * 1024;
+
+/// Chunks read ahead of the network, so disk reads overlap encryption.
+const READ_AHEAD: usize = 8;
+
+/// One thing to create on the builder.
+#[derive(Debug, Clone)]
+struct Item {
+    /// Absolute path on the builder.
+    dest: String,
+    local: PathBuf,
+    kind: EntryKind,
+    size: u64,
+    mode: u32,
+    owner: Option<String>,
+    sha256: Option<[u8; 32]>,
+}
+
+/// Directories get execute bits wherever they have read bits, so a file mode like 0644 still
+/// yields traversable directories.
+fn dir_mode(mode: u32) -> u32 {
+    mode | ((mode & 0o444) >> 2)
+}
+
+fn join(root: &str, rel: &str) -> String {
+    let root = root.trim_end_matches('/');
+    if rel.is_empty() { if root.is_empty() { "/".into() } else { root.into() } } else { format!("{root}/{rel}") }
+}
+
+fn local_dir_mode(path: &Path) -> u32 {
+    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755)
+}
+
+/// Flattens the plans into items, adding every directory on the way to an entry so each gets
+/// the recipe's mode rather than whatever `tar` would invent.
+fn items(plans: &[UploadPlan]) -> Vec<Item> {
+    let mut out = BTreeMap::new();
+    for plan in plans {
+        let up = &plan.upload;
+        if !up.is_dir {
+            for e in &plan.entries {
+                let item = Item {
+                    dest: up.destination.clone(),
+                    local: up.source.clone(),
+                    kind: e.kind.clone(),
+                    size: e.size,
+                    mode: up.mode.unwrap_or(e.mode),
+                    owner: up.owner.clone(),
+                    sha256: e.sha256,
+                };
+                out.insert(item.dest.clone(), item);
+            }
+            continue;
+        }
+        let dir_item = |rel: &str, mode: Option<u32>| Item {
+            dest: join(&up.destination, rel),
+            local: up.source.join(rel),
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: up.mode.map(dir_mode).or(mode).unwrap_or_else(|| local_dir_mode(&up.source.join(rel))),
+            owner: up.owner.clone(),
+            sha256: None,
+        };
+        let mut dirs = BTreeSet::new();
+        dirs.insert(String::new());
+        for e in &plan.entries {
+            let mut parent = e.rel.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                dirs.insert(p.to_string());
+                parent = p;
+            }
+            let item = match &e.kind {
+                EntryKind::Dir => dir_item(&e.rel, Some(e.mode)),
+                _ => Item {
+                    dest: join(&up.destination, &e.rel),
+                    local: up.source.join(&e.rel),
+                    kind: e.kind.clone(),
+                    size: e.size,
+                    mode: if matches!(e.kind, EntryKind::File) { up.mode.unwrap_or(e.mode) } else { 0o777 },
+                    owner: up.owner.clone(),
+                    sha256: e.sha256,
+                },
+            };
+            out.insert(item.dest.clone(), item);
+        }
+        for d in dirs {
+            let item = dir_item(&d, None);
+            out.entry(item.dest.clone()).or_insert(item);
+        }
+    }
+    out.into_values().collect()
+}
+
+/// `user[:group]` as tar header fields. Names are resolved by tar on the builder; numeric ids
+/// go in the numeric fields so they need no lookup.
+fn tar_owner(owner: Option<&str>) -> Owner {
+    let mut o = Owner { uid: 0, gid: 0, uname: "root".into(), gname: "root".into() };
+    let Some(spec) = owner else { return o };
+    let (user, group) = spec.split_once(':').map_or((spec, None), |(u, g)| (u, Some(g)));
+    match user.parse::<u64>() {
+        Ok(n) => (o.uid, o.uname) = (n, String::new()),
+        Err(_) => o.uname = user.to_string(),
+    }
+    if let Some(g) = group.filter(|g| !g.is_empty()) {
+        match g.parse::<u64>() {
+            Ok(n) => (o.gid, o.gname) = (n, String::new()),
+            Err(_) => o.gname = g.to_string(),
+        }
+    }
+    o
+}
+
+/// Shared progress over all uploads of one call.
+struct Progress {
+    sink: SharedSink,
+    done: AtomicU64,
+    total: u64,
+}
+
+impl Progress {
+    fn add(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        self.sink.upload_progress(done, self.total);
+    }
+}
+
+/// A chunk of the outgoing stream and how many file bytes it carries (for progress).
+type Chunk = Result<(Vec<u8>, u64), CommError>;
+
+fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
+    CommError::Upload { path: path.to_string(), reason: reason.to_string() }
+}
+
+/// Appends exactly `size` bytes of `local` to `buf`, handing full chunks to `tx` as it goes.
+fn read_file(item: &Item, buf: &mut Vec<u8>, accounted: &mut u64, tx: &mpsc::Sender<Chunk>) -> Result<(), CommError> {
+    let file = std::fs::File::open(&item.local).map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
+    let mut reader = file.take(item.size);
+    let mut left = item.size;
+    while left > 0 {
+        if buf.len() >= CHUNK {
+            let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
+            if tx.blocking_send(Ok((full, std::mem::take(accounted)))).is_err() {
+                return Err(upload_err(&item.dest, "transfer aborted"));
+            }
+        }
+        let start = buf.len();
+        let want = (CHUNK.saturating_sub(start)).max(tarball::BLOCK) as u64;
+        let want = want.min(left) as usize;
+        buf.resize(start + want, 0);
+        let n = reader.read(&mut buf[start..]).map_err(|e| upload_err(&item.dest, e))?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(upload_err(&item.dest, format!("{} changed while uploading (shorter than planned)", item.local.display())));
+        }
+        left -= n as u64;
+        *accounted += n as u64;
+    }
+    Ok(())
+}
+
+/// Produces the tar stream for `items` on a blocking thread.
+fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut buf = Vec::with_capacity(CHUNK + tarball::BLOCK * 4);
+    let mut accounted = 0u64;
+    for item in &items {
+        let owner = tar_owner(item.owner.as_deref());
+        let name = item.dest.trim_start_matches('/');
+        let kind = match &item.kind {
+            EntryKind::File => Kind::File { size: item.size },
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::Symlink(t) => Kind::Symlink { target: t },
+        };
+        tarball::header(&mut buf, name, &kind, item.mode, &owner, mtime);
+        if item.kind == EntryKind::File {
+            if let Err(e) = read_file(item, &mut buf, &mut accounted, &tx) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            buf.extend(std::iter::repeat_n(0u8, tarball::padding(item.size)));
+        }
+        if buf.len() >= CHUNK {
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
+            if tx.blocking_send(Ok((full, std::mem::take(&mut accounted)))).is_err() {
+                return;
+            }
+        }
+    }
+    tarball::finish(&mut buf);
+    let _ = tx.blocking_send(Ok((buf, accounted)));
+}
+
+/// Produces one file's raw bytes on a blocking thread.
+fn produce_raw(item: Item, tx: mpsc::Sender<Chunk>) {
+    let mut buf = Vec::with_capacity(CHUNK);
+    let mut accounted = 0u64;
+    match read_file(&item, &mut buf, &mut accounted, &tx) {
+        Ok(()) => {
+            let _ = tx.blocking_send(Ok((buf, accounted)));
+        }
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+}
+
+/// Runs `command` with the produced chunks as its stdin; returns what it printed. Stops
+/// feeding as soon as the command ends, so a remote failure never leaves us blocked on a
+/// flow-control window that will not reopen.
+async fn pipe(
+    handle: &Handle<Client>,
+    command: &str,
+    mut rx: mpsc::Receiver<Chunk>,
+    progress: &Progress,
+) -> Result<Captured, CommError> {
+    let channel = handle.channel_open_session().await.map_err(|e| protocol("opening a channel", e))?;
+    channel.exec(true, command).await.map_err(|e| protocol("starting the upload", e))?;
+    let (mut read, write) = channel.split();
+    let feed = async {
+        while let Some(chunk) = rx.recv().await {
+            let (bytes, files) = chunk?;
+            write.data_bytes(bytes).await.map_err(|e| protocol("sending data", e))?;
+            progress.add(files);
+        }
+        write.eof().await.map_err(|e| protocol("ending the upload", e))?;
+        Ok::<(), CommError>(())
+    };
+    let collect = async {
+        let mut out = Captured { status: None, stdout: Vec::new(), stderr: Vec::new() };
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                _ => {}
+            }
+        }
+        out
+    };
+    tokio::pin!(feed, collect);
+    tokio::select! {
+        fed = &mut feed => {
+            fed?;
+            Ok(collect.await)
+        }
+        out = &mut collect => Ok(out),
+    }
+}
+
+pub async fn upload(handle: &Handle<Client>, remote: &Remote, sink: &SharedSink, plans: &[UploadPlan]) -> Result<(), CommError> {
+    let all = items(plans);
+    if all.is_empty() {
+        return Ok(());
+    }
+    let total = all.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
+    let progress = Arc::new(Progress { sink: sink.clone(), done: AtomicU64::new(0), total });
+    progress.add(0);
+    let (large, small): (Vec<Item>, Vec<Item>) =
+        all.into_iter().partition(|i| i.kind == EntryKind::File && i.size >= STREAM_THRESHOLD);
+    // The tar goes first: it creates the directories large files may land in.
+    if !small.is_empty() {
+        upload_tar(handle, remote, &progress, small).await?;
+    }
+    for item in large {
+        upload_raw(handle, remote, &progress, item).await?;
+    }
+    Ok(())
+}
+
+fn hasher(remote: &Remote) -> &'static str {
+    if remote.openssl { "openssl dgst -sha256 -r" } else { "sha256sum" }
+}
+
+async fn upload_tar(handle: &Handle<Client>, remote: &Remote, progress: &Progress, items: Vec<Item>) -> Result<(), CommError> {
+    // Refuse unknown owners up front: tar would silently fall back to root.
+    let mut script = String::from("set -e\numask 022\n");
+    let mut users = BTreeSet::new();
+    let mut groups = BTreeSet::new();
+    for item in &items {
+        let o = tar_owner(item.owner.as_deref());
+        if !o.uname.is_empty() && o.uname != "root" {
+            users.insert(o.uname);
+        }
+        if !o.gname.is_empty() && o.gname != "root" {
+            groups.insert(o.gname);
+        }
+    }
+    for u in &users {
+        let q = shell_quote(u);
+        script.push_str(&format!("id -u -- {q} >/dev/null 2>&1 || {{ echo \"no user {q} on the builder\" >&2; exit 1; }}\n"));
+    }
+    for g in &groups {
+        let q = shell_quote(g);
+        script.push_str(&format!("getent group {q} >/dev/null || {{ echo \"no group {q} on the builder\" >&2; exit 1; }}\n"));
+    }
+    // Existing directories keep their metadata: uploading into /usr/local/bin must not chmod it.
+    script.push_str("exec tar -x -p --same-owner --no-overwrite-dir -C / -f -\n");
+    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
+
+    let files: Vec<(String, [u8; 32])> =
+        items.iter().filter_map(|i| i.sha256.filter(|_| i.kind == EntryKind::File).map(|h| (i.dest.clone(), h))).collect();
+    let first = items.first().map(|i| i.dest.clone()).unwrap_or_default();
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let producer = tokio::task::spawn_blocking(move || produce_tar(items, tx));
+    let out = pipe(handle, &command, rx, progress).await;
+    producer.abort();
+    let out = out?;
+    if out.status != Some(0) {
+        let what = if files.len() == 1 { files[0].0.clone() } else { format!("{first} and {} more", files.len().saturating_sub(1)) };
+        return Err(upload_err(&what, format!("tar on the builder failed: {}", out.stderr_text())));
+    }
+    if !files.is_empty() {
+        verify(handle, remote, &files).await?;
+    }
+    Ok(())
+}
+
+/// Hashes `files` on the builder in one command and compares with the local hashes.
+async fn verify(handle: &Handle<Client>, remote: &Remote, files: &[(String, [u8; 32])]) -> Result<(), CommError> {
+    let mut list = Vec::new();
+    for (path, _) in files {
+        list.extend_from_slice(path.as_bytes());
+        list.push(0);
+    }
+    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&format!("xargs -0 -r {}", hasher(remote))));
+    let out = capture(handle, &command, list).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let remote_hashes = parse_hashes(&stdout);
+    for (path, local) in files {
+        let local = hex::encode(local);
+        match remote_hashes.get(path.as_str()) {
+            Some(h) if *h == local => {}
+            Some(h) => return Err(CommError::Checksum { path: path.clone(), local, remote: h.clone() }),
+            None => {
+                let why = out.stderr_text();
+                let remote = if why.is_empty() { "not hashed".to_string() } else { format!("not hashed: {why}") };
+                return Err(CommError::Checksum { path: path.clone(), local, remote });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `openssl dgst -r` ("HEX *name") and `sha256sum` ("HEX  name", "\HEX  name" when the
+/// name needed escaping) output into name -> hex.
+fn parse_hashes(text: &str) -> BTreeMap<&str, String> {
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.strip_prefix('\\').unwrap_or(line);
+        if line.len() < 66 || !line.is_char_boundary(64) || !line.is_char_boundary(66) {
+            continue;
+        }
+        let (hex, rest) = line.split_at(64);
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        map.insert(&rest[2..], hex.to_ascii_lowercase());
+    }
+    map
+}
+
+/// Streams one large file into place, hashing it on the builder as it arrives; it is renamed
+/// over the destination only when the hash matches.
+async fn upload_raw(handle: &Handle<Client>, remote: &Remote, progress: &Progress, item: Item) -> Result<(), CommError> {
+    let expected = item.sha256.map(hex::encode).unwrap_or_default();
+    let dest = shell_quote(&item.dest);
+    let parent = shell_quote(item.dest.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }));
+    let mut script = format!(
+        "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
+         trap 'rm -f -- \"$t\"' EXIT\nh=$(tee -- \"$t\" | {} | cut -c1-64)\n",
+        hasher(remote)
+    );
+    if !expected.is_empty() {
+        script.push_str(&format!("[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"));
+    }
+    if let Some(owner) = &item.owner {
+        script.push_str(&format!("chown -- {} \"$t\"\n", shell_quote(owner)));
+    }
+    script.push_str(&format!("chmod {:o} -- \"$t\"\nmv -f -- \"$t\" {dest}\n", item.mode & 0o7777));
+    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
+
+    let path = item.dest.clone();
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let producer = tokio::task::spawn_blocking(move || produce_raw(item, tx));
+    let out = pipe(handle, &command, rx, progress).await;
+    producer.abort();
+    let out = out?;
+    match out.status {
+        Some(0) => Ok(()),
+        Some(3) => {
+            let err = out.stderr_text();
+            let got = err.lines().find_map(|l| l.strip_prefix("bake-sha256:")).unwrap_or("unknown").to_string();
+            Err(CommError::Checksum { path, local: expected, remote: got })
+        }
+        _ => Err(upload_err(&path, format!("writing on the builder failed: {}", out.stderr_text()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_hasher_formats() {
+        let h = "a".repeat(64);
+        let text = format!("{h} */opt/x y\n{h}  /opt/z\n\\{h}  /opt/w\\nq\n");
+        let m = parse_hashes(&text);
+        assert_eq!(m.get("/opt/x y"), Some(&h));
+        assert_eq!(m.get("/opt/z"), Some(&h));
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn owner_fields() {
+        let o = tar_owner(Some("app:www"));
+        assert_eq!((o.uname.as_str(), o.gname.as_str()), ("app", "www"));
+        let o = tar_owner(Some("1001"));
+        assert_eq!((o.uid, o.uname.as_str(), o.gname.as_str()), (1001, "", "root"));
+        assert_eq!(dir_mode(0o640), 0o750);
+    }
+}
