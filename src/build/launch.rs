@@ -1,0 +1,270 @@
+//! Launching the builder: a temporary key pair (generated in memory, only the public half
+//! leaves the process), a temporary security group open only to the narrowest sensible source,
+//! a host key handed over in cloud-init user data so the connection can be pinned, and the
+//! instance itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::primitives::Blob;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceStateName, InstanceType, IpPermission,
+    IpRange, ResourceType, VolumeType,
+};
+use base64::Engine;
+use russh::keys::{Algorithm, PrivateKey, PublicKey};
+
+use super::cleanup::{Cleanup, Undo};
+use super::source::SourceImage;
+use super::BuildError;
+use crate::aws::ec2::{self, filter, tag_spec};
+use crate::aws::{Clients, Ctx};
+use crate::recipe::model::{CommunicatorKind, Recipe, SshInterface};
+use crate::ui::Ui;
+
+/// A running builder and how to reach it.
+pub struct Builder {
+    pub instance_id: String,
+    /// Address for the recipe's SSH interface.
+    pub addr: String,
+    pub client_key: Arc<PrivateKey>,
+    pub host_key: PublicKey,
+}
+
+/// Tags every temporary resource of a build carries, so a leak is always attributable.
+pub fn build_tags(recipe: &Recipe, build_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("bake:build-id".to_string(), build_id.to_string()),
+        ("bake:recipe".to_string(), recipe.name.clone()),
+        ("bake:temporary".to_string(), "true".to_string()),
+    ])
+}
+
+pub async fn launch(
+    clients: &Clients,
+    recipe: &Recipe,
+    source: &SourceImage,
+    ui: &Ui,
+    cleanup: &Cleanup,
+    build_id: &str,
+) -> Result<Builder, BuildError> {
+    let ec2 = &clients.ec2;
+    let tags = build_tags(recipe, build_id);
+    let name = format!("bake-{}-{build_id}", recipe.name);
+    let ssh = recipe.communicator == CommunicatorKind::Ssh;
+
+    let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| BuildError::Config(e.to_string()))?;
+    let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| BuildError::Config(e.to_string()))?;
+
+    let st = ui.stage("prepare", "creating temporary key pair and security group");
+    let key_fut = async {
+        if !ssh {
+            return Ok::<_, BuildError>(None);
+        }
+        cleanup.push(Undo::DeleteKeyPair { name: name.clone() });
+        let public = client_key.public_key().to_openssh().map_err(|e| BuildError::Config(e.to_string()))?;
+        ec2.import_key_pair()
+            .key_name(&name)
+            .public_key_material(Blob::new(public.into_bytes()))
+            .tag_specifications(tag_spec(ResourceType::KeyPair, &tags))
+            .send()
+            .await
+            .ctx("ImportKeyPair", Some(&name))?;
+        Ok(Some(name.clone()))
+    };
+    let sg_fut = async {
+        if !recipe.builder.security_group_ids.is_empty() {
+            return Ok::<_, BuildError>(recipe.builder.security_group_ids.clone());
+        }
+        let (vpc_id, vpc_cidr) = vpc_of(clients, recipe.builder.subnet_id.as_deref()).await?;
+        let cidrs = if !recipe.builder.ssh_ingress_cidrs.is_empty() {
+            recipe.builder.ssh_ingress_cidrs.clone()
+        } else if matches!(recipe.ssh.interface, SshInterface::PublicIp | SshInterface::PublicDns) && ssh {
+            return Err(BuildError::Config(
+                "the builder is reached on its public address but builder.ssh_ingress_cidrs is empty: set it to \
+                 your egress address (e.g. [\"203.0.113.7/32\"]); bake never opens SSH to the world by default"
+                    .into(),
+            ));
+        } else {
+            vec![vpc_cidr]
+        };
+        cleanup.push(Undo::DeleteSecurityGroup { name: name.clone(), build_id: build_id.to_string() });
+        let sg = ec2
+            .create_security_group()
+            .group_name(&name)
+            .description(format!("bake temporary builder group for {} ({build_id})", recipe.name))
+            .vpc_id(&vpc_id)
+            .tag_specifications(tag_spec(ResourceType::SecurityGroup, &tags))
+            .send()
+            .await
+            .ctx("CreateSecurityGroup", Some(&name))?;
+        let sg_id = sg.group_id().unwrap_or_default().to_string();
+        if ssh {
+            let ranges = cidrs
+                .iter()
+                .map(|c| IpRange::builder().cidr_ip(c).description(format!("bake builder SSH ({build_id})")).build())
+                .collect();
+            ec2.authorize_security_group_ingress()
+                .group_id(&sg_id)
+                .ip_permissions(
+                    IpPermission::builder()
+                        .ip_protocol("tcp")
+                        .from_port(recipe.ssh.port as i32)
+                        .to_port(recipe.ssh.port as i32)
+                        .set_ip_ranges(Some(ranges))
+                        .build(),
+                )
+                .send()
+                .await
+                .ctx("AuthorizeSecurityGroupIngress", Some(&sg_id))?;
+        }
+        Ok(vec![sg_id])
+    };
+    let (key_name, sg_ids) = tokio::try_join!(key_fut, sg_fut)?;
+    st.finish(&format!("key pair {}, security group {}", key_name.as_deref().unwrap_or("none (ssm)"), sg_ids.join(",")));
+
+    let st = ui.stage("launch", &format!("launching {} from {}", recipe.builder.instance_type, source.id));
+    let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key)?;
+    let mut run_tags = recipe.builder.run_tags.clone();
+    run_tags.entry("Name".into()).or_insert_with(|| format!("bake builder {}", recipe.name));
+    run_tags.extend(tags.clone());
+    let mut req = ec2
+        .run_instances()
+        .image_id(&source.id)
+        .instance_type(InstanceType::from(recipe.builder.instance_type.as_str()))
+        .min_count(1)
+        .max_count(1)
+        .set_key_name(key_name)
+        .set_subnet_id(recipe.builder.subnet_id.clone())
+        .set_security_group_ids(Some(sg_ids))
+        .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
+        .client_token(build_id)
+        .tag_specifications(tag_spec(ResourceType::Instance, &run_tags))
+        .tag_specifications(tag_spec(ResourceType::Volume, &run_tags));
+    if let Some(profile) = &recipe.builder.iam_instance_profile {
+        let spec = if profile.starts_with("arn:") {
+            IamInstanceProfileSpecification::builder().arn(profile).build()
+        } else {
+            IamInstanceProfileSpecification::builder().name(profile).build()
+        };
+        req = req.iam_instance_profile(spec);
+    }
+    if let Some(bdm) = root_volume(recipe, source) {
+        req = req.block_device_mappings(bdm);
+    }
+    cleanup.push(Undo::TerminateBuildInstances { build_id: build_id.to_string() });
+    let out = req.send().await.ctx("RunInstances", Some(&source.id))?;
+    let id = out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
+    st.update(&format!("{id} pending"));
+    let inst = ec2::wait_instance_state(ec2, &id, InstanceStateName::Running, Duration::from_secs(900)).await?;
+    let addr = match recipe.ssh.interface {
+        SshInterface::PrivateIp => inst.private_ip_address(),
+        SshInterface::PublicIp => inst.public_ip_address(),
+        SshInterface::PrivateDns => inst.private_dns_name(),
+        SshInterface::PublicDns => inst.public_dns_name(),
+    }
+    .filter(|a| !a.is_empty())
+    .map(str::to_string);
+    let addr = match (addr, ssh) {
+        (Some(a), _) => a,
+        (None, false) => String::new(),
+        (None, true) => {
+            return Err(BuildError::Config(format!(
+                "{id} has no {:?} address; choose another ssh.interface or a subnet that provides one",
+                recipe.ssh.interface
+            )));
+        }
+    };
+    st.finish(&format!("{id} running{}", if addr.is_empty() { String::new() } else { format!(" at {addr}") }));
+    Ok(Builder { instance_id: id, addr, client_key: Arc::new(client_key), host_key: host_key.public_key().clone() })
+}
+
+/// The VPC the builder lands in (the subnet's, or the default VPC) and its CIDR block.
+async fn vpc_of(clients: &Clients, subnet: Option<&str>) -> Result<(String, String), BuildError> {
+    let ec2 = &clients.ec2;
+    let vpc_id = match subnet {
+        Some(s) => {
+            let out = ec2.describe_subnets().subnet_ids(s).send().await.ctx("DescribeSubnets", Some(s))?;
+            out.subnets().first().and_then(|x| x.vpc_id()).map(str::to_string)
+        }
+        None => None,
+    };
+    let req = match &vpc_id {
+        Some(v) => ec2.describe_vpcs().vpc_ids(v),
+        None => ec2.describe_vpcs().filters(filter("is-default", ["true"])),
+    };
+    let out = req.send().await.ctx("DescribeVpcs", vpc_id.as_deref())?;
+    let vpc = out.vpcs().first().ok_or_else(|| {
+        BuildError::Config("no default VPC in this region: set builder.subnet_id (and security_group_ids if you like)".into())
+    })?;
+    Ok((vpc.vpc_id().unwrap_or_default().to_string(), vpc.cidr_block().unwrap_or_default().to_string()))
+}
+
+fn root_volume(recipe: &Recipe, source: &SourceImage) -> Option<BlockDeviceMapping> {
+    let rv = &recipe.builder.root_volume;
+    if rv.size_gb.is_none() && rv.volume_type.is_none() && rv.encrypted.is_none() && rv.kms_key_id.is_none() && rv.iops.is_none() && rv.throughput.is_none() {
+        return None;
+    }
+    let ebs = EbsBlockDevice::builder()
+        .delete_on_termination(true)
+        .set_volume_size(rv.size_gb.map(|s| s as i32))
+        .set_volume_type(rv.volume_type.as_deref().map(VolumeType::from))
+        .set_encrypted(rv.encrypted)
+        .set_kms_key_id(rv.kms_key_id.clone())
+        .set_iops(rv.iops.map(|v| v as i32))
+        .set_throughput(rv.throughput.map(|v| v as i32))
+        .build();
+    Some(
+        BlockDeviceMapping::builder()
+            .device_name(source.root_device.clone().unwrap_or_else(|| "/dev/xvda".into()))
+            .ebs(ebs)
+            .build(),
+    )
+}
+
+/// cloud-init user data that installs bake's host key, merged with the recipe's own user data
+/// as a MIME multipart document when there is one (cloud-init processes every part).
+pub fn user_data(own: Option<&str>, host_key: &PrivateKey) -> Result<String, BuildError> {
+    let private = host_key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| BuildError::Config(e.to_string()))?;
+    let public = host_key.public_key().to_openssh().map_err(|e| BuildError::Config(e.to_string()))?;
+    let indented: String = private.lines().map(|l| format!("    {l}\n")).collect();
+    let cloud = format!("#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {public}\n");
+    let Some(own) = own else { return Ok(cloud) };
+    let kind = if own.starts_with("#cloud-config") {
+        "text/cloud-config"
+    } else if own.starts_with("#!") {
+        "text/x-shellscript"
+    } else if own.starts_with("#include") {
+        "text/x-include-url"
+    } else if own.starts_with("#cloud-boothook") {
+        "text/cloud-boothook"
+    } else {
+        "text/plain"
+    };
+    let boundary = "==BAKE-BOUNDARY-7f3a==";
+    Ok(format!(
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n\
+         --{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{cloud}\n\
+         --{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{own}\n\
+         --{boundary}--\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_carries_host_key_and_merges_own() {
+        let k = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let plain = user_data(None, &k).unwrap();
+        assert!(plain.starts_with("#cloud-config\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(plain.contains(&k.public_key().to_openssh().unwrap()));
+        let merged = user_data(Some("#!/bin/sh\necho hi"), &k).unwrap();
+        assert!(merged.starts_with("Content-Type: multipart/mixed"));
+        assert!(merged.contains("Content-Type: text/x-shellscript"));
+        assert!(merged.contains("#!/bin/sh\necho hi"));
+        assert!(merged.contains("Content-Type: text/cloud-config"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The bake itself: from a validated recipe to a tagged AMI, with nothing left behind.
+//!
+//! A build is a sequence of stages. Each stage that creates something registers its undo on the
+//! [`Cleanup`] stack *before* the call that creates it, so success, failure and interruption all
+//! end the same way: the caller runs the stack. Independent work overlaps: uploads are hashed
+//! while the source AMI is resolved; the key pair and security group are created together.
+
+pub mod cleanup;
+mod image;
+mod launch;
+mod provision;
+pub mod source;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use cleanup::{Cleanup, Undo};
+
+use crate::aws::{AwsError, Clients};
+use crate::communicator::CommError;
+use crate::fingerprint::{self, Fingerprint, HashCache, PlanError};
+use crate::recipe::model::Recipe;
+use crate::ui::Ui;
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Rebuild even when an image with the same fingerprint exists.
+    pub force: bool,
+}
+
+/// What a build produced; printed as the summary or as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildResult {
+    pub recipe: String,
+    pub ami_id: String,
+    pub ami_name: String,
+    pub region: String,
+    pub fingerprint: String,
+    pub cached: bool,
+    pub source_ami: String,
+    pub snapshots: Vec<String>,
+    pub build_id: String,
+    pub seconds: f64,
+    pub stages: Vec<StageTime>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    pub name: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    #[error("cannot read upload: {0}")]
+    Plan(#[from] PlanError),
+    #[error("source AMI: {0}")]
+    Source(String),
+    #[error("step {step:?} failed with {status} after {attempts} attempt(s){}", tail_text(.tail))]
+    StepFailed { step: String, status: String, attempts: u32, tail: Vec<String> },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n    {}", tail.join("\n    "))
+    }
+}
+
+/// A short random id naming this build's temporary resources.
+pub fn new_build_id() -> String {
+    format!("b-{:010x}", rand::random::<u64>() & 0xff_ffff_ffff)
+}
+
+/// Runs one build. The caller owns `cleanup` and must run it afterwards, whatever happened
+/// (including when this future is dropped on Ctrl-C).
+pub async fn run(
+    clients: &Clients,
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    ui: &Ui,
+    cleanup: &Cleanup,
+    build_id: &str,
+) -> Result<BuildResult, BuildError> {
+    let started = Instant::now();
+    ui.add_secrets(&recipe.secrets);
+
+    // Hash uploads (blocking I/O) while the source AMI is resolved.
+    let st = ui.stage("resolve", "resolving source image and hashing inputs");
+    let uploads = recipe.uploads.clone();
+    let hashing = tokio::task::spawn_blocking(move || {
+        let cache = HashCache::default_path().map(HashCache::open).unwrap_or_else(HashCache::disabled);
+        fingerprint::plan_uploads(&uploads, &cache)
+    });
+    let source = source::resolve(&clients.ec2, &recipe.source).await;
+    let plans = hashing.await.map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
+    let source = source?;
+    let scripts = fingerprint::read_scripts(recipe)?;
+    let fp = fingerprint::compute(recipe, &source.id, &plans, &scripts);
+    let total_bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
+    st.finish(&format!(
+        "{} ({}), fingerprint {}, {} to upload",
+        source.id,
+        source.name.as_deref().unwrap_or("unnamed"),
+        fp.short(),
+        crate::ui::fmt_bytes(total_bytes)
+    ));
+
+    if !opts.force {
+        if let Some(hit) = image::find_by_fingerprint(&clients.ec2, &fp.hash).await? {
+            ui.line(&format!("image {} ({}) already has fingerprint {}: nothing to build", hit.0, hit.1, fp.short()));
+            return Ok(BuildResult {
+                recipe: recipe.name.clone(),
+                ami_id: hit.0,
+                ami_name: hit.1,
+                region: clients.region.clone(),
+                fingerprint: fp.hash.clone(),
+                cached: true,
+                source_ami: source.id.clone(),
+                snapshots: hit.2,
+                build_id: build_id.to_string(),
+                seconds: started.elapsed().as_secs_f64(),
+                stages: stage_times(ui),
+            });
+        }
+    }
+
+    let builder = launch::launch(clients, recipe, &source, ui, cleanup, build_id).await?;
+    provision::provision(recipe, &builder, &plans, &scripts, ui, clients).await?;
+    let made = image::make_image(clients, recipe, &builder, &fp, &source, ui, cleanup, build_id).await?;
+
+    Ok(BuildResult {
+        recipe: recipe.name.clone(),
+        ami_id: made.ami_id,
+        ami_name: made.name,
+        region: clients.region.clone(),
+        fingerprint: fp.hash.clone(),
+        cached: false,
+        source_ami: source.id.clone(),
+        snapshots: made.snapshots,
+        build_id: build_id.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+        stages: stage_times(ui),
+    })
+}
+
+fn stage_times(ui: &Ui) -> Vec<StageTime> {
+    ui.timings().into_iter().map(|(name, d): (String, Duration)| StageTime { name, seconds: d.as_secs_f64() }).collect()
+}
+
+/// The fingerprint of a recipe without building anything (for `bake plan`).
+pub async fn fingerprint_of(clients: &Clients, recipe: &Recipe) -> Result<(Fingerprint, source::SourceImage), BuildError> {
+    let uploads = recipe.uploads.clone();
+    let hashing = tokio::task::spawn_blocking(move || {
+        let cache = HashCache::default_path().map(HashCache::open).unwrap_or_else(HashCache::disabled);
+        fingerprint::plan_uploads(&uploads, &cache)
+    });
+    let source = source::resolve(&clients.ec2, &recipe.source).await;
+    let plans = hashing.await.map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
+    let source = source?;
+    let scripts = fingerprint::read_scripts(recipe)?;
+    Ok((fingerprint::compute(recipe, &source.id, &plans, &scripts), source))
+}

@@ -1,0 +1,163 @@
+//! The command line: argument definitions, dispatch, and the mapping of typed errors to what a
+//! user sees and to exit codes (0 ok, 1 failed, 2 bad input, 130 interrupted).
+
+mod build;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::recipe::{self, model::Recipe};
+use crate::ui::Output;
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_INPUT: u8 = 2;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "bake", version, about = "Bake golden AWS machine images from TOML recipes", propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// AWS region (default: the standard chain: AWS_REGION, profile, …).
+    #[arg(long, global = true, env = "BAKE_REGION")]
+    pub region: Option<String>,
+    /// AWS profile from ~/.aws/config.
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Result format on stdout; progress always goes to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Plain timestamped progress lines even on a terminal.
+    #[arg(long, global = true)]
+    pub plain: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct Vars {
+    /// Set a recipe variable: --var name=value (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Check recipes without touching AWS.
+    Validate {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: Vars,
+    },
+    /// Build images from recipes (skipped when an image with the same fingerprint exists).
+    Build {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: Vars,
+        /// Build this many recipes at once.
+        #[arg(short = 'j', long, default_value_t = 1)]
+        jobs: usize,
+        /// Rebuild even if an image with the same fingerprint exists.
+        #[arg(long)]
+        force: bool,
+        /// Write (append to) a Packer-style manifest JSON file.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Show each recipe's fingerprint and whether a build would be skipped.
+    Plan {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: Vars,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(run(cli));
+    // Don't wait for lingering blocking tasks (a hashing thread after Ctrl-C).
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> u8 {
+    let g = cli.global.clone();
+    match cli.cmd {
+        Cmd::Validate { recipes, vars } => validate(&recipes, &vars, &g),
+        Cmd::Build { recipes, vars, jobs, force, manifest } => {
+            let Some(loaded) = load_all(&recipes, &vars) else { return EXIT_INPUT };
+            build::build(loaded, &g, jobs, force, manifest.as_deref()).await
+        }
+        Cmd::Plan { recipes, vars } => {
+            let Some(loaded) = load_all(&recipes, &vars) else { return EXIT_INPUT };
+            build::plan(loaded, &g).await
+        }
+    }
+}
+
+/// Loads every recipe, printing every problem of every file; None if any is invalid.
+pub fn load_all(paths: &[PathBuf], vars: &Vars) -> Option<Vec<Recipe>> {
+    let mut ok = Vec::new();
+    let mut bad = false;
+    for p in paths {
+        match recipe::load(p, &vars.vars) {
+            Ok(r) => ok.push(r),
+            Err(e) => {
+                eprint!("{}", e.render());
+                bad = true;
+            }
+        }
+    }
+    (!bad).then_some(ok)
+}
+
+fn validate(paths: &[PathBuf], vars: &Vars, g: &Global) -> u8 {
+    let Some(recipes) = load_all(paths, vars) else {
+        if g.output == Output::Json {
+            println!("{}", serde_json::json!({ "valid": false }));
+        }
+        return EXIT_INPUT;
+    };
+    match g.output {
+        Output::Json => {
+            let list: Vec<_> = recipes
+                .iter()
+                .map(|r| serde_json::json!({ "path": r.path, "name": r.name, "uploads": r.uploads.len(), "steps": r.steps.len() }))
+                .collect();
+            println!("{}", serde_json::json!({ "valid": true, "recipes": list }));
+        }
+        Output::Text => {
+            for r in &recipes {
+                println!("{}: ok ({} upload(s), {} step(s))", r.path.display(), r.uploads.len(), r.steps.len());
+            }
+        }
+    }
+    0
+}
+
+/// Prints a runtime error as a diagnostic (miette on a terminal, plain otherwise).
+pub fn report_error(err: &(dyn std::error::Error + 'static)) {
+    let mut msg = format!("error: {err}");
+    let mut src = err.source();
+    while let Some(s) = src {
+        msg.push_str(&format!("\n  caused by: {s}"));
+        src = s.source();
+    }
+    eprintln!("{msg}");
+}

@@ -1,0 +1,104 @@
+//! Walks each upload's source and hashes its files (streamed sha256, SHA-NI where the CPU has
+//! it), producing the [`UploadPlan`]s that both the fingerprint and the builder-side checksum
+//! verification use, so every byte is read once.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::HashCache;
+use crate::communicator::{EntryKind, PlannedEntry, UploadPlan};
+use crate::recipe::model::Upload;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct PlanError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> PlanError {
+    PlanError { path: path.to_path_buf(), message: e.to_string() }
+}
+
+/// Hashes a file with a large buffer; `sha2` picks SHA-NI at run time.
+pub fn hash_file(path: &Path) -> Result<[u8; 32], PlanError> {
+    let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+fn file_entry(path: &Path, rel: String, meta: &std::fs::Metadata, cache: &HashCache) -> Result<PlannedEntry, PlanError> {
+    let sha = match cache.get(path, meta) {
+        Some(h) => h,
+        None => {
+            let h = hash_file(path)?;
+            cache.put(path, meta, h);
+            h
+        }
+    };
+    Ok(PlannedEntry { rel, kind: EntryKind::File, size: meta.len(), mode: meta.permissions().mode() & 0o7777, sha256: Some(sha) })
+}
+
+fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>, cache: &HashCache) -> Result<(), PlanError> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| err(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(dir, e))?;
+    names.sort();
+    for path in names {
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| err(&path, e))?;
+            out.push(PlannedEntry {
+                rel,
+                kind: EntryKind::Symlink(target.to_string_lossy().into_owned()),
+                size: 0,
+                mode: 0o777,
+                sha256: None,
+            });
+        } else if ft.is_dir() {
+            out.push(PlannedEntry { rel, kind: EntryKind::Dir, size: 0, mode: meta.permissions().mode() & 0o7777, sha256: None });
+            walk_dir(root, &path, out, cache)?;
+        } else if ft.is_file() {
+            out.push(file_entry(&path, rel, &meta, cache)?);
+        } else {
+            return Err(err(&path, "not a regular file, directory or symlink; bake cannot upload it"));
+        }
+    }
+    Ok(())
+}
+
+/// Plans every upload of a recipe: walks directories in a stable (sorted) order and hashes
+/// each file, using the cache for files whose metadata is unchanged.
+pub fn plan_uploads(uploads: &[Upload], cache: &HashCache) -> Result<Vec<UploadPlan>, PlanError> {
+    let plans = uploads
+        .iter()
+        .map(|u| {
+            let meta = std::fs::metadata(&u.source).map_err(|e| err(&u.source, e))?;
+            let entries = if meta.is_dir() {
+                let mut v = Vec::new();
+                walk_dir(&u.source, &u.source, &mut v, cache)?;
+                v
+            } else {
+                vec![file_entry(&u.source, String::new(), &meta, cache)?]
+            };
+            Ok(UploadPlan { upload: u.clone(), entries })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    cache.save();
+    Ok(plans)
+}

@@ -1,0 +1,1 @@
+//! What uses an image: instances, launch template versions, Auto Scaling groups.

@@ -1,0 +1,252 @@
+//! What bake shows while it works: indicatif progress on a terminal, plain timestamped lines
+//! otherwise (CI logs), always on stderr so stdout carries only the result (text or JSON).
+//! Every line passes through [`Ui::redact`] so secrets never reach a log.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::communicator::{Sink, Stream};
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Ui {
+    inner: Arc<Inner>,
+    /// Shown before every line: the recipe name when several build at once.
+    prefix: String,
+    timings: Arc<Mutex<Vec<(String, Duration)>>>,
+}
+
+struct Inner {
+    mp: Option<MultiProgress>,
+    secrets: Mutex<Vec<String>>,
+    upload: Mutex<Option<(ProgressBar, u64)>>,
+}
+
+impl Ui {
+    /// Progress bars when stderr is a terminal (and `plain` is not forced), lines otherwise.
+    pub fn new(plain: bool) -> Self {
+        let tty = !plain && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let mp = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Ui {
+            inner: Arc::new(Inner { mp, secrets: Mutex::new(Vec::new()), upload: Mutex::new(None) }),
+            prefix: String::new(),
+            timings: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A view of the same output that prefixes lines with `name` and keeps its own timings.
+    pub fn child(&self, name: &str) -> Self {
+        Ui { inner: self.inner.clone(), prefix: format!("{name} | "), timings: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    pub fn is_tty(&self) -> bool {
+        self.inner.mp.is_some()
+    }
+
+    /// Values that must never be printed.
+    pub fn add_secrets(&self, secrets: &[String]) {
+        let mut s = self.inner.secrets.lock().unwrap();
+        s.extend(secrets.iter().filter(|v| !v.is_empty()).cloned());
+        // Longest first so a secret containing another is redacted whole.
+        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        s.dedup();
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let secrets = self.inner.secrets.lock().unwrap();
+        let mut out = text.to_string();
+        for s in secrets.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
+
+    /// Prints one line above any progress bars.
+    pub fn line(&self, msg: &str) {
+        let msg = self.redact(msg);
+        match &self.inner.mp {
+            Some(mp) => {
+                let _ = mp.println(format!("{}{msg}", self.prefix));
+            }
+            None => eprintln!("{} {}{msg}", timestamp(), self.prefix),
+        }
+    }
+
+    /// Starts a named stage; its duration goes into the summary.
+    pub fn stage(&self, name: &str, msg: &str) -> Stage {
+        let bar = self.inner.mp.as_ref().map(|mp| {
+            let pb = mp.add(ProgressBar::new_spinner());
+            pb.set_style(ProgressStyle::with_template("{spinner:.cyan} {prefix}{msg} {elapsed:.dim}").unwrap());
+            pb.set_prefix(format!("{}{name}: ", self.prefix));
+            pb.set_message(self.redact(msg));
+            pb.enable_steady_tick(Duration::from_millis(120));
+            pb
+        });
+        if bar.is_none() {
+            self.line(&format!("{name}: {msg}"));
+        }
+        Stage { ui: self.clone(), name: name.to_string(), start: Instant::now(), bar, last: Mutex::new(String::new()) }
+    }
+
+    /// Per-stage durations recorded so far.
+    pub fn timings(&self) -> Vec<(String, Duration)> {
+        self.timings.lock().unwrap().clone()
+    }
+}
+
+/// A stage in progress.
+pub struct Stage {
+    ui: Ui,
+    name: String,
+    start: Instant,
+    bar: Option<ProgressBar>,
+    last: Mutex<String>,
+}
+
+impl Stage {
+    /// Says what the stage is waiting on now; plain output prints only changes.
+    pub fn update(&self, msg: &str) {
+        let msg = self.ui.redact(msg);
+        match &self.bar {
+            Some(b) => b.set_message(msg),
+            None => {
+                let mut last = self.last.lock().unwrap();
+                if *last != msg {
+                    self.ui.line(&format!("{}: {msg}", self.name));
+                    *last = msg;
+                }
+            }
+        }
+    }
+
+    pub fn finish(self, msg: &str) -> Duration {
+        let d = self.start.elapsed();
+        let msg = self.ui.redact(msg);
+        match &self.bar {
+            Some(b) => {
+                b.set_style(ProgressStyle::with_template("{prefix}{msg}").unwrap());
+                b.finish_with_message(format!("✓ {msg} ({})", fmt_duration(d)));
+            }
+            None => self.ui.line(&format!("{}: {msg} ({})", self.name, fmt_duration(d))),
+        }
+        self.ui.timings.lock().unwrap().push((self.name.clone(), d));
+        d
+    }
+
+    pub fn fail(self, msg: &str) {
+        let d = self.start.elapsed();
+        let msg = self.ui.redact(msg);
+        match &self.bar {
+            Some(b) => {
+                b.set_style(ProgressStyle::with_template("{prefix}{msg}").unwrap());
+                b.abandon_with_message(format!("✗ {msg} ({})", fmt_duration(d)));
+            }
+            None => self.ui.line(&format!("{}: FAILED: {msg} ({})", self.name, fmt_duration(d))),
+        }
+        self.ui.timings.lock().unwrap().push((self.name.clone(), d));
+    }
+}
+
+impl Sink for Ui {
+    fn step_line(&self, step: &str, stream: Stream, line: &str) {
+        let tag = if stream == Stream::Stderr { "!" } else { "|" };
+        self.line(&format!("  {step} {tag} {line}"));
+    }
+
+    fn upload_progress(&self, done: u64, total: u64) {
+        let mut up = self.inner.upload.lock().unwrap();
+        match (&self.inner.mp, up.as_mut()) {
+            (Some(mp), None) => {
+                let pb = mp.add(ProgressBar::new(total));
+                pb.set_style(
+                    ProgressStyle::with_template("  {prefix}[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                        .unwrap()
+                        .progress_chars("=> "),
+                );
+                pb.set_prefix(self.prefix.clone());
+                pb.set_position(done);
+                *up = Some((pb, 0));
+            }
+            (Some(_), Some((pb, _))) => pb.set_position(done),
+            (None, _) => {
+                // Plain output: a line per quarter, not per chunk.
+                let quarter = if total == 0 { 4 } else { done * 4 / total };
+                let last = up.as_ref().map(|u| u.1).unwrap_or(u64::MAX);
+                if last != quarter {
+                    drop(up);
+                    self.line(&format!("upload: {} of {} ({}%)", fmt_bytes(done), fmt_bytes(total), quarter * 25));
+                    *self.inner.upload.lock().unwrap() = Some((ProgressBar::hidden(), quarter));
+                    return;
+                }
+            }
+        }
+        if done >= total {
+            if let Some((pb, _)) = up.take() {
+                pb.finish_and_clear();
+            }
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        self.line(msg);
+    }
+}
+
+pub fn timestamp() -> String {
+    let now = jiff::Timestamp::now();
+    now.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if s < 90.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+pub fn fmt_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_longest_secret_first() {
+        let ui = Ui::new(true);
+        ui.add_secrets(&["abc".into(), "abcdef".into(), String::new()]);
+        assert_eq!(ui.redact("x abcdef y abc"), "x [redacted] y [redacted]");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_bytes(512), "512 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(fmt_duration(Duration::from_secs(125)), "2m05s");
+    }
+}

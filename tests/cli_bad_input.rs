@@ -1,0 +1,107 @@
+//! Bad input never reaches AWS: every recipe of the bad corpus makes `bake validate` and
+//! `bake build` exit 2 with file:line:col, and no connection reaches the (fake) AWS endpoint.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn corpus() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/bad-recipes");
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A loopback listener standing in for AWS that counts every connection it gets.
+fn tripwire() -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            if s.is_ok() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+fn bake(endpoint: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bake"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("BAKE_CACHE_DIR", std::env::temp_dir().join("bake-test-cache"));
+    c
+}
+
+#[test]
+fn every_bad_recipe_exits_2_with_position_and_no_aws_call() {
+    let files = corpus();
+    assert!(files.len() >= 30, "the bad-recipe corpus should hold at least 30 recipes, has {}", files.len());
+    let (endpoint, hits) = tripwire();
+    for f in &files {
+        for cmd in ["validate", "build", "plan"] {
+            let out = bake(&endpoint).arg(cmd).arg(f).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {}: expected exit 2, got {:?}\n{err}", f.display(), out.status);
+            let name = f.file_name().unwrap().to_string_lossy();
+            let positioned = err.lines().any(|l| {
+                l.find(&*name).is_some_and(|i| {
+                    let rest = &l[i + name.len()..];
+                    let mut parts = rest.splitn(3, ':');
+                    parts.next() == Some("")
+                        && parts.next().is_some_and(|x| x.parse::<u32>().is_ok())
+                        && parts.next().is_some_and(|x| x.split(':').next().unwrap().parse::<u32>().is_ok())
+                })
+            });
+            assert!(positioned, "{cmd} {}: no file:line:col in\n{err}", f.display());
+            assert!(err.contains("help:"), "{cmd} {}: no help line in\n{err}", f.display());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a bad recipe made an AWS call");
+}
+
+#[test]
+fn many_bad_recipes_are_all_reported_at_once() {
+    let (endpoint, hits) = tripwire();
+    let files = corpus();
+    let out = bake(&endpoint).arg("validate").args(&files[..3]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    for f in &files[..3] {
+        assert!(err.contains(&*f.file_name().unwrap().to_string_lossy()), "{} not reported:\n{err}", f.display());
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn good_example_validates_quickly_and_as_json() {
+    let (endpoint, hits) = tripwire();
+    let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/web.toml");
+    let start = std::time::Instant::now();
+    let out = bake(&endpoint).args(["validate", "--output", "json"]).arg(&web).output().unwrap();
+    let took = start.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["recipes"][0]["name"], "web");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // Generous bound for a debug build on a loaded CI box; the benchmark checks the 20 ms target
+    // on a release build.
+    assert!(took < Duration::from_secs(2), "validate took {took:?}");
+}

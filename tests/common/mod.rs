@@ -1,0 +1,229 @@
+//! Shared harness for tests that drive the real `bake` binary against the lab.
+//!
+//! The lab must be running (`scripts/lab up`); its settings come from `.lab/env`. Every test
+//! works under a unique recipe name so tests can run in parallel against one lab and each can
+//! check that nothing of *its* build is left.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The lab's environment (`.lab/env`), or a failure saying how to start it.
+pub fn lab_env() -> BTreeMap<String, String> {
+    let dir = std::env::var("BAKE_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join(".lab"));
+    let file = dir.join("env");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!("the lab is not running ({} missing): start it with `scripts/lab up` (or run the whole suite with `scripts/test`)", file.display())
+    });
+    let mut env = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim().trim_start_matches("export ").trim();
+        if let Some((k, v)) = line.split_once('=') {
+            env.insert(k.to_string(), v.trim_matches('"').trim_matches('\'').to_string());
+        }
+    }
+    let ep = env.get("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL in .lab/env");
+    assert!(
+        ep.starts_with("http://127.") || ep.starts_with("http://localhost") || ep.starts_with("http://[::1]"),
+        "network rule: the lab endpoint must be on loopback, got {ep}"
+    );
+    let probe = ep.trim_start_matches("http://").trim_end_matches('/');
+    std::net::TcpStream::connect_timeout(&probe.parse().expect("endpoint host:port"), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("the lab at {ep} does not answer ({e}): start it with `scripts/lab up`"));
+    env
+}
+
+pub struct Lab {
+    pub env: BTreeMap<String, String>,
+    pub ec2: aws_sdk_ec2::Client,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let env = lab_env();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let conf = rt.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(&env["AWS_ENDPOINT_URL"])
+                .region(aws_config::Region::new(env["AWS_REGION"].clone()))
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                    &env["AWS_ACCESS_KEY_ID"],
+                    &env["AWS_SECRET_ACCESS_KEY"],
+                    None,
+                    None,
+                    "lab",
+                ))
+                .load(),
+        );
+        Lab { ec2: aws_sdk_ec2::Client::new(&conf), env, rt }
+    }
+
+    /// `bake` with the lab's environment and a private hash cache.
+    pub fn bake(&self, cache: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bake"));
+        c.env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.env("HOME", std::env::var("HOME").unwrap_or_default());
+        c.envs(&self.env);
+        c.env("BAKE_CACHE_DIR", cache);
+        c
+    }
+
+    pub fn images_of(&self, recipe: &str) -> Vec<aws_sdk_ec2::types::Image> {
+        self.rt.block_on(async {
+            self.ec2
+                .describe_images()
+                .owners("self")
+                .filters(Filter::builder().name("tag:bake:recipe").values(recipe).build())
+                .send()
+                .await
+                .unwrap()
+                .images()
+                .to_vec()
+        })
+    }
+
+    pub fn snapshot_tags(&self, id: &str) -> BTreeMap<String, String> {
+        self.rt.block_on(async {
+            let out = self.ec2.describe_snapshots().snapshot_ids(id).send().await.unwrap();
+            tags(out.snapshots()[0].tags())
+        })
+    }
+
+    /// Everything of a recipe's builds that should be gone after a build: live instances,
+    /// key pairs and security groups.
+    pub fn leftovers(&self, recipe: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let mut left = Vec::new();
+            let f = |n: &str, v: &str| Filter::builder().name(n).values(v).build();
+            let insts = self
+                .ec2
+                .describe_instances()
+                .filters(f("tag:bake:recipe", recipe))
+                .filters(f("tag:bake:temporary", "true"))
+                .send()
+                .await
+                .unwrap();
+            for i in insts.reservations().iter().flat_map(|r| r.instances()) {
+                let state = i.state().and_then(|s| s.name()).map(|s| s.as_str().to_string()).unwrap_or_default();
+                if state != "terminated" {
+                    left.push(format!("instance {} ({state})", i.instance_id().unwrap_or_default()));
+                }
+            }
+            let keys = self.ec2.describe_key_pairs().send().await.unwrap();
+            for k in keys.key_pairs() {
+                let name = k.key_name().unwrap_or_default();
+                if name.starts_with(&format!("bake-{recipe}-")) {
+                    left.push(format!("key pair {name}"));
+                }
+            }
+            let sgs = self.ec2.describe_security_groups().filters(f("tag:bake:recipe", recipe)).send().await.unwrap();
+            for g in sgs.security_groups() {
+                left.push(format!("security group {}", g.group_id().unwrap_or_default()));
+            }
+            left
+        })
+    }
+
+    /// Launches an instance from `ami` with a fresh key and returns (instance id, ip, key file).
+    pub fn launch_for_check(&self, ami: &str, dir: &Path) -> (String, String, PathBuf) {
+        let key = dir.join("check_key");
+        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
+        assert!(st.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let name = format!("check-{}", unique("k"));
+        self.rt.block_on(async {
+            self.ec2
+                .import_key_pair()
+                .key_name(&name)
+                .public_key_material(aws_sdk_ec2::primitives::Blob::new(public.into_bytes()))
+                .send()
+                .await
+                .unwrap();
+            let out = self.ec2.run_instances().image_id(ami).instance_type("t3.micro".into()).min_count(1).max_count(1).key_name(&name).send().await.unwrap();
+            let inst = &out.instances()[0];
+            let id = inst.instance_id().unwrap().to_string();
+            let ip = inst.private_ip_address().unwrap().to_string();
+            assert!(ip.starts_with("127."), "network rule: lab instance got non-loopback address {ip}");
+            self.ec2.delete_key_pair().key_name(&name).send().await.unwrap();
+            (id, ip, key)
+        })
+    }
+
+    pub fn terminate(&self, id: &str) {
+        self.rt.block_on(async {
+            self.ec2.terminate_instances().instance_ids(id).send().await.unwrap();
+        });
+    }
+}
+
+/// Runs a command on a lab instance over SSH (host key not pinned: this is a test probe of an
+/// instance the test itself launched on loopback), retrying while sshd comes up.
+pub fn ssh(ip: &str, key: &Path, user: &str, cmd: &str) -> Output {
+    assert!(ip.starts_with("127."), "network rule: refusing to SSH to {ip}");
+    let mut last = None;
+    for _ in 0..50 {
+        let out = Command::new("ssh")
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3", "-o", "BatchMode=yes", "-i"])
+            .arg(key)
+            .arg(format!("{user}@{ip}"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        if out.status.code() != Some(255) {
+            return out;
+        }
+        last = Some(out);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = last.unwrap();
+    panic!("ssh to {ip} kept failing: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn tags(t: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
+    t.iter().map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string())).collect()
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n: u32 = rand::random();
+    format!("{prefix}{n:08x}")
+}
+
+/// Copies a directory tree (test fixtures, the example recipes).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        let dst = to.join(e.file_name());
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Parses `bake … --output json` stdout.
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}) on stdout: {}\nstderr: {}", stdout(o), stderr(o)))
+}
