@@ -1,0 +1,287 @@
+"""Patches to moto's EC2 (and friends) that make it behave like EC2 for bake and Packer,
+and hook the instance agent into the instance / image lifecycle.
+
+Every behavioural difference fixed here is listed in scripts/lab-server/README.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import random
+from typing import Any
+
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import amis as m_amis
+from moto.ec2.models import elastic_ip_addresses as m_eip
+from moto.ec2.models import elastic_network_interfaces as m_eni
+from moto.ec2.models import instances as m_inst
+from moto.ec2.models import subnets as m_subnets
+from moto.ec2.models import vpcs as m_vpcs
+from moto.moto_api._internal import models as m_api
+
+from .agent import LOOPBACK, RESERVED, Lab, is_lab_ip
+
+log = logging.getLogger("lab.patches")
+
+DEFAULT_VPC_CIDR = "127.0.0.0/16"
+
+
+def _wrap(cls: Any, name: str):
+    """Decorator: replace cls.name by f(original, *args, **kwargs)."""
+
+    def deco(f):
+        orig = getattr(cls, name)
+
+        @functools.wraps(orig)
+        def wrapper(*args, **kwargs):
+            return f(orig, *args, **kwargs)
+
+        setattr(cls, name, wrapper)
+        return f
+
+    return deco
+
+
+def _cidr_error(code: str, cidr: str, what: str) -> EC2ClientError:
+    return EC2ClientError(
+        code,
+        f"The CIDR '{cidr}' is invalid in the bake lab: {what} must lie inside 127.0.0.0/8 "
+        f"(loopback; lab instances may never get other addresses)"
+        + (" and must not overlap 127.0.0.0/24" if what == "a subnet" else "")
+        + ".",
+    )
+
+
+def install(lab: Lab, base_users: dict[str, str]) -> None:
+    lab.base_users.update(base_users)
+
+    # ------------------------------------------------------------ networking
+    def create_default_vpc(self: Any) -> Any:
+        # moto: 172.31.0.0/16. Lab: loopback, default subnets 127.0.16.0/20, 127.0.32.0/20, ...
+        if self.describe_vpcs(filters={"is-default": ["true"]}):
+            raise m_vpcs.DefaultVpcAlreadyExists
+        vpc = self.create_vpc(cidr_block=DEFAULT_VPC_CIDR, is_default=True)
+        for zone in self.describe_availability_zones():
+            self.create_default_subnet(zone.name)
+        return vpc
+
+    m_vpcs.VPCBackend.create_default_vpc = create_default_vpc
+
+    def create_default_subnet(self: Any, availability_zone: str) -> Any:
+        from moto.ec2.exceptions import (
+            DefaultSubnetAlreadyExistsInAvailabilityZoneError,
+            DefaultVpcDoesNotExistError,
+        )
+
+        default_subnets = self.get_default_subnets()
+        if availability_zone in default_subnets:
+            raise DefaultSubnetAlreadyExistsInAvailabilityZoneError(
+                default_subnets[availability_zone].id, availability_zone
+            )
+        default_vpc = self.get_default_vpc()
+        if default_vpc is None:
+            raise DefaultVpcDoesNotExistError()
+        blocks = list(ipaddress.ip_network(default_vpc.cidr_block).subnets(new_prefix=20))
+        # skip block 0 (127.0.0.0/20 holds 127.0.0.1)
+        used = {s.cidr_block for s in self.describe_subnets(filters={"vpc-id": default_vpc.id})}
+        free = [b for b in blocks[1:] if str(b) not in used]
+        subnet = self.create_subnet(
+            vpc_id=default_vpc.id, cidr_block=str(free[0]), availability_zone=availability_zone
+        )
+        subnet.default_for_az = True
+        return subnet
+
+    m_subnets.SubnetBackend.create_default_subnet = create_default_subnet
+
+    @_wrap(m_vpcs.VPCBackend, "create_vpc")
+    def create_vpc(orig, self, cidr_block, *args, **kwargs):
+        try:
+            net = ipaddress.ip_network(str(cidr_block), strict=False)
+        except ValueError:
+            net = None
+        if net is None or net.version != 4 or not net.subnet_of(LOOPBACK):
+            raise _cidr_error("InvalidVpc.Range", str(cidr_block), "a VPC")
+        return orig(self, cidr_block, *args, **kwargs)
+
+    @_wrap(m_vpcs.VPCBackend, "associate_vpc_cidr_block")
+    def associate_vpc_cidr_block(orig, self, vpc_id, cidr_block, *args, **kwargs):
+        if cidr_block:
+            try:
+                net = ipaddress.ip_network(str(cidr_block), strict=False)
+            except ValueError:
+                net = None
+            if net is None or not net.subnet_of(LOOPBACK):
+                raise _cidr_error("InvalidVpc.Range", str(cidr_block), "a VPC")
+        return orig(self, vpc_id, cidr_block, *args, **kwargs)
+
+    @_wrap(m_subnets.SubnetBackend, "create_subnet")
+    def create_subnet(orig, self, vpc_id, cidr_block, *args, **kwargs):
+        try:
+            net = ipaddress.ip_network(str(cidr_block), strict=False)
+        except ValueError:
+            net = None
+        if net is not None and (not net.subnet_of(LOOPBACK) or net.overlaps(RESERVED)):
+            raise _cidr_error("InvalidSubnet.Range", str(cidr_block), "a subnet")
+        subnet = orig(self, vpc_id, cidr_block, *args, **kwargs)
+        # EC2: only default subnets map public IPs; the lab never hands out public IPs.
+        subnet.map_public_ip_on_launch = False
+        return subnet
+
+    # unique lab IPs across all VPCs / accounts / regions
+    @_wrap(m_subnets.Subnet, "get_available_subnet_ip")
+    def get_available_subnet_ip(orig, self, instance):
+        for _ in range(100000):
+            ip = orig(self, instance)
+            if is_lab_ip(ip) and lab.reserve_ip(ip):
+                return ip
+        raise EC2ClientError(
+            "InsufficientFreeAddressesInSubnet", f"No free loopback addresses in subnet {self.id}"
+        )
+
+    @_wrap(m_subnets.Subnet, "request_ip")
+    def request_ip(orig, self, ip, instance):
+        if isinstance(instance, m_inst.Instance) or instance is None:
+            if not is_lab_ip(ip):
+                raise EC2ClientError(
+                    "InvalidParameterValue",
+                    f"Address {ip} is not allowed in the bake lab (loopback only, not 127.0.0.0/24).",
+                )
+            if not lab.reserve_ip(ip):
+                raise EC2ClientError("InvalidIPAddress.InUse", f"Address {ip} is in use.")
+        return orig(self, ip, instance)
+
+    # never a public IP (moto would invent 54.214.x.y); Elastic IPs come from 127.255.0.0/16
+    m_eni.NetworkInterface.check_auto_public_ip = lambda self: None
+    m_eip.random_ip = lambda: f"127.255.{random.randint(0, 255)}.{random.randint(1, 254)}"
+
+    # --------------------------------------------------- instance lifecycle
+    @_wrap(m_inst.InstanceBackend, "run_instances")
+    def run_instances(orig, self, *args, **kwargs):
+        # moto: without a subnet an instance gets a random 10.x "EC2-Classic" address (and a
+        # public one). EC2: it lands in the default subnet of its AZ. So does the lab.
+        nics = kwargs.get("nics") or []
+        if not kwargs.get("subnet_id") and not any(
+            n.get("SubnetId") or n.get("NetworkInterfaceId") for n in nics
+        ):
+            defaults = self.get_default_subnets()
+            zone = kwargs.get("placement") or f"{self.region_name}a"
+            subnet = defaults.get(zone) or next(iter(sorted(defaults.values(), key=lambda s: s.availability_zone)), None)
+            if subnet is None:
+                raise EC2ClientError(
+                    "MissingInput", "No default subnet (lab: loopback default VPC missing); specify a subnet."
+                )
+            if nics:
+                for n in nics:
+                    if int(n.get("DeviceIndex", 0)) == 0:
+                        n["SubnetId"] = subnet.id
+            else:
+                kwargs["subnet_id"] = subnet.id
+                if not kwargs.get("placement"):
+                    kwargs["placement"] = subnet.availability_zone
+        reservation = orig(self, *args, **kwargs)
+        for inst in reservation.instances:
+            if not is_lab_ip(inst.private_ip_address):
+                log.error("instance %s got non-lab address %s", inst.id, inst.private_ip_address)
+            for nic in inst.nics.values():
+                nic.public_ip = None
+            # moto reports "running" from the first Describe on; EC2 says "pending" first.
+            lab.launch(inst, self)
+        return reservation
+
+    @_wrap(m_inst.Instance, "start")
+    def inst_start(orig, self):
+        prev = orig(self)
+        lab.start(self.id)
+        return prev
+
+    @_wrap(m_inst.Instance, "stop")
+    def inst_stop(orig, self):
+        prev = orig(self)
+        lab.stop(self.id)
+        return prev
+
+    @_wrap(m_inst.Instance, "reboot")
+    def inst_reboot(orig, self):
+        orig(self)
+        lab.reboot(self.id)
+
+    @_wrap(m_inst.Instance, "terminate")
+    def inst_terminate(orig, self):
+        prev = orig(self)
+        lab.terminate(self.id)
+        return prev
+
+    # ----------------------------------------------------------------- images
+    @_wrap(m_amis.AmiBackend, "create_image")
+    def create_image(orig, self, instance_id, name, description, tag_specifications):
+        # moto: NotImplementedError (HTTP 500) for ResourceType=snapshot. EC2 tags the snapshots.
+        snap_tags: list[dict[str, str]] = []
+        keep = []
+        for spec in tag_specifications or []:
+            if spec.get("ResourceType") == "snapshot":
+                snap_tags += spec.get("Tags", [])
+            else:
+                keep.append(spec)
+        instance = self.get_instance(instance_id)
+        if instance.state == "terminated":
+            raise EC2ClientError("IncorrectInstanceState", f"The instance '{instance_id}' is not in a state from which it can be imaged.")
+        ami = orig(self, instance_id, name, description, keep)
+        for tag in snap_tags:
+            ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+        # moto: root device /dev/sda1 & type "standard" regardless of the instance; EC2 keeps
+        # the source's root device name and is EBS-backed.
+        src = self.amis.get(instance.image_id)
+        ami.root_device_name = instance.root_device_name
+        ami.root_device_type = "ebs"
+        if src is not None:
+            ami.boot_mode = src.boot_mode
+            ami.hypervisor = src.hypervisor
+            ami.sriov = src.sriov
+        ami.image_location = f"{ami.owner_id}/{name}"
+        lab.freeze(instance_id, ami.id, instance.image_id)
+        return ami
+
+    @_wrap(m_amis.AmiBackend, "copy_image")
+    def copy_image(orig, self, source_image_id, source_region, name=None, description=None):
+        from moto.ec2.models import ec2_backends
+
+        ami = orig(self, source_image_id, source_region, name, description)
+        src = ec2_backends[self.account_id][source_region].amis.get(source_image_id)
+        if src is not None:
+            ami.root_device_name = src.root_device_name
+            ami.root_device_type = src.root_device_type
+            ami.boot_mode = src.boot_mode
+            ami.hypervisor = src.hypervisor
+            ami.sriov = src.sriov
+        ami.image_location = f"{ami.owner_id}/{ami.name}"
+        lab.copy_image(source_image_id, ami.id)
+        return ami
+
+    @_wrap(m_amis.AmiBackend, "register_image")
+    def register_image(orig, self, *args, **kwargs):
+        ami = orig(self, *args, **kwargs)
+        lab.register_image(ami.id)
+        return ami
+
+    @_wrap(m_amis.AmiBackend, "deregister_image")
+    def deregister_image(orig, self, ami_id):
+        ret = orig(self, ami_id)
+        lab.deregister(ami_id)
+        return ret
+
+    @_wrap(m_amis.AmiBackend, "_load_amis")
+    def _load_amis(orig, self):
+        orig(self)
+        # moto forces owner_alias "amazon" on every catalogue image; Debian's have none
+        for ami_id in base_users:
+            ami = self.amis.get(ami_id)
+            if ami is not None and ami.owner_id != "137112412989":
+                ami.owner_alias = None
+
+    # ------------------------------------------------------------------ reset
+    @_wrap(m_api.MotoAPIBackend, "reset")
+    def reset(orig, self):
+        lab.reset()
+        return orig(self)

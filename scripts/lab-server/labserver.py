@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The bake lab server: moto (pinned) + the lab's EC2 fixes + the instance agent, one process.
+
+    labserver.py --lab-dir .lab --port 4566
+
+Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
+    GET  /lab-api/status              sandboxes, images, layers (JSON)
+    POST /lab-api/exec                {"instance_id", "command", "env"?, "timeout"?, "user"?}
+                                      -> {"code", "stdout", "stderr"}   (internal; future SSM)
+    GET  /lab-api/wait/<instance-id>  waits until the instance's sshd is up (or failed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _write_catalogue(lab_dir: Path) -> dict[str, str]:
+    """Base AMIs: moto's catalogue format, plus the lab-only `lab_default_user` key."""
+    src = json.loads((HERE / "base-images.json").read_text())
+    users: dict[str, str] = {}
+    out = []
+    for img in src:
+        img = dict(img)
+        users[img["ami_id"]] = img.pop("lab_default_user", "admin")
+        out.append(img)
+    path = lab_dir / "amis.json"
+    path.write_text(json.dumps(out, indent=1))
+    os.environ["MOTO_AMIS_PATH"] = str(path)
+    os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    return users
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lab-dir", required=True)
+    ap.add_argument("--port", type=int, default=int(os.environ.get("LAB_PORT", "4566")))
+    args = ap.parse_args()
+
+    lab_dir = Path(args.lab_dir).resolve()
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    # must be set before moto is imported
+    base_users = _write_catalogue(lab_dir)
+    os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
+    os.environ.setdefault("MOTO_ENABLE_KEYPAIR_VALIDATION", "true")
+    os.environ["MOTO_PORT"] = str(args.port)
+
+    from werkzeug.serving import make_server
+
+    from lab.agent import Lab
+    from lab import patches
+    from lab.wsgi import LabApp
+
+    lab = Lab(lab_dir)
+    lab.prepare()
+    patches.install(lab, base_users)
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    app = LabApp(moto_app, lab)
+    server = make_server("127.0.0.1", args.port, app, threaded=True)
+
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        if stopping.is_set():
+            return
+        stopping.set()
+        logging.info("signal %s: stopping sandboxes", signum)
+        try:
+            lab.shutdown()
+        finally:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logging.info("bake lab listening on http://127.0.0.1:%s (lab dir %s)", args.port, lab_dir)
+    try:
+        server.serve_forever()
+    finally:
+        lab.shutdown()
+
+
+if __name__ == "__main__":
+    main()

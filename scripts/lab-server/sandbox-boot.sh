@@ -1,0 +1,63 @@
+#!/bin/sh
+# Boots one lab instance. Runs as pid 1 of a fresh pid + mount namespace made by
+#   unshare --mount --pid --fork --kill-child --propagation private
+# so every mount below lives only in that namespace (the host never sees it) and
+# killing this process (or its unshare parent) kills everything inside.
+#
+# Inputs (environment, set by the lab agent):
+#   LAB_INST_DIR  .lab/instances/<id>   (upper/, work/, merged/, run/ live here)
+#   LAB_LOWER     overlay lowerdir list: image layers newest first, then /
+#   LAB_IP        the instance's private IP (must be inside 127.0.0.0/8)
+set -eu
+
+D="$LAB_INST_DIR"
+M="$D/merged"
+
+case "$LAB_IP" in
+  127.*) ;;
+  *) echo "lab: refusing to boot on non-loopback address $LAB_IP" >&2; exit 1 ;;
+esac
+
+mount -t overlay "lab-overlay" -o "lowerdir=$LAB_LOWER,upperdir=$D/upper,workdir=$D/work" "$M"
+
+# /proc for this pid namespace
+mount -t proc proc "$M/proc"
+# /sys read-only (a plain bind, no submounts)
+mount --bind /sys "$M/sys" && mount -o remount,bind,ro "$M/sys" || true
+
+# A minimal /dev: a tmpfs with the usual character devices bound in, and a private devpts.
+mount -t tmpfs -o mode=755,size=1m,nosuid labdev "$M/dev"
+for n in null zero full random urandom tty; do
+  : > "$M/dev/$n"
+  mount --bind "/dev/$n" "$M/dev/$n"
+done
+mkdir -p "$M/dev/pts" "$M/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$M/dev/pts"
+ln -s pts/ptmx "$M/dev/ptmx"
+ln -s /proc/self/fd "$M/dev/fd"
+ln -s /proc/self/fd/0 "$M/dev/stdin"
+ln -s /proc/self/fd/1 "$M/dev/stdout"
+ln -s /proc/self/fd/2 "$M/dev/stderr"
+mount -t tmpfs -o mode=1777,nosuid,nodev labshm "$M/dev/shm"
+
+# private /tmp and /run (like a freshly booted machine)
+mount -t tmpfs -o mode=1777,nosuid,nodev labtmp "$M/tmp"
+mount -t tmpfs -o mode=755,nosuid,nodev labrun "$M/run"
+mkdir -p "$M/run/sshd" "$M/run/lab"
+chmod 755 "$M/run/sshd"
+
+# lab-provided files: sshd config, host keys, authorized keys, setup scripts.
+# They live on /run (tmpfs), so they never end up in the instance's disk or an image.
+cp -a "$D/run/." "$M/run/lab/"
+chmod 700 "$M/run/lab"
+
+# cloud-init's job: default user, sudoers, authorized_keys (every boot, idempotent)
+chroot "$M" /bin/sh /run/lab/setup.sh
+
+# first boot only: user-data scripts / runcmd, in the background like cloud-final
+if [ -f "$M/run/lab/firstboot.sh" ]; then
+  chroot "$M" /bin/sh -c 'nohup /bin/sh /run/lab/firstboot.sh >/dev/null 2>&1 &'
+fi
+
+echo "lab: sshd starting on $LAB_IP:22" >&2
+exec chroot "$M" /usr/sbin/sshd -D -e -f /run/lab/sshd_config
