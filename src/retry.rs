@@ -79,17 +79,16 @@ where
     let start = Instant::now();
     let mut n: u32 = 0;
     let mut penalty: u32 = 0;
-    let mut last = String::from("no attempt yet");
     loop {
-        match attempt(n).await {
+        let last = match attempt(n).await {
             Poll::Ready(v) => return Ok(v),
             Poll::Fail(e) => return Err(PollError::Failed(e)),
-            Poll::Pending(why) => last = why,
+            Poll::Pending(why) => why,
             Poll::Throttled => {
                 penalty += 2;
-                last = "throttled by the service".into();
+                "throttled by the service".to_string()
             }
-        }
+        };
         let elapsed = start.elapsed();
         if elapsed >= backoff.timeout {
             return Err(PollError::Timeout { elapsed, last });

@@ -2,6 +2,7 @@
 //! user sees and to exit codes (0 ok, 1 failed, 2 bad input, 130 interrupted).
 
 mod build;
+mod images;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,9 @@ pub enum Cmd {
         #[command(flatten)]
         vars: Vars,
     },
+    /// List, prune and remove images bake made.
+    #[command(subcommand)]
+    Images(images::ImagesCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -108,6 +112,7 @@ async fn run(cli: Cli) -> u8 {
             let Some(loaded) = load_all(&recipes, &vars) else { return EXIT_INPUT };
             build::plan(loaded, &g).await
         }
+        Cmd::Images(cmd) => images::run(cmd, &g).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Images bake made: the fingerprint plan, inventory with what uses each image, and
 //! snapshot-aware retention that never touches an image still in use.
 
+pub mod retention;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::aws::ec2::{self, filter, tag_map};
-use crate::aws::{AwsError, Clients};
+use crate::aws::Clients;
 use crate::build::{self, BuildError};
 use crate::fingerprint;
 use crate::recipe::model::Recipe;
@@ -67,5 +68,3 @@ fn recorded_inputs(tags: &BTreeMap<String, String>) -> Vec<String> {
     parts.into_iter().map(|(_, v)| v).collect()
 }
 
-#[allow(dead_code)]
-fn _assert_err(_: AwsError) {}
