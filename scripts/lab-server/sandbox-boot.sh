@@ -6,7 +6,7 @@
 #
 # Inputs (environment, set by the lab agent):
 #   LAB_INST_DIR  .lab/instances/<id>   (upper/, work/, merged/, run/ live here)
-#   LAB_LOWER     overlay lowerdir list: image layers newest first, then /
+#   LAB_LOWER     image layers, newest first, ':'-separated (may be empty); / is added below
 #   LAB_IP        the instance's private IP (must be inside 127.0.0.0/8)
 set -eu
 
@@ -18,7 +18,15 @@ case "$LAB_IP" in
   *) echo "lab: refusing to boot on non-loopback address $LAB_IP" >&2; exit 1 ;;
 esac
 
-mount -t overlay "lab-overlay" -o "lowerdir=$LAB_LOWER,upperdir=$D/upper,workdir=$D/work" "$M"
+# The host's / enters as a read-only overlay of its own ("base"): overlayfs refuses layers
+# that are subdirectories of another layer of the same mount ("overlapping lowerdir path"),
+# and the image layers live under / (in .lab/layers). Through "base", / is a different
+# superblock, so image layers and the instance's upper dir can live anywhere under .lab.
+mkdir -p "$D/base" "$D/empty"
+mount -t tmpfs -o size=4k,mode=755 labempty "$D/empty"
+mount -t overlay labbase -o "ro,lowerdir=/:$D/empty" "$D/base"
+if [ -n "$LAB_LOWER" ]; then LOWER="$LAB_LOWER:$D/base"; else LOWER="$D/base"; fi
+mount -t overlay "lab-overlay" -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$M"
 
 # /proc for this pid namespace
 mount -t proc proc "$M/proc"

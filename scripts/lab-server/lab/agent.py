@@ -35,7 +35,7 @@ import subprocess
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,14 @@ class Lab:
         self.base_users: dict[str, str] = {}  # base AMI id -> default user
         self.live_ips: set[str] = set()
         self.boot_timeout = float(os.environ.get("LAB_BOOT_TIMEOUT", "20"))
+        # RunInstances/StartInstances/RebootInstances return once sshd listens (~0.2 s), so
+        # "running" in the next DescribeInstances means "SSH works now". LAB_SYNC_BOOT=0: don't wait.
+        self.sync_boot = os.environ.get("LAB_SYNC_BOOT", "1") != "0"
+
+    def settle(self, futures: list[Future | None]) -> None:
+        futs = [f for f in futures if f is not None]
+        if self.sync_boot and futs:
+            wait_futures(futs, timeout=self.boot_timeout + 5)
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
@@ -219,7 +227,7 @@ class Lab:
             self._trash(p)
 
     # ------------------------------------------------------------ instances
-    def launch(self, instance: Any, backend: Any) -> None:
+    def launch(self, instance: Any, backend: Any) -> Future:
         """Called right after moto created an instance (RunInstances, Auto Scaling, ...)."""
         iid = instance.id
         ip = instance.private_ip_address
@@ -248,7 +256,7 @@ class Lab:
         with self.lock:
             self.sandboxes[iid] = sb
             self.live_ips.add(ip)
-        sb.executor.submit(self._provision_and_boot, sb, pubkeys, raw_ud)
+        return sb.executor.submit(self._provision_and_boot, sb, pubkeys, raw_ud)
 
     def _provision_and_boot(self, sb: Sandbox, pubkeys: list[str], raw_ud: bytes | None) -> None:
         try:
@@ -292,7 +300,7 @@ class Lab:
             sb.state, sb.error = "failed", f"refusing to start sshd on non-loopback address {sb.ip!r}"
             log.error("%s: %s", sb.instance_id, sb.error)
             return
-        lower = ":".join([str(self.layers_dir / layer) for layer in sb.layers] + ["/"])
+        lower = ":".join(str(self.layers_dir / layer) for layer in sb.layers)
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LAB_INST_DIR": str(sb.dir),
@@ -353,19 +361,20 @@ class Lab:
         except FileNotFoundError:
             pass
 
-    def _op(self, instance_id: str, fn: Any, wait: bool = True) -> None:
+    def _op(self, instance_id: str, fn: Any, wait: bool = True) -> Future | None:
         sb = self.sandboxes.get(instance_id)
         if sb is None or sb.state == "terminated":
-            return
+            return None
         fut = sb.executor.submit(fn, sb)
         if wait:
             fut.result()
+        return fut
 
-    def start(self, instance_id: str) -> None:
+    def start(self, instance_id: str) -> Future | None:
         def op(sb: Sandbox) -> None:
             if sb.proc is None:
                 self._boot(sb)
-        self._op(instance_id, op, wait=False)
+        return self._op(instance_id, op, wait=False)
 
     def stop(self, instance_id: str) -> None:
         def op(sb: Sandbox) -> None:
@@ -373,11 +382,11 @@ class Lab:
             sb.state = "stopped"
         self._op(instance_id, op)
 
-    def reboot(self, instance_id: str) -> None:
+    def reboot(self, instance_id: str) -> Future | None:
         def op(sb: Sandbox) -> None:
             self._kill(sb)
             self._boot(sb)
-        self._op(instance_id, op, wait=False)
+        return self._op(instance_id, op, wait=False)
 
     def terminate(self, instance_id: str) -> None:
         def op(sb: Sandbox) -> None:

@@ -181,19 +181,20 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
                 if not kwargs.get("placement"):
                     kwargs["placement"] = subnet.availability_zone
         reservation = orig(self, *args, **kwargs)
+        futures = []
         for inst in reservation.instances:
             if not is_lab_ip(inst.private_ip_address):
                 log.error("instance %s got non-lab address %s", inst.id, inst.private_ip_address)
             for nic in inst.nics.values():
                 nic.public_ip = None
-            # moto reports "running" from the first Describe on; EC2 says "pending" first.
-            lab.launch(inst, self)
+            futures.append(lab.launch(inst, self))
+        lab.settle(futures)
         return reservation
 
     @_wrap(m_inst.Instance, "start")
     def inst_start(orig, self):
         prev = orig(self)
-        lab.start(self.id)
+        lab.settle([lab.start(self.id)])
         return prev
 
     @_wrap(m_inst.Instance, "stop")
@@ -205,7 +206,7 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
     @_wrap(m_inst.Instance, "reboot")
     def inst_reboot(orig, self):
         orig(self)
-        lab.reboot(self.id)
+        lab.settle([lab.reboot(self.id)])
 
     @_wrap(m_inst.Instance, "terminate")
     def inst_terminate(orig, self):
