@@ -136,6 +136,21 @@ impl<'s> Cx<'s> {
         self.err(Some(at), p.message, p.help);
     }
 
+    /// Where to point for something missing from the whole recipe: the start of the first
+    /// line that is not blank or a comment.
+    fn top_span(&self) -> Span {
+        let mut pos = 0;
+        for line in self.src.split_inclusive('\n') {
+            let t = line.trim_start();
+            if !t.is_empty() && !t.starts_with('#') {
+                let at = pos + (line.len() - t.len());
+                return at..at;
+            }
+            pos += line.len();
+        }
+        0..0
+    }
+
     fn inner_span(&self, span: &Span, value: &str, at: Range<usize>) -> Span {
         let raw = &self.src[span.clone()];
         for q in ["\"\"\"", "'''", "\"", "'"] {
@@ -181,7 +196,12 @@ impl<'s> Cx<'s> {
     }
 
     fn missing(&mut self, t: &Tbl<'_, '_>, key: &str, example: &str) {
-        self.err(Some(t.span.clone()), format!("{} is missing `{key}`", t.name), format!("add {key} = {example}"));
+        // a misspelt key already reported as unknown ("did you mean `key`?") says it all
+        if t.t.iter().any(|(k, _)| k.get_ref() != key && checks::suggest(k.get_ref(), &[key]).is_some()) {
+            return;
+        }
+        let span = if t.span.is_empty() { self.top_span() } else { t.span.clone() };
+        self.err(Some(span), format!("{} is missing `{key}`", t.name), format!("add {key} = {example}"));
     }
 
     /// A string with `{var.*}` / `{env.*}` substituted.
@@ -552,7 +572,7 @@ pub(crate) fn build(
     let description = cx.string(&root, "description").map(|s| s.v);
 
     let communicator = match cx.string(&root, "communicator") {
-        None => Some(Sp { v: CommunicatorKind::Ssh, span: 0..0 }),
+        None => Some(Sp { v: CommunicatorKind::Ssh, span: 0..0 }), // empty span: not written
         Some(s) => match s.v.as_str() {
             "ssh" => Some(Sp { v: CommunicatorKind::Ssh, span: s.span }),
             "ssm" => Some(Sp { v: CommunicatorKind::Ssm, span: s.span }),
@@ -714,7 +734,7 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
     let Some(t) = cx.table(root, "source", "[source]".to_string()) else {
         if cx.get(root, "source").is_none() {
             cx.err(
-                Some(0..0),
+                Some(cx.top_span()),
                 "the recipe has no [source] section",
                 "add [source] with ami = \"ami-…\", or a [source.filter] table (owners, name)",
             );
@@ -785,7 +805,12 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
             let name = cx.string(&f, "name").map(|s| s.v);
             let architecture = match cx.string(&f, "architecture") {
                 Some(a) if !ARCHITECTURES.contains(&a.v.as_str()) => {
-                    let help = match checks::suggest(&a.v, ARCHITECTURES) {
+                    let alias = match a.v.as_str() {
+                        "amd64" | "x86-64" | "x64" => Some("x86_64"),
+                        "aarch64" | "arm" => Some("arm64"),
+                        _ => None,
+                    };
+                    let help = match alias.or_else(|| checks::suggest(&a.v, ARCHITECTURES)) {
                         Some(s) => format!("did you mean \"{s}\"?"),
                         None => format!("use one of {}", ARCHITECTURES.join(", ")),
                     };
@@ -843,7 +868,7 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
 fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, Option<Span>)> {
     let Some(t) = cx.table(root, "builder", "[builder]".to_string()) else {
         if cx.get(root, "builder").is_none() {
-            cx.err(Some(0..0), "the recipe has no [builder] section", "add [builder] with instance_type = \"t3.micro\"");
+            cx.err(Some(cx.top_span()), "the recipe has no [builder] section", "add [builder] with instance_type = \"t3.micro\"");
         }
         return None;
     };
@@ -1030,7 +1055,7 @@ fn ssh(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm
     let mut ssh = Ssh { username: String::new(), port: 22, interface: SshInterface::PrivateIp, timeout: Duration::from_secs(300) };
     let Some(t) = cx.table(root, "ssh", "[ssh]".to_string()) else {
         if comm == Some(CommunicatorKind::Ssh) && cx.get(root, "ssh").is_none() {
-            let span = comm_span.filter(|s| !s.is_empty()).unwrap_or(0..0);
+            let span = comm_span.filter(|s| !s.is_empty()).unwrap_or_else(|| cx.top_span());
             cx.err(Some(span), "the ssh communicator needs an [ssh] section", "add [ssh] with username = \"admin\" (the image's default user: admin on Debian, ubuntu on Ubuntu, ec2-user on Amazon Linux)");
             return None;
         }
@@ -1242,7 +1267,7 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
 fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -> Option<Image> {
     let Some(t) = cx.table(root, "image", "[image]".to_string()) else {
         if cx.get(root, "image").is_none() {
-            cx.err(Some(0..0), "the recipe has no [image] section", "add [image] with name = \"{recipe}-{timestamp}-{short_hash}\"");
+            cx.err(Some(cx.top_span()), "the recipe has no [image] section", "add [image] with name = \"{recipe}-{timestamp}-{short_hash}\"");
         }
         return None;
     };
