@@ -33,6 +33,7 @@ def template(shell_steps=0, upload_dir=None, big_file=None):
         provisioners.append({"type": "shell", "inline": ["true"]})
     if upload_dir:
         provisioners += [
+            {"type": "shell", "inline": ["mkdir -p /tmp/upload"]},  # scp needs the target dir
             {"type": "file", "source": os.path.abspath(upload_dir).rstrip("/") + "/", "destination": "/tmp/upload"},
             {"type": "shell", "inline": ["sudo mkdir -p /opt/upload", "sudo cp -a /tmp/upload/. /opt/upload/"]},
         ]

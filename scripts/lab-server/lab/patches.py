@@ -6,6 +6,7 @@ Every behavioural difference fixed here is listed in scripts/lab-server/README.m
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 import logging
@@ -272,14 +273,32 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
         lab.deregister(ami_id)
         return ret
 
+    pristine_catalogue = copy.deepcopy(m_amis.AMIS)
+
     @_wrap(m_amis.AmiBackend, "_load_amis")
     def _load_amis(orig, self):
+        # moto parses creation_date *in place* in its module-level catalogue, so the second
+        # backend (another region, or any backend after /moto-api/reset) crashes on a datetime.
+        m_amis.AMIS = copy.deepcopy(pristine_catalogue)
         orig(self)
         # moto forces owner_alias "amazon" on every catalogue image; Debian's have none
         for ami_id in base_users:
             ami = self.amis.get(ami_id)
             if ami is not None and ami.owner_id != "137112412989":
                 ami.owner_alias = None
+
+    # moto ignores ModifyImageAttribute Description (Packer sets ami_description this way)
+    from moto.ec2.responses import amis as r_amis
+
+    @_wrap(r_amis.AmisResponse, "modify_image_attribute")
+    def modify_image_attribute(orig, self):
+        desc = self._get_param("Description.Value")
+        if desc is None and (self._get_param("Attribute") or "").lower() == "description":
+            desc = self._get_param("Value")
+        if desc is not None:
+            ami_id = self._get_param("ImageId")
+            self.ec2_backend.describe_images(ami_ids=[ami_id])[0].description = desc
+        return orig(self)
 
     # ------------------------------------------------------------------ reset
     @_wrap(m_api.MotoAPIBackend, "reset")
