@@ -10,6 +10,7 @@ import copy
 import functools
 import ipaddress
 import logging
+import os
 import random
 from typing import Any
 
@@ -26,7 +27,11 @@ from .agent import LOOPBACK, RESERVED, Lab, is_lab_ip
 
 log = logging.getLogger("lab.patches")
 
-DEFAULT_VPC_CIDR = "127.0.0.0/16"
+# LAB_VPC_CIDR: only for a second lab running beside the first (its tests); default 127.0.0.0/16
+DEFAULT_VPC_CIDR = os.environ.get("LAB_VPC_CIDR", "127.0.0.0/16")
+_net = ipaddress.ip_network(DEFAULT_VPC_CIDR)
+if not (_net.prefixlen == 16 and _net.subnet_of(ipaddress.ip_network("127.0.0.0/8"))):
+    raise SystemExit(f"LAB_VPC_CIDR must be a /16 inside 127.0.0.0/8, got {DEFAULT_VPC_CIDR}")
 
 
 def _wrap(cls: Any, name: str):
