@@ -140,3 +140,15 @@ def test_exec_hook(ec2, res, debian_ami):
     assert r["stdout"].split() == ["bar", "admin"]
     r = lab_api("exec", {"instance_id": a["InstanceId"], "command": "sleep 5", "timeout": 0.5})
     assert r["code"] == 124
+
+
+def test_console_output_shows_host_keys(ec2, res, debian_ami):
+    key_name, key = res.keypair("import")
+    priv, pub = res.host_key()
+    from conftest import cloud_config_host_key
+
+    a = res.run(debian_ami, key_name, cloud_config_host_key(priv, pub))
+    out = ec2.get_console_output(InstanceId=a["InstanceId"])["Output"]
+    assert "-----BEGIN SSH HOST KEY KEYS-----" in out
+    assert " ".join(pub.split()[:2]) in out
+    assert "sshd starting on " + a["PrivateIpAddress"] in out

@@ -278,6 +278,10 @@ class Lab:
             _write(path, priv if priv.endswith("\n") else priv + "\n", 0o600)
             if pub:
                 _write(path.with_suffix(".pub"), pub.strip() + "\n", 0o644)
+            else:
+                r = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True)
+                if r.returncode == 0:
+                    _write(path.with_suffix(".pub"), r.stdout.strip() + "\n", 0o644)
             host_keys.append(path.name)
         if not host_keys:
             path = run / "ssh_host_ed25519_key"
@@ -444,6 +448,31 @@ class Lab:
                 "images": {k: {"layers": v.layers, "user": v.user} for k, v in self.images.items()},
                 "layers": sorted(p.name for p in self.layers_dir.iterdir()) if self.layers_dir.exists() else [],
             }
+
+    def console_output(self, instance_id: str) -> str | None:
+        """What GetConsoleOutput shows: cloud-init's host key block, then the sandbox's log."""
+        sb = self.sandboxes.get(instance_id)
+        if sb is None or not sb.dir.exists():
+            return None
+        fps, keys = [], []
+        for pub in sorted((sb.dir / "run").glob("ssh_host_*_key.pub")):
+            line = pub.read_text().strip()
+            keys.append(line)
+            r = subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True)
+            if r.returncode == 0:
+                fps.append(r.stdout.strip())
+        try:
+            log_tail = (sb.dir / "console.log").read_text(errors="replace")[-32000:]
+        except OSError:
+            log_tail = ""
+        return (
+            f"{log_tail}"
+            "ci-info: no authorized SSH keys fingerprints found for user root.\n"
+            "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n" + "".join(f + "\n" for f in fps)
+            + "-----END SSH HOST KEY FINGERPRINTS-----\n"
+            "-----BEGIN SSH HOST KEY KEYS-----\n" + "".join(k + "\n" for k in keys)
+            + "-----END SSH HOST KEY KEYS-----\n"
+        )
 
     # ------------------------------------------------- exec (future: SSM)
     def exec_in_instance(

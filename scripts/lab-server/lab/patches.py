@@ -305,6 +305,25 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
             self.ec2_backend.describe_images(ami_ids=[ami_id])[0].description = desc
         return orig(self)
 
+    # GetConsoleOutput: moto returns a fixed 2006 Xen boot log; EC2 shows the instance's
+    # console, where cloud-init prints the host keys (a way to learn/pin them).
+    from moto.core.types import Base64EncodedString
+    from moto.ec2.responses import general as r_general
+
+    @_wrap(r_general.General, "get_console_output")
+    def get_console_output(orig, self):
+        iid = self._get_param("InstanceId")
+        text = lab.console_output(iid)
+        if text is None:
+            return orig(self)
+        from moto.core.responses import ActionResult
+        from moto.core.utils import utcnow
+
+        self.ec2_backend.get_instance(iid)
+        return ActionResult(
+            {"InstanceId": iid, "Timestamp": utcnow(), "Output": Base64EncodedString.from_raw_string(text)}
+        )
+
     # ------------------------------------------------------------------ reset
     @_wrap(m_api.MotoAPIBackend, "reset")
     def reset(orig, self):
