@@ -69,7 +69,10 @@ fn every_bad_recipe_fails_with_position_message_and_help() {
     for path in corpus() {
         let src = std::fs::read_to_string(&path).unwrap();
         let fname = path.file_name().unwrap().to_string_lossy().to_string();
-        assert!(src.starts_with("# expect: "), "{fname}: first line must be `# expect: …`");
+        assert!(
+            src.starts_with("# expect: "),
+            "{fname}: first line must be `# expect: …`"
+        );
         let exp = expectations(&src);
         let errs = match recipe::load(&path, &[]) {
             Ok(_) => {
@@ -82,11 +85,22 @@ fn every_bad_recipe_fails_with_position_message_and_help() {
         if std::env::var_os("BAKE_CORPUS_BLESS").is_some() && src.contains("\n# expect-at: ?\n") {
             // fills in the position of the error mentioning the first expectation
             let first = &exp.substrings[0];
-            if let Some(e) = errs.errors.iter().find(|e| e.message.contains(first.as_str()) || e.help.contains(first.as_str()))
+            if let Some(e) = errs
+                .errors
+                .iter()
+                .find(|e| e.message.contains(first.as_str()) || e.help.contains(first.as_str()))
                 && let Some(span) = &e.span
             {
                 let (l, c) = recipe::line_col(&errs.source, span.start);
-                std::fs::write(&path, src.replacen("\n# expect-at: ?\n", &format!("\n# expect-at: {l}:{c}\n"), 1)).unwrap();
+                std::fs::write(
+                    &path,
+                    src.replacen(
+                        "\n# expect-at: ?\n",
+                        &format!("\n# expect-at: {l}:{c}\n"),
+                        1,
+                    ),
+                )
+                .unwrap();
             }
         }
         if print {
@@ -106,7 +120,8 @@ fn every_bad_recipe_fails_with_position_message_and_help() {
         let positioned = out.lines().any(|l| {
             l.strip_prefix(&format!("{shown}:")).is_some_and(|rest| {
                 let mut p = rest.splitn(3, ':');
-                p.next().is_some_and(|x| x.parse::<usize>().is_ok()) && p.next().is_some_and(|x| x.parse::<usize>().is_ok())
+                p.next().is_some_and(|x| x.parse::<usize>().is_ok())
+                    && p.next().is_some_and(|x| x.parse::<usize>().is_ok())
             })
         });
         if !positioned {
@@ -123,13 +138,19 @@ fn every_bad_recipe_fails_with_position_message_and_help() {
         if let Some((line, col)) = exp.at {
             let want = format!("{shown}:{line}:{col}: error: ");
             let first = &exp.substrings[0];
-            let hit = out.lines().any(|l| l.starts_with(&want) && l.contains(first.as_str()))
+            let hit = out
+                .lines()
+                .any(|l| l.starts_with(&want) && l.contains(first.as_str()))
                 || errs.errors.iter().any(|e| {
                     e.help.contains(first.as_str())
-                        && e.span.as_ref().is_some_and(|s| recipe::line_col(&errs.source, s.start) == (line, col))
+                        && e.span
+                            .as_ref()
+                            .is_some_and(|s| recipe::line_col(&errs.source, s.start) == (line, col))
                 });
             if !hit {
-                fail(format!("expected the error mentioning `{first}` at {line}:{col}"));
+                fail(format!(
+                    "expected the error mentioning `{first}` at {line}:{col}"
+                ));
             }
         }
         if let Some(n) = exp.count
@@ -138,7 +159,12 @@ fn every_bad_recipe_fails_with_position_message_and_help() {
             fail(format!("expected {n} errors, got {}", errs.len()));
         }
     }
-    assert!(failures.is_empty(), "{} corpus failure(s):\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} corpus failure(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 fn load_example(name: &str) -> Recipe {
@@ -177,14 +203,21 @@ fn web_example_loads() {
     assert_eq!(r.uploads[2].owner.as_deref(), Some("root:root"));
     let names: Vec<_> = r.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["user", "layout", "enable", "build-info"]);
-    assert!(r.steps.iter().all(|s| s.sudo && s.timeout == Duration::from_secs(1800) && s.retries == 0));
+    assert!(
+        r.steps
+            .iter()
+            .all(|s| s.sudo && s.timeout == Duration::from_secs(1800) && s.retries == 0)
+    );
     match &r.steps[3].body {
         StepBody::Run(s) => assert!(s.contains("'1.0.0'"), "variable substituted: {s}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(r.image.name, "{recipe}-{timestamp}-{short_hash}");
     assert_eq!(r.image.tags.get("role").map(String::as_str), Some("web"));
-    assert_eq!(r.image.tags.get("version").map(String::as_str), Some("1.0.0"));
+    assert_eq!(
+        r.image.tags.get("version").map(String::as_str),
+        Some("1.0.0")
+    );
     assert!(r.deploy.is_none() && r.ssm.is_none() && r.secrets.is_empty());
 }
 
@@ -205,7 +238,10 @@ fn var_overrides_and_undeclared_vars() {
     let e = recipe::load(&path, &[("verison".into(), "2".into())]).unwrap_err();
     let out = e.render_plain();
     assert_eq!(e.len(), 1, "{out}");
-    assert!(out.contains("--var `verison`: the recipe declares no variable `verison`"), "{out}");
+    assert!(
+        out.contains("--var `verison`: the recipe declares no variable `verison`"),
+        "{out}"
+    );
     assert!(out.contains("did you mean `--var version=…`?"), "{out}");
     // points at [variables]
     assert!(out.contains("web.toml:10:1: error:"), "{out}");
@@ -239,7 +275,10 @@ fn env_defaults_secrets_and_shell_braces() {
     assert_eq!(r.secrets, vec!["s3cr3t-value".to_string()]);
     assert_eq!(r.steps[0].env["TOKEN"], "s3cr3t-value");
     match &r.steps[0].body {
-        StepBody::Run(s) => assert_eq!(s, "echo eu-west-1; curl -H 'T: s3cr3t-value' https://example.com/{a,b} ${HOME}"),
+        StepBody::Run(s) => assert_eq!(
+            s,
+            "echo eu-west-1; curl -H 'T: s3cr3t-value' https://example.com/{a,b} ${HOME}"
+        ),
         other => panic!("{other:?}"),
     }
     assert_eq!(r.image.name, "{recipe}-{date}-eu-west-1");
@@ -249,7 +288,12 @@ fn env_defaults_secrets_and_shell_braces() {
     let none = |_: &str| None;
     let e = recipe::load_str_with_env(SMALL, Path::new("s.toml"), &[], &none).unwrap_err();
     assert_eq!(e.len(), 1, "{}", e.render_plain());
-    assert!(e.render_plain().contains("s.toml:4:10: error: environment variable `BAKE_T_TOKEN` is not set"), "{}", e.render_plain());
+    assert!(
+        e.render_plain()
+            .contains("s.toml:4:10: error: environment variable `BAKE_T_TOKEN` is not set"),
+        "{}",
+        e.render_plain()
+    );
 
     // sensitive values are redacted from messages
     let bad = SMALL.replace("ami-0123456789abcdef0", "{var.token}");
@@ -268,15 +312,21 @@ fn typical_recipe_validates_fast() {
         recipe::load(&path, &[]).unwrap();
     }
     let each = start.elapsed() / 10;
+    eprintln!("recipes/web.toml loads in {each:?}");
     // debug build; release is far below this
-    assert!(each < Duration::from_millis(20), "loading web.toml took {each:?}");
+    assert!(
+        each < Duration::from_millis(20),
+        "loading web.toml took {each:?}"
+    );
 }
 
 #[test]
 fn miette_report_renders() {
     let e = recipe::load_str("name = 1\n", Path::new("r.toml"), &[]).unwrap_err();
     let mut out = String::new();
-    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).render_report(&mut out, &e).unwrap();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, &e)
+        .unwrap();
     assert!(out.contains("must be a string"), "{out}");
     assert!(out.contains("quote the value"), "{out}");
 }

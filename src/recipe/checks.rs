@@ -14,7 +14,11 @@ pub struct Problem {
 
 impl Problem {
     fn new(at: Option<Range<usize>>, message: impl Into<String>, help: impl Into<String>) -> Self {
-        Self { at, message: message.into(), help: help.into() }
+        Self {
+            at,
+            message: message.into(),
+            help: help.into(),
+        }
     }
 }
 
@@ -22,7 +26,10 @@ impl Problem {
 /// length and characters (the longest forms the build produces).
 pub const IMAGE_PLACEHOLDERS: &[(&str, &str)] = &[
     ("recipe", ""), // the recipe's own name, filled in by the caller
-    ("hash", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+    (
+        "hash",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ),
     ("short_hash", "0123456789ab"),
     ("timestamp", "20261123T074907Z"),
     ("date", "2026-11-23"),
@@ -39,7 +46,8 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     for &c in candidates {
         let dist = strsim::damerau_levenshtein(&lw, c);
         let jw = strsim::jaro_winkler(&lw, c);
-        let close = dist <= 1 || (dist <= 2 && c.len() > 4) || (dist <= 3 && c.len() > 10) || jw >= 0.9;
+        let close =
+            dist <= 1 || (dist <= 2 && c.len() > 4) || (dist <= 3 && c.len() > 10) || jw >= 0.9;
         if close && best.is_none_or(|(_, s)| jw > s) {
             best = Some((c, jw));
         }
@@ -59,7 +67,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, Problem> {
         ));
     }
     match humantime::parse_duration(t) {
-        Ok(d) if d.is_zero() => Err(Problem::new(None, "duration must be greater than zero", "use e.g. \"30s\", \"5m\" or \"1h\"")),
+        Ok(d) if d.is_zero() => Err(Problem::new(
+            None,
+            "duration must be greater than zero",
+            "use e.g. \"30s\", \"5m\" or \"1h\"",
+        )),
         Ok(d) => Ok(d),
         Err(e) => Err(Problem::new(
             None,
@@ -70,7 +82,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, Problem> {
 }
 
 fn is_hex_lower(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `prefix-` followed by 8 or 17 lowercase hex digits (EC2 resource ids).
@@ -85,7 +98,9 @@ pub fn check_resource_id(s: &str, prefix: &str, what: &str) -> Result<(), Proble
         Err(Problem::new(
             None,
             format!("`{s}` is not a valid {what} id"),
-            format!("{what} ids look like `{prefix}-0123456789abcdef0` ({prefix}- and 8 or 17 lowercase hex digits)"),
+            format!(
+                "{what} ids look like `{prefix}-0123456789abcdef0` ({prefix}- and 8 or 17 lowercase hex digits)"
+            ),
         ))
     }
 }
@@ -95,9 +110,13 @@ pub fn check_instance_type(s: &str) -> Result<(), Problem> {
     let ok = match s.split_once('.') {
         Some((family, size)) => {
             family.starts_with(|c: char| c.is_ascii_lowercase())
-                && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && family
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !size.is_empty()
-                && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && size
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         }
         None => false,
     };
@@ -140,7 +159,8 @@ fn is_account_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// `user` or `user:group`.
@@ -152,22 +172,37 @@ pub fn check_owner(s: &str) -> Result<(), Problem> {
     if ok {
         Ok(())
     } else {
-        Err(Problem::new(None, format!("`{s}` is not a valid owner"), "write \"user\" or \"user:group\" (names or numeric ids)"))
+        Err(Problem::new(
+            None,
+            format!("`{s}` is not a valid owner"),
+            "write \"user\" or \"user:group\" (names or numeric ids)",
+        ))
     }
 }
 
 /// An octal mode string: `"0644"`, `"644"`, `"0o755"`; at most `0o7777`.
 pub fn parse_mode(s: &str) -> Result<u32, Problem> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let parsed = if !digits.is_empty() && digits.len() <= 5 && digits.chars().all(|c| ('0'..='7').contains(&c)) {
+    let parsed = if !digits.is_empty()
+        && digits.len() <= 5
+        && digits.chars().all(|c| ('0'..='7').contains(&c))
+    {
         u32::from_str_radix(digits, 8).ok()
     } else {
         None
     };
     match parsed {
         Some(m) if m <= 0o7777 => Ok(m),
-        Some(_) => Err(Problem::new(None, format!("mode `{s}` is larger than 0o7777"), "use at most four octal digits, e.g. \"0644\" or \"4755\"")),
-        None => Err(Problem::new(None, format!("mode `{s}` is not an octal number"), "write the mode as an octal string, e.g. \"0644\" or \"0755\"")),
+        Some(_) => Err(Problem::new(
+            None,
+            format!("mode `{s}` is larger than 0o7777"),
+            "use at most four octal digits, e.g. \"0644\" or \"4755\"",
+        )),
+        None => Err(Problem::new(
+            None,
+            format!("mode `{s}` is not an octal number"),
+            "write the mode as an octal string, e.g. \"0644\" or \"0755\"",
+        )),
     }
 }
 
@@ -176,7 +211,8 @@ pub fn check_recipe_name(s: &str) -> Result<(), Problem> {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -207,15 +243,24 @@ pub fn check_image_name(template: &str, recipe: &str) -> Vec<Problem> {
                     let name = &template[i + 1..i + 1 + off];
                     let end = i + 2 + off;
                     match IMAGE_PLACEHOLDERS.iter().find(|(n, _)| *n == name) {
+                        // an unresolved {var.X}/{env.X}: already reported where it is substituted
+                        None if name.starts_with("var.") || name.starts_with("env.") => {
+                            expanded.push('x')
+                        }
                         Some(("recipe", _)) => expanded.push_str(recipe),
                         Some((_, v)) => expanded.push_str(v),
                         None => {
-                            let names: Vec<&str> = IMAGE_PLACEHOLDERS.iter().map(|(n, _)| *n).collect();
+                            let names: Vec<&str> =
+                                IMAGE_PLACEHOLDERS.iter().map(|(n, _)| *n).collect();
                             let help = match suggest(name, &names) {
                                 Some(s) => format!("did you mean `{{{s}}}`? Image names know {{recipe}} {{hash}} {{short_hash}} {{timestamp}} {{date}}"),
                                 None => "image names know {recipe} {hash} {short_hash} {timestamp} {date}; use {var.NAME} for your own values".to_string(),
                             };
-                            problems.push(Problem::new(Some(i..end), format!("unknown placeholder `{{{name}}}` in image name"), help));
+                            problems.push(Problem::new(
+                                Some(i..end),
+                                format!("unknown placeholder `{{{name}}}` in image name"),
+                                help,
+                            ));
                         }
                     }
                     i = end;
@@ -233,7 +278,10 @@ pub fn check_image_name(template: &str, recipe: &str) -> Vec<Problem> {
             }
         }
         if !ami_name_char_ok(c) {
-            if !problems.iter().any(|p| p.message.contains(&format!("`{c}`"))) {
+            if !problems
+                .iter()
+                .any(|p| p.message.contains(&format!("`{c}`")))
+            {
                 problems.push(Problem::new(
                     Some(i..i + c.len_utf8()),
                     format!("image name contains `{c}`, which AMI names may not contain"),
@@ -264,19 +312,56 @@ pub fn check_tag(key: &str, value: &str) -> Vec<(bool, Problem)> {
     // (true = problem is with the key, false = with the value)
     let mut out = Vec::new();
     if key.is_empty() {
-        out.push((true, Problem::new(None, "tag key is empty", "give the tag a key")));
+        out.push((
+            true,
+            Problem::new(None, "tag key is empty", "give the tag a key"),
+        ));
     }
     if key.chars().count() > 128 {
-        out.push((true, Problem::new(None, format!("tag key is {} characters long (EC2 allows 128)", key.chars().count()), "shorten the key to at most 128 characters")));
+        out.push((
+            true,
+            Problem::new(
+                None,
+                format!(
+                    "tag key is {} characters long (EC2 allows 128)",
+                    key.chars().count()
+                ),
+                "shorten the key to at most 128 characters",
+            ),
+        ));
     }
     if key.len() >= 4 && key[..4].eq_ignore_ascii_case("aws:") {
-        out.push((true, Problem::new(None, format!("tag key `{key}` starts with `aws:`"), "the aws: prefix is reserved by AWS; choose another key")));
+        out.push((
+            true,
+            Problem::new(
+                None,
+                format!("tag key `{key}` starts with `aws:`"),
+                "the aws: prefix is reserved by AWS; choose another key",
+            ),
+        ));
     }
     if key.len() >= 5 && key.is_char_boundary(5) && key[..5].eq_ignore_ascii_case("bake:") {
-        out.push((true, Problem::new(None, format!("tag key `{key}` starts with `bake:`"), "bake: tags are set by bake itself; choose another key")));
+        out.push((
+            true,
+            Problem::new(
+                None,
+                format!("tag key `{key}` starts with `bake:`"),
+                "bake: tags are set by bake itself; choose another key",
+            ),
+        ));
     }
     if value.chars().count() > 256 {
-        out.push((false, Problem::new(None, format!("tag value is {} characters long (EC2 allows 256)", value.chars().count()), "shorten the value to at most 256 characters")));
+        out.push((
+            false,
+            Problem::new(
+                None,
+                format!(
+                    "tag value is {} characters long (EC2 allows 256)",
+                    value.chars().count()
+                ),
+                "shorten the value to at most 256 characters",
+            ),
+        ));
     }
     out
 }
@@ -286,7 +371,9 @@ pub fn check_tag_count(n: usize) -> Result<(), Problem> {
     if n + RESERVED_TAGS > MAX_TAGS {
         Err(Problem::new(
             None,
-            format!("{n} tags is too many: EC2 allows {MAX_TAGS} per resource and bake reserves {RESERVED_TAGS} for its own bake:* tags"),
+            format!(
+                "{n} tags is too many: EC2 allows {MAX_TAGS} per resource and bake reserves {RESERVED_TAGS} for its own bake:* tags"
+            ),
             format!("use at most {} tags here", MAX_TAGS - RESERVED_TAGS),
         ))
     } else {
@@ -297,7 +384,8 @@ pub fn check_tag_count(n: usize) -> Result<(), Problem> {
 /// S3 bucket naming rules (the common subset).
 pub fn check_bucket(s: &str) -> Result<(), Problem> {
     let ok = (3..=63).contains(&s.len())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
         && !s.contains("..");
@@ -314,13 +402,15 @@ pub fn check_bucket(s: &str) -> Result<(), Problem> {
 
 /// A shell environment variable name.
 pub fn is_env_name(s: &str) -> bool {
-    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A variable name (`{var.NAME}`).
 pub fn is_var_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// An IAM instance profile name or ARN.
@@ -333,7 +423,11 @@ pub fn check_instance_profile(s: &str) -> Result<(), Problem> {
     } else {
         s
     };
-    let ok = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -348,9 +442,18 @@ pub fn check_instance_profile(s: &str) -> Result<(), Problem> {
 /// A KMS key: id (UUID), `alias/NAME`, or an ARN.
 pub fn check_kms_key(s: &str) -> Result<(), Problem> {
     let uuid = s.len() == 36
-        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
+        && s.char_indices().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
     let mrk = s.starts_with("mrk-") && s.len() > 4 && s[4..].chars().all(|c| c.is_ascii_hexdigit());
-    let ok = uuid || mrk || (s.starts_with("alias/") && s.len() > 6) || (s.starts_with("arn:") && s.contains(":kms:"));
+    let ok = uuid
+        || mrk
+        || (s.starts_with("alias/") && s.len() > 6)
+        || (s.starts_with("arn:") && s.contains(":kms:"));
     if ok {
         Ok(())
     } else {
@@ -368,7 +471,13 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let keys = ["instance_type", "subnet_id", "security_group_ids", "user_data", "user_data_file"];
+        let keys = [
+            "instance_type",
+            "subnet_id",
+            "security_group_ids",
+            "user_data",
+            "user_data_file",
+        ];
         assert_eq!(suggest("instnce_type", &keys), Some("instance_type"));
         assert_eq!(suggest("subnet", &keys), Some("subnet_id"));
         assert_eq!(suggest("userdata", &keys), Some("user_data"));
@@ -400,7 +509,13 @@ mod tests {
 
     #[test]
     fn instance_types() {
-        for ok in ["t3.micro", "m7g.2xlarge", "u-6tb1.metal", "c5n.18xlarge", "mac2-m2pro.metal"] {
+        for ok in [
+            "t3.micro",
+            "m7g.2xlarge",
+            "u-6tb1.metal",
+            "c5n.18xlarge",
+            "mac2-m2pro.metal",
+        ] {
             assert!(check_instance_type(ok).is_ok(), "{ok}");
         }
         for bad in ["t3", "T3.micro", "t3.micro.x", ".micro", "t3."] {
@@ -447,7 +562,12 @@ mod tests {
         assert!(check_image_name("ab", "x")[0].message.contains("3-128"));
         let long = format!("{}-{{hash}}", "x".repeat(70));
         assert!(check_image_name(&long, "x")[0].message.contains("3-128"));
-        assert!(check_image_name("web-{hash", "web")[0].message.contains("unclosed"));
+        assert!(
+            check_image_name("web-{hash", "web")[0]
+                .message
+                .contains("unclosed")
+        );
+        assert!(check_image_name("web-{var.unknown}-{hash}", "web").is_empty());
         assert!(check_image_name("{recipe} (v1) [x] it's@a_b/c.d", "web").is_empty());
     }
 
@@ -457,7 +577,12 @@ mod tests {
         assert!(check_tag("aws:foo", "x")[0].1.message.contains("aws:"));
         assert!(check_tag("AWS:foo", "x")[0].0);
         assert!(check_tag("bake:recipe", "x")[0].1.message.contains("bake:"));
-        assert!(check_tag(&"k".repeat(129), "x")[0].1.message.contains("128"));
+        assert!(
+            check_tag(&"k".repeat(129), "x")[0]
+                .1
+                .message
+                .contains("128")
+        );
         assert!(check_tag(&"k".repeat(128), &"v".repeat(256)).is_empty());
         assert!(!check_tag("k", &"v".repeat(257))[0].0);
         assert!(check_tag_count(45).is_ok());
@@ -470,11 +595,18 @@ mod tests {
         assert!(check_bucket("s3://my-bucket").is_err());
         assert!(check_bucket("My-Bucket").is_err());
         assert!(check_instance_profile("bake-builder").is_ok());
-        assert!(check_instance_profile("arn:aws:iam::123456789012:instance-profile/path/bake").is_ok());
+        assert!(
+            check_instance_profile("arn:aws:iam::123456789012:instance-profile/path/bake").is_ok()
+        );
         assert!(check_instance_profile("bad name").is_err());
         assert!(check_kms_key("alias/bake").is_ok());
         assert!(check_kms_key("1234abcd-12ab-34cd-56ef-1234567890ab").is_ok());
-        assert!(check_kms_key("arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab").is_ok());
+        assert!(
+            check_kms_key(
+                "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+            )
+            .is_ok()
+        );
         assert!(check_kms_key("mykey").is_err());
         assert!(check_recipe_name("web-1.2_x").is_ok());
         assert!(check_recipe_name("web app").is_err());

@@ -19,8 +19,16 @@ pub struct RecipeError {
 }
 
 impl RecipeError {
-    pub fn new(span: Option<Range<usize>>, message: impl Into<String>, help: impl Into<String>) -> Self {
-        Self { span, message: message.into(), help: help.into() }
+    pub fn new(
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
+        Self {
+            span,
+            message: message.into(),
+            help: help.into(),
+        }
     }
 }
 
@@ -39,10 +47,12 @@ impl miette::Diagnostic for RecipeError {
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
         let span = self.span.clone()?;
-        Some(Box::new(std::iter::once(miette::LabeledSpan::new_with_span(
-            Some("here".to_string()),
-            miette::SourceSpan::from(span.start..span.end),
-        ))))
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_with_span(
+                Some("here".to_string()),
+                miette::SourceSpan::from(span.start..span.end),
+            ),
+        )))
     }
 }
 
@@ -61,7 +71,11 @@ impl RecipeErrors {
     pub(crate) fn new(path: PathBuf, source: String, mut errors: Vec<RecipeError>) -> Self {
         errors.sort_by_key(|e| e.span.as_ref().map_or((0, 0), |s| (s.start + 1, s.end)));
         errors.dedup();
-        Self { path, source, errors }
+        Self {
+            path,
+            source,
+            errors,
+        }
     }
 
     /// Number of problems.
@@ -108,7 +122,10 @@ impl RecipeErrors {
                     let num = line.to_string();
                     let pad = " ".repeat(num.len());
                     out.push_str(&format!("  {num} | {text}\n"));
-                    out.push_str(&format!("  {pad} | {caret_prefix}{}\n", "^".repeat(caret_len)));
+                    out.push_str(&format!(
+                        "  {pad} | {caret_prefix}{}\n",
+                        "^".repeat(caret_len)
+                    ));
                 }
                 None => out.push_str(&format!("{path}: error: {}\n", e.message)),
             }
@@ -133,7 +150,13 @@ impl RecipeErrors {
 impl fmt::Display for RecipeErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        write!(f, "{} problem{} in recipe {}", n, if n == 1 { "" } else { "s" }, self.path.display())
+        write!(
+            f,
+            "{} problem{} in recipe {}",
+            n,
+            if n == 1 { "" } else { "s" },
+            self.path.display()
+        )
     }
 }
 
@@ -149,7 +172,9 @@ impl miette::Diagnostic for RecipeErrors {
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
-        Some(Box::new(self.errors.iter().map(|e| e as &dyn miette::Diagnostic)))
+        Some(Box::new(
+            self.errors.iter().map(|e| e as &dyn miette::Diagnostic),
+        ))
     }
 }
 
@@ -183,7 +208,11 @@ fn snippet(src: &str, span: Range<usize>) -> (String, String, usize) {
         .chars()
         .map(|c| if c == '\t' { '\t' } else { ' ' })
         .collect();
-    let carets = src[start..end.min(line_end)].trim_end_matches('\r').chars().count().max(1);
+    let carets = src[start..end.min(line_end)]
+        .trim_end_matches('\r')
+        .chars()
+        .count()
+        .max(1);
     (text, prefix, carets)
 }
 
@@ -210,7 +239,11 @@ mod tests {
             PathBuf::from("r.toml"),
             src,
             vec![
-                RecipeError::new(Some(start..start + 12), "unknown key `instnce_type` in [builder]", "did you mean `instance_type`?"),
+                RecipeError::new(
+                    Some(start..start + 12),
+                    "unknown key `instnce_type` in [builder]",
+                    "did you mean `instance_type`?",
+                ),
                 RecipeError::new(None, "no place", "fix it"),
             ],
         );

@@ -28,7 +28,11 @@ pub fn load(path: &Path, vars: &[(String, String)]) -> Result<Recipe, RecipeErro
         Err(e) => Err(RecipeErrors::new(
             path.to_path_buf(),
             String::new(),
-            vec![RecipeError::new(None, format!("cannot read recipe: {e}"), "check the path (recipes are TOML files, e.g. recipes/web.toml)")],
+            vec![RecipeError::new(
+                None,
+                format!("cannot read recipe: {e}"),
+                "check the path (recipes are TOML files, e.g. recipes/web.toml)",
+            )],
         )),
     }
 }
@@ -46,7 +50,8 @@ pub fn load_str_with_env(
     vars: &[(String, String)],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Recipe, RecipeErrors> {
-    parse::build(src, path, vars, env).map_err(|errors| RecipeErrors::new(path.to_path_buf(), src.to_string(), errors))
+    parse::build(src, path, vars, env)
+        .map_err(|errors| RecipeErrors::new(path.to_path_buf(), src.to_string(), errors))
 }
 
 /// Splits a `--var` argument `NAME=VALUE`.

@@ -32,7 +32,18 @@ struct Tbl<'a, 'i> {
 
 /// Keys of each table (also the candidates for "did you mean").
 const TOP_KEYS: &[&str] = &[
-    "name", "description", "communicator", "variables", "sensitive", "source", "builder", "ssh", "ssm", "upload", "step", "image",
+    "name",
+    "description",
+    "communicator",
+    "variables",
+    "sensitive",
+    "source",
+    "builder",
+    "ssh",
+    "ssm",
+    "upload",
+    "step",
+    "image",
     "deploy",
 ];
 const SOURCE_KEYS: &[&str] = &["ami", "filter"];
@@ -49,11 +60,20 @@ const BUILDER_KEYS: &[&str] = &[
     "run_tags",
     "root_volume",
 ];
-const ROOT_VOLUME_KEYS: &[&str] = &["size_gb", "type", "encrypted", "kms_key_id", "iops", "throughput"];
+const ROOT_VOLUME_KEYS: &[&str] = &[
+    "size_gb",
+    "type",
+    "encrypted",
+    "kms_key_id",
+    "iops",
+    "throughput",
+];
 const SSH_KEYS: &[&str] = &["username", "port", "interface", "timeout"];
 const SSM_KEYS: &[&str] = &["bucket", "prefix", "output_bucket", "timeout"];
 const UPLOAD_KEYS: &[&str] = &["source", "destination", "mode", "owner"];
-const STEP_KEYS: &[&str] = &["name", "run", "script", "sudo", "env", "workdir", "timeout", "retries", "reboot"];
+const STEP_KEYS: &[&str] = &[
+    "name", "run", "script", "sudo", "env", "workdir", "timeout", "retries", "reboot",
+];
 const IMAGE_KEYS: &[&str] = &["name", "description", "tags", "snapshot_tags"];
 const DEPLOY_KEYS: &[&str] = &[
     "asg",
@@ -73,7 +93,9 @@ const INTERFACES: &[&str] = &["private_ip", "public_ip", "private_dns", "public_
 /// Packer names a migrating user is likely to write, with where they live in bake.
 fn packer_hint(key: &str) -> Option<&'static str> {
     Some(match key {
-        "region" => "bake has no region key: it uses the region of your AWS configuration (AWS_REGION, AWS_PROFILE, ~/.aws/config)",
+        "region" => {
+            "bake has no region key: it uses the region of your AWS configuration (AWS_REGION, AWS_PROFILE, ~/.aws/config)"
+        }
         "access_key" | "secret_key" | "profile" | "token" => {
             "bake takes credentials from the standard AWS configuration (environment, profile, SSO, instance role), never from a recipe"
         }
@@ -85,10 +107,14 @@ fn packer_hint(key: &str) -> Option<&'static str> {
         "ssh_port" => "write [ssh] port = 22",
         "ssh_interface" => "write [ssh] interface = \"private_ip\"",
         "ssh_timeout" => "write [ssh] timeout = \"5m\"",
-        "provisioner" | "provisioners" | "inline" => "write each command as a [[step]] (run = \"…\") and each file as an [[upload]]",
+        "provisioner" | "provisioners" | "inline" => {
+            "write each command as a [[step]] (run = \"…\") and each file as an [[upload]]"
+        }
         "launch_block_device_mappings" => "write [builder.root_volume] size_gb, type, encrypted, …",
         "vpc_id" => "bake takes the VPC from builder.subnet_id (or the default VPC)",
-        "tags" => "image tags go in [image] tags = { … }; builder instance tags in [builder] run_tags",
+        "tags" => {
+            "image tags go in [image] tags = { … }; builder instance tags in [builder] run_tags"
+        }
         _ => return None,
     })
 }
@@ -179,7 +205,11 @@ impl<'s> Cx<'s> {
             if let Some(h) = packer_hint(key) {
                 help = h.to_string();
             }
-            self.err(Some(k.span()), format!("unknown key `{key}` in {}", t.name), help);
+            self.err(
+                Some(k.span()),
+                format!("unknown key `{key}` in {}", t.name),
+                help,
+            );
         }
     }
 
@@ -190,18 +220,33 @@ impl<'s> Cx<'s> {
     fn wrong_type(&mut self, t: &Tbl<'_, '_>, key: &str, v: &V<'_>, expected: &str, help: String) {
         self.err(
             Some(v.span()),
-            format!("`{key}` in {} must be {expected}, not {}", t.name, type_name(v.get_ref())),
+            format!(
+                "`{key}` in {} must be {expected}, not {}",
+                t.name,
+                type_name(v.get_ref())
+            ),
             help,
         );
     }
 
     fn missing(&mut self, t: &Tbl<'_, '_>, key: &str, example: &str) {
         // a misspelt key already reported as unknown ("did you mean `key`?") says it all
-        if t.t.iter().any(|(k, _)| k.get_ref() != key && checks::suggest(k.get_ref(), &[key]).is_some()) {
+        if t.t
+            .iter()
+            .any(|(k, _)| k.get_ref() != key && checks::suggest(k.get_ref(), &[key]).is_some())
+        {
             return;
         }
-        let span = if t.span.is_empty() { self.top_span() } else { t.span.clone() };
-        self.err(Some(span), format!("{} is missing `{key}`", t.name), format!("add {key} = {example}"));
+        let span = if t.span.is_empty() {
+            self.top_span()
+        } else {
+            t.span.clone()
+        };
+        self.err(
+            Some(span),
+            format!("{} is missing `{key}`", t.name),
+            format!("add {key} = {example}"),
+        );
     }
 
     /// A string with `{var.*}` / `{env.*}` substituted.
@@ -210,10 +255,19 @@ impl<'s> Cx<'s> {
         match v.get_ref() {
             DeValue::String(s) => {
                 let s = self.subst(s, &v.span(), true);
-                Some(Sp { v: s, span: v.span() })
+                Some(Sp {
+                    v: s,
+                    span: v.span(),
+                })
             }
             _ => {
-                self.wrong_type(t, key, v, "a string", format!("quote the value: {key} = \"…\""));
+                self.wrong_type(
+                    t,
+                    key,
+                    v,
+                    "a string",
+                    format!("quote the value: {key} = \"…\""),
+                );
                 None
             }
         }
@@ -226,7 +280,11 @@ impl<'s> Cx<'s> {
         }
         let s = self.string(t, key)?;
         if s.v.trim().is_empty() {
-            self.err(Some(s.span.clone()), format!("`{key}` in {} is empty", t.name), format!("write {key} = {example}"));
+            self.err(
+                Some(s.span.clone()),
+                format!("`{key}` in {} is empty", t.name),
+                format!("write {key} = {example}"),
+            );
             return None;
         }
         Some(s)
@@ -237,7 +295,13 @@ impl<'s> Cx<'s> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             _ => {
-                self.wrong_type(t, key, v, "true or false", format!("write {key} = true or {key} = false (no quotes)"));
+                self.wrong_type(
+                    t,
+                    key,
+                    v,
+                    "true or false",
+                    format!("write {key} = true or {key} = false (no quotes)"),
+                );
                 None
             }
         }
@@ -246,7 +310,10 @@ impl<'s> Cx<'s> {
     fn integer(&mut self, t: &Tbl<'_, '_>, key: &str, min: i64, max: i64) -> Option<Sp<i64>> {
         let (_, v) = self.get(t, key)?;
         match integer_of(v.get_ref()) {
-            Some(n) if (min as i128..=max as i128).contains(&n) => Some(Sp { v: n as i64, span: v.span() }),
+            Some(n) if (min as i128..=max as i128).contains(&n) => Some(Sp {
+                v: n as i64,
+                span: v.span(),
+            }),
             Some(n) => {
                 self.err(
                     Some(v.span()),
@@ -256,7 +323,13 @@ impl<'s> Cx<'s> {
                 None
             }
             None => {
-                self.wrong_type(t, key, v, "a whole number", format!("write a whole number without quotes, e.g. {key} = {min}"));
+                self.wrong_type(
+                    t,
+                    key,
+                    v,
+                    "a whole number",
+                    format!("write a whole number without quotes, e.g. {key} = {min}"),
+                );
                 None
             }
         }
@@ -292,33 +365,65 @@ impl<'s> Cx<'s> {
                     match item.get_ref() {
                         DeValue::String(s) => {
                             let s = self.subst(s, &item.span(), true);
-                            out.push(Sp { v: s, span: item.span() });
+                            out.push(Sp {
+                                v: s,
+                                span: item.span(),
+                            });
                         }
                         other => self.err(
                             Some(item.span()),
-                            format!("`{key}` in {} must list strings, but this item is {}", t.name, type_name(other)),
+                            format!(
+                                "`{key}` in {} must list strings, but this item is {}",
+                                t.name,
+                                type_name(other)
+                            ),
                             "quote each item: [\"a\", \"b\"]",
                         ),
                     }
                 }
-                Some(Sp { v: out, span: v.span() })
+                Some(Sp {
+                    v: out,
+                    span: v.span(),
+                })
             }
             DeValue::String(_) => {
-                self.wrong_type(t, key, v, "an array of strings", format!("put it in brackets: {key} = [\"…\"]"));
+                self.wrong_type(
+                    t,
+                    key,
+                    v,
+                    "an array of strings",
+                    format!("put it in brackets: {key} = [\"…\"]"),
+                );
                 None
             }
             _ => {
-                self.wrong_type(t, key, v, "an array of strings", format!("write {key} = [\"…\", \"…\"]"));
+                self.wrong_type(
+                    t,
+                    key,
+                    v,
+                    "an array of strings",
+                    format!("write {key} = [\"…\", \"…\"]"),
+                );
                 None
             }
         }
     }
 
     /// A table of string values: (key, value) pairs with their spans.
-    fn string_map(&mut self, t: &Tbl<'_, '_>, key: &str) -> Option<Sp<Vec<(Sp<String>, Sp<String>)>>> {
+    fn string_map(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+    ) -> Option<Sp<Vec<(Sp<String>, Sp<String>)>>> {
         let (_, v) = self.get(t, key)?;
         let DeValue::Table(tt) = v.get_ref() else {
-            self.wrong_type(t, key, v, "a table", format!("write {key} = {{ name = \"value\" }}"));
+            self.wrong_type(
+                t,
+                key,
+                v,
+                "a table",
+                format!("write {key} = {{ name = \"value\" }}"),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -326,19 +431,39 @@ impl<'s> Cx<'s> {
             match item.get_ref() {
                 DeValue::String(s) => {
                     let s = self.subst(s, &item.span(), true);
-                    out.push((Sp { v: k.get_ref().to_string(), span: k.span() }, Sp { v: s, span: item.span() }));
+                    out.push((
+                        Sp {
+                            v: k.get_ref().to_string(),
+                            span: k.span(),
+                        },
+                        Sp {
+                            v: s,
+                            span: item.span(),
+                        },
+                    ));
                 }
                 other => {
                     let raw = &self.src[item.span()];
                     self.err(
                         Some(item.span()),
-                        format!("`{}` in `{key}` must be a string, not {}", k.get_ref(), type_name(other)),
-                        format!("quote the value: {} = \"{}\"", k.get_ref(), raw.trim_matches('"')),
+                        format!(
+                            "`{}` in `{key}` must be a string, not {}",
+                            k.get_ref(),
+                            type_name(other)
+                        ),
+                        format!(
+                            "quote the value: {} = \"{}\"",
+                            k.get_ref(),
+                            raw.trim_matches('"')
+                        ),
                     );
                 }
             }
         }
-        Some(Sp { v: out, span: v.span() })
+        Some(Sp {
+            v: out,
+            span: v.span(),
+        })
     }
 
     fn table<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str, name: String) -> Option<Tbl<'a, 'i>> {
@@ -350,20 +475,32 @@ impl<'s> Cx<'s> {
                 Some(Tbl { t: tt, span, name })
             }
             _ => {
-                self.wrong_type(t, key, v, "a table", format!("write a {name} section, or {key} = {{ … }}"));
+                self.wrong_type(
+                    t,
+                    key,
+                    v,
+                    "a table",
+                    format!("write a {name} section, or {key} = {{ … }}"),
+                );
                 None
             }
         }
     }
 
     fn array_of_tables<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str) -> Vec<Tbl<'a, 'i>> {
-        let Some((_, v)) = self.get(t, key) else { return Vec::new() };
+        let Some((_, v)) = self.get(t, key) else {
+            return Vec::new();
+        };
         match v.get_ref() {
             DeValue::Array(a) => {
                 let mut out = Vec::new();
                 for (i, item) in a.iter().enumerate() {
                     match item.get_ref() {
-                        DeValue::Table(tt) => out.push(Tbl { t: tt, span: item.span(), name: format!("[[{key}]] #{}", i + 1) }),
+                        DeValue::Table(tt) => out.push(Tbl {
+                            t: tt,
+                            span: item.span(),
+                            name: format!("[[{key}]] #{}", i + 1),
+                        }),
                         other => self.err(
                             Some(item.span()),
                             format!("each `{key}` must be a table, not {}", type_name(other)),
@@ -384,7 +521,10 @@ impl<'s> Cx<'s> {
             other => {
                 self.err(
                     Some(v.span()),
-                    format!("`{key}` must be an array of tables, not {}", type_name(other)),
+                    format!(
+                        "`{key}` must be an array of tables, not {}",
+                        type_name(other)
+                    ),
                     format!("write each one as a [[{key}]] section"),
                 );
                 Vec::new()
@@ -405,7 +545,10 @@ impl<'s> Cx<'s> {
         let mut out = String::with_capacity(s.len());
         let mut rest = s;
         loop {
-            let next = [rest.find("{var."), rest.find("{env.")].into_iter().flatten().min();
+            let next = [rest.find("{var."), rest.find("{env.")]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(start) = next else {
                 out.push_str(rest);
                 break;
@@ -441,7 +584,11 @@ impl<'s> Cx<'s> {
                         Some(s) => format!("did you mean `{{var.{s}}}`?"),
                         None => format!("declare it: [variables] {name} = \"default value\""),
                     };
-                    self.err(Some(tspan), format!("unknown variable `{name}` in `{token}`"), help);
+                    self.err(
+                        Some(tspan),
+                        format!("unknown variable `{name}` in `{token}`"),
+                        help,
+                    );
                     out.push_str(token);
                 }
             } else {
@@ -481,7 +628,11 @@ impl<'s> Cx<'s> {
 
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
     }
 
     /// Resolves a local path and checks it exists; returns (path, is_dir).
@@ -490,7 +641,11 @@ impl<'s> Cx<'s> {
         match std::fs::metadata(&path) {
             Ok(m) => Some((path, m.is_dir())),
             Err(e) => {
-                let why = if e.kind() == std::io::ErrorKind::NotFound { "does not exist".to_string() } else { format!("cannot be read ({e})") };
+                let why = if e.kind() == std::io::ErrorKind::NotFound {
+                    "does not exist".to_string()
+                } else {
+                    format!("cannot be read ({e})")
+                };
                 self.err(
                     Some(s.span.clone()),
                     format!("{what} `{}` {why} (looked for {})", s.v, path.display()),
@@ -505,13 +660,19 @@ impl<'s> Cx<'s> {
 
     fn tags(&mut self, t: &Tbl<'_, '_>, key: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(map) = self.string_map(t, key) else { return out };
+        let Some(map) = self.string_map(t, key) else {
+            return out;
+        };
         if let Err(p) = checks::check_tag_count(map.v.len()) {
             self.problem(&map.span, "", p);
         }
         for (k, v) in map.v {
             for (on_key, p) in checks::check_tag(&k.v, &v.v) {
-                if on_key { self.problem(&k.span, &k.v, p) } else { self.problem(&v.span, &v.v, p) }
+                if on_key {
+                    self.problem(&k.span, &k.v, p)
+                } else {
+                    self.problem(&v.span, &v.v, p)
+                }
             }
             out.insert(k.v, v.v);
         }
@@ -524,8 +685,14 @@ impl<'s> Cx<'s> {
         }
         self.err(
             Some(s.span.clone()),
-            format!("`{key}` in {} must be an absolute path on the builder, not `{}`", t.name, s.v),
-            format!("start it with /, e.g. {key} = \"/{}\"", s.v.trim_start_matches("./")),
+            format!(
+                "`{key}` in {} must be an absolute path on the builder, not `{}`",
+                t.name, s.v
+            ),
+            format!(
+                "start it with /, e.g. {key} = \"/{}\"",
+                s.v.trim_start_matches("./")
+            ),
         );
         false
     }
@@ -555,10 +722,23 @@ pub(crate) fn build(
             })
             .collect());
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut cx = Cx { src, dir: dir.clone(), errors: Vec::new(), vars: BTreeMap::new(), env };
-    let root = Tbl { t: doc.get_ref(), span: 0..0, name: "the recipe".to_string() };
+    let mut cx = Cx {
+        src,
+        dir: dir.clone(),
+        errors: Vec::new(),
+        vars: BTreeMap::new(),
+        env,
+    };
+    let root = Tbl {
+        t: doc.get_ref(),
+        span: 0..0,
+        name: "the recipe".to_string(),
+    };
     cx.keys(&root, TOP_KEYS);
 
     let secrets = variables(&mut cx, &root, vars);
@@ -572,32 +752,61 @@ pub(crate) fn build(
     let description = cx.string(&root, "description").map(|s| s.v);
 
     let communicator = match cx.string(&root, "communicator") {
-        None => Some(Sp { v: CommunicatorKind::Ssh, span: 0..0 }), // empty span: not written
-        Some(s) => match s.v.as_str() {
-            "ssh" => Some(Sp { v: CommunicatorKind::Ssh, span: s.span }),
-            "ssm" => Some(Sp { v: CommunicatorKind::Ssm, span: s.span }),
-            other => {
-                let help = match checks::suggest(other, &["ssh", "ssm"]) {
+        None => Some(Sp {
+            v: CommunicatorKind::Ssh,
+            span: 0..0,
+        }), // empty span: not written
+        Some(s) => {
+            match s.v.as_str() {
+                "ssh" => Some(Sp {
+                    v: CommunicatorKind::Ssh,
+                    span: s.span,
+                }),
+                "ssm" => Some(Sp {
+                    v: CommunicatorKind::Ssm,
+                    span: s.span,
+                }),
+                other => {
+                    let help = match checks::suggest(other, &["ssh", "ssm"]) {
                     Some(x) if x != other => format!("did you mean \"{x}\"? bake talks to builders over \"ssh\" or \"ssm\""),
                     _ => "bake talks to builders over \"ssh\" (default) or \"ssm\" (Session Manager)".to_string(),
                 };
-                cx.err(Some(s.span.clone()), format!("unknown communicator `{other}`"), help);
-                None
+                    cx.err(
+                        Some(s.span.clone()),
+                        format!("unknown communicator `{other}`"),
+                        help,
+                    );
+                    None
+                }
             }
-        },
+        }
     };
 
     let source = source(&mut cx, &root);
     let builder = builder(&mut cx, &root);
     let comm = communicator.as_ref().map(|c| c.v);
-    let ssh = ssh(&mut cx, &root, comm, communicator.as_ref().map(|c| c.span.clone()));
-    let ssm = ssm(&mut cx, &root, comm, communicator.as_ref().map(|c| c.span.clone()));
+    let ssh = ssh(
+        &mut cx,
+        &root,
+        comm,
+        communicator.as_ref().map(|c| c.span.clone()),
+    );
+    let ssm = ssm(
+        &mut cx,
+        &root,
+        comm,
+        communicator.as_ref().map(|c| c.span.clone()),
+    );
 
     // communicator-specific requirements on the builder
     if let (Some(c), Some(b)) = (&communicator, &builder) {
         if c.v == CommunicatorKind::Ssm {
             if b.0.iam_instance_profile.is_none() {
-                let span = if c.span.is_empty() { None } else { Some(c.span.clone()) };
+                let span = if c.span.is_empty() {
+                    None
+                } else {
+                    Some(c.span.clone())
+                };
                 cx.err(
                     span,
                     "communicator \"ssm\" needs builder.iam_instance_profile",
@@ -640,7 +849,13 @@ pub(crate) fn build(
             secrets: secrets.clone(),
         })
     })();
-    recipe.ok_or_else(|| vec![RecipeError::new(None, "internal error: recipe incomplete without a reported problem", "please report this bug")])
+    recipe.ok_or_else(|| {
+        vec![RecipeError::new(
+            None,
+            "internal error: recipe incomplete without a reported problem",
+            "please report this bug",
+        )]
+    })
 }
 
 /// Sensitive values never appear in messages.
@@ -676,7 +891,10 @@ fn variables(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, overrides: &[(String, String)]
                     let raw = cx.src[v.span()].to_string();
                     cx.err(
                         Some(v.span()),
-                        format!("variable `{name}` must have a string default, not {}", type_name(other)),
+                        format!(
+                            "variable `{name}` must have a string default, not {}",
+                            type_name(other)
+                        ),
                         format!("quote it: {name} = \"{}\"", raw.trim_matches('"')),
                     );
                     // keep it declared so references to it don't report twice
@@ -695,7 +913,11 @@ fn variables(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, overrides: &[(String, String)]
                 None => format!("declare it in the recipe: [variables] {k} = \"default value\""),
             };
             let span = vt.as_ref().map(|t| t.span.clone());
-            cx.err(span, format!("--var `{k}`: the recipe declares no variable `{k}`"), help);
+            cx.err(
+                span,
+                format!("--var `{k}`: the recipe declares no variable `{k}`"),
+                help,
+            );
         }
     }
     let mut secrets = Vec::new();
@@ -704,7 +926,11 @@ fn variables(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, overrides: &[(String, String)]
             DeValue::Array(a) => {
                 for i in a.iter() {
                     let DeValue::String(n) = i.get_ref() else {
-                        cx.err(Some(i.span()), "`sensitive` must list variable names as strings", "quote each name: sensitive = [\"db_password\"]");
+                        cx.err(
+                            Some(i.span()),
+                            "`sensitive` must list variable names as strings",
+                            "quote each name: sensitive = [\"db_password\"]",
+                        );
                         continue;
                     };
                     match cx.vars.get(n.as_ref()) {
@@ -717,14 +943,28 @@ fn variables(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, overrides: &[(String, String)]
                             let names: Vec<&str> = cx.vars.keys().map(String::as_str).collect();
                             let help = match checks::suggest(n, &names) {
                                 Some(s) => format!("did you mean \"{s}\"?"),
-                                None => "list names of variables declared under [variables]".to_string(),
+                                None => {
+                                    "list names of variables declared under [variables]".to_string()
+                                }
                             };
-                            cx.err(Some(i.span()), format!("`sensitive` names `{n}`, which is not a declared variable"), help);
+                            cx.err(
+                                Some(i.span()),
+                                format!(
+                                    "`sensitive` names `{n}`, which is not a declared variable"
+                                ),
+                                help,
+                            );
                         }
                     }
                 }
             }
-            _ => cx.wrong_type(root, "sensitive", v, "an array of variable names", "write sensitive = [\"db_password\"]".to_string()),
+            _ => cx.wrong_type(
+                root,
+                "sensitive",
+                v,
+                "an array of variable names",
+                "write sensitive = [\"db_password\"]".to_string(),
+            ),
         }
     }
     secrets
@@ -743,7 +983,9 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
     };
     cx.keys(&t, SOURCE_KEYS);
     let has_ami = cx.get(&t, "ami").is_some();
-    let filter_key = cx.get(&t, "filter").map(|(k, v)| if v.span().is_empty() { k } else { v.span() });
+    let filter_key = cx
+        .get(&t, "filter")
+        .map(|(k, v)| if v.span().is_empty() { k } else { v.span() });
     match (has_ami, filter_key) {
         (true, Some(fspan)) => {
             cx.err(
@@ -786,11 +1028,16 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
                 }
                 Some(list) => {
                     if list.v.is_empty() {
-                        cx.err(Some(list.span.clone()), "`owners` is empty", "list at least one account id or alias, e.g. [\"136693071363\"]");
+                        cx.err(
+                            Some(list.span.clone()),
+                            "`owners` is empty",
+                            "list at least one account id or alias, e.g. [\"136693071363\"]",
+                        );
                     }
                     for o in &list.v {
                         let ok = (o.v.len() == 12 && o.v.chars().all(|c| c.is_ascii_digit()))
-                            || ["self", "amazon", "aws-marketplace", "aws-backup-vault"].contains(&o.v.as_str());
+                            || ["self", "amazon", "aws-marketplace", "aws-backup-vault"]
+                                .contains(&o.v.as_str());
                         if !ok {
                             cx.err(
                                 Some(o.span.clone()),
@@ -814,7 +1061,11 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
                         Some(s) => format!("did you mean \"{s}\"?"),
                         None => format!("use one of {}", ARCHITECTURES.join(", ")),
                     };
-                    cx.err(Some(a.span), format!("unknown architecture `{}`", a.v), help);
+                    cx.err(
+                        Some(a.span),
+                        format!("unknown architecture `{}`", a.v),
+                        help,
+                    );
                     None
                 }
                 other => other.map(|a| a.v),
@@ -830,10 +1081,15 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
                                     let mut vals = Vec::new();
                                     for i in a.iter() {
                                         match i.get_ref() {
-                                            DeValue::String(s) => vals.push(cx.subst(s, &i.span(), true)),
+                                            DeValue::String(s) => {
+                                                vals.push(cx.subst(s, &i.span(), true))
+                                            }
                                             other => cx.err(
                                                 Some(i.span()),
-                                                format!("filter values must be strings, not {}", type_name(other)),
+                                                format!(
+                                                    "filter values must be strings, not {}",
+                                                    type_name(other)
+                                                ),
                                                 "quote each value: [\"hvm\"]",
                                             ),
                                         }
@@ -844,7 +1100,10 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
                                 other => {
                                     cx.err(
                                         Some(item.span()),
-                                        format!("filter `{key}` must be a list of strings, not {}", type_name(other)),
+                                        format!(
+                                            "filter `{key}` must be a list of strings, not {}",
+                                            type_name(other)
+                                        ),
                                         format!("write \"{key}\" = [\"value\"]"),
                                     );
                                     Vec::new()
@@ -853,13 +1112,24 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
                             filters.insert(key, vals);
                         }
                     }
-                    _ => cx.wrong_type(&f, "filters", v, "a table", "write filters = { \"virtualization-type\" = [\"hvm\"] }".to_string()),
+                    _ => cx.wrong_type(
+                        &f,
+                        "filters",
+                        v,
+                        "a table",
+                        "write filters = { \"virtualization-type\" = [\"hvm\"] }".to_string(),
+                    ),
                 }
             }
             if cx.errors.len() > n0 {
                 return None;
             }
-            Some(Source::Filter(SourceFilter { owners, name, architecture, filters }))
+            Some(Source::Filter(SourceFilter {
+                owners,
+                name,
+                architecture,
+                filters,
+            }))
         }
     }
 }
@@ -868,7 +1138,11 @@ fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
 fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, Option<Span>)> {
     let Some(t) = cx.table(root, "builder", "[builder]".to_string()) else {
         if cx.get(root, "builder").is_none() {
-            cx.err(Some(cx.top_span()), "the recipe has no [builder] section", "add [builder] with instance_type = \"t3.micro\"");
+            cx.err(
+                Some(cx.top_span()),
+                "the recipe has no [builder] section",
+                "add [builder] with instance_type = \"t3.micro\"",
+            );
         }
         return None;
     };
@@ -897,7 +1171,11 @@ fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, Option<Span>
     let cidrs = cx.string_list(&t, "ssh_ingress_cidrs");
     let mut cidr_span = None;
     if let Some(list) = &cidrs {
-        cidr_span = Some(cx.get(&t, "ssh_ingress_cidrs").map(|(k, _)| k).unwrap_or(list.span.clone()));
+        cidr_span = Some(
+            cx.get(&t, "ssh_ingress_cidrs")
+                .map(|(k, _)| k)
+                .unwrap_or(list.span.clone()),
+        );
         for c in &list.v {
             if let Err(p) = checks::check_cidr(&c.v) {
                 cx.problem(&c.span, &c.v, p);
@@ -933,10 +1211,19 @@ fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, Option<Span>
         (None, Some(f)) => {
             if let Some((p, is_dir)) = cx.existing_path("user_data_file", &f) {
                 if is_dir {
-                    cx.err(Some(f.span.clone()), format!("user_data_file `{}` is a directory ({})", f.v, p.display()), "point it at a file");
+                    cx.err(
+                        Some(f.span.clone()),
+                        format!("user_data_file `{}` is a directory ({})", f.v, p.display()),
+                        "point it at a file",
+                    );
                 } else {
                     match std::fs::read_to_string(&p) {
-                        Ok(s) => user_data = Some(Sp { v: s, span: f.span.clone() }),
+                        Ok(s) => {
+                            user_data = Some(Sp {
+                                v: s,
+                                span: f.span.clone(),
+                            })
+                        }
                         Err(e) => cx.err(
                             Some(f.span.clone()),
                             format!("cannot read user_data_file {}: {e}", p.display()),
@@ -970,8 +1257,12 @@ fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, Option<Span>
         Builder {
             instance_type: instance_type?.v,
             subnet_id: subnet_id.map(|s| s.v),
-            security_group_ids: sgs.map(|l| l.v.into_iter().map(|s| s.v).collect()).unwrap_or_default(),
-            ssh_ingress_cidrs: cidrs.map(|l| l.v.into_iter().map(|s| s.v).collect()).unwrap_or_default(),
+            security_group_ids: sgs
+                .map(|l| l.v.into_iter().map(|s| s.v).collect())
+                .unwrap_or_default(),
+            ssh_ingress_cidrs: cidrs
+                .map(|l| l.v.into_iter().map(|s| s.v).collect())
+                .unwrap_or_default(),
             iam_instance_profile: iam.map(|s| s.v),
             user_data: user_data.map(|u| u.v),
             associate_public_ip,
@@ -992,10 +1283,17 @@ fn root_volume(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> RootVolume {
             volume_type = Some(v.v.clone());
         } else {
             let help = match checks::suggest(&v.v, VOLUME_TYPES) {
-                Some(s) => format!("did you mean \"{s}\"? Volume types: {}", VOLUME_TYPES.join(", ")),
+                Some(s) => format!(
+                    "did you mean \"{s}\"? Volume types: {}",
+                    VOLUME_TYPES.join(", ")
+                ),
                 None => format!("use one of {}", VOLUME_TYPES.join(", ")),
             };
-            cx.err(Some(v.span.clone()), format!("unknown volume type `{}`", v.v), help);
+            cx.err(
+                Some(v.span.clone()),
+                format!("unknown volume type `{}`", v.v),
+                help,
+            );
         }
     }
     let encrypted = cx.boolean(t, "encrypted");
@@ -1005,7 +1303,11 @@ fn root_volume(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> RootVolume {
             cx.problem(&k.span, &k.v, p);
         }
         if encrypted == Some(false) {
-            cx.err(Some(k.span.clone()), "`kms_key_id` is set but `encrypted = false`", "set encrypted = true (or remove kms_key_id)");
+            cx.err(
+                Some(k.span.clone()),
+                "`kms_key_id` is set but `encrypted = false`",
+                "set encrypted = true (or remove kms_key_id)",
+            );
         }
     }
     let iops = cx.integer(t, "iops", 100, 256_000);
@@ -1034,12 +1336,20 @@ fn root_volume(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> RootVolume {
     } else if matches!(vt, "io1" | "io2")
         && let Some(v) = &vtype
     {
-        cx.err(Some(v.span.clone()), format!("{vt} volumes need `iops`"), "add iops = 3000 (or the rate you provisioned for)");
+        cx.err(
+            Some(v.span.clone()),
+            format!("{vt} volumes need `iops`"),
+            "add iops = 3000 (or the rate you provisioned for)",
+        );
     }
     if let Some(tp) = &throughput
         && vt != "gp3"
     {
-        cx.err(Some(tp.span.clone()), format!("`throughput` only applies to gp3 volumes, not {vt}"), "remove throughput, or use type = \"gp3\"");
+        cx.err(
+            Some(tp.span.clone()),
+            format!("`throughput` only applies to gp3 volumes, not {vt}"),
+            "remove throughput, or use type = \"gp3\"",
+        );
     }
     RootVolume {
         size_gb: size_gb.map(|s| s.v as u32),
@@ -1051,22 +1361,42 @@ fn root_volume(cx: &mut Cx<'_>, t: &Tbl<'_, '_>) -> RootVolume {
     }
 }
 
-fn ssh(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm_span: Option<Span>) -> Option<Ssh> {
-    let mut ssh = Ssh { username: String::new(), port: 22, interface: SshInterface::PrivateIp, timeout: Duration::from_secs(300) };
+fn ssh(
+    cx: &mut Cx<'_>,
+    root: &Tbl<'_, '_>,
+    comm: Option<CommunicatorKind>,
+    comm_span: Option<Span>,
+) -> Option<Ssh> {
+    let mut ssh = Ssh {
+        username: String::new(),
+        port: 22,
+        interface: SshInterface::PrivateIp,
+        timeout: Duration::from_secs(300),
+    };
     let Some(t) = cx.table(root, "ssh", "[ssh]".to_string()) else {
         if comm == Some(CommunicatorKind::Ssh) && cx.get(root, "ssh").is_none() {
-            let span = comm_span.filter(|s| !s.is_empty()).unwrap_or_else(|| cx.top_span());
+            let span = comm_span
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| cx.top_span());
             cx.err(Some(span), "the ssh communicator needs an [ssh] section", "add [ssh] with username = \"admin\" (the image's default user: admin on Debian, ubuntu on Ubuntu, ec2-user on Amazon Linux)");
             return None;
         }
-        return if comm == Some(CommunicatorKind::Ssh) { None } else { Some(ssh) };
+        return if comm == Some(CommunicatorKind::Ssh) {
+            None
+        } else {
+            Some(ssh)
+        };
     };
     cx.keys(&t, SSH_KEYS);
     let n0 = cx.errors.len();
     if comm == Some(CommunicatorKind::Ssh) {
         if let Some(u) = cx.req_string(&t, "username", "\"admin\"") {
             if checks::check_owner(&u.v).is_err() || u.v.contains(':') {
-                cx.err(Some(u.span.clone()), format!("`{}` is not a valid user name", u.v), "use the image's login user, e.g. \"admin\", \"ubuntu\" or \"ec2-user\"");
+                cx.err(
+                    Some(u.span.clone()),
+                    format!("`{}` is not a valid user name", u.v),
+                    "use the image's login user, e.g. \"admin\", \"ubuntu\" or \"ec2-user\"",
+                );
             }
             ssh.username = u.v;
         }
@@ -1087,7 +1417,11 @@ fn ssh(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm
                     Some(s) => format!("did you mean \"{s}\"?"),
                     None => format!("use one of {}", INTERFACES.join(", ")),
                 };
-                cx.err(Some(i.span.clone()), format!("unknown ssh interface `{other}`"), help);
+                cx.err(
+                    Some(i.span.clone()),
+                    format!("unknown ssh interface `{other}`"),
+                    help,
+                );
                 SshInterface::PrivateIp
             }
         };
@@ -1095,10 +1429,19 @@ fn ssh(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm
     if let Some(d) = cx.duration(&t, "timeout") {
         ssh.timeout = d.v;
     }
-    if cx.errors.len() > n0 { None } else { Some(ssh) }
+    if cx.errors.len() > n0 {
+        None
+    } else {
+        Some(ssh)
+    }
 }
 
-fn ssm(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm_span: Option<Span>) -> Option<Option<Ssm>> {
+fn ssm(
+    cx: &mut Cx<'_>,
+    root: &Tbl<'_, '_>,
+    comm: Option<CommunicatorKind>,
+    comm_span: Option<Span>,
+) -> Option<Option<Ssm>> {
     let needed = comm == Some(CommunicatorKind::Ssm);
     let Some(t) = cx.table(root, "ssm", "[ssm]".to_string()) else {
         if needed && cx.get(root, "ssm").is_none() {
@@ -1113,7 +1456,11 @@ fn ssm(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm
     };
     cx.keys(&t, SSM_KEYS);
     let n0 = cx.errors.len();
-    let bucket = if needed { cx.req_string(&t, "bucket", "\"my-bake-staging\"") } else { cx.string(&t, "bucket") };
+    let bucket = if needed {
+        cx.req_string(&t, "bucket", "\"my-bake-staging\"")
+    } else {
+        cx.string(&t, "bucket")
+    };
     if let Some(b) = &bucket
         && let Err(p) = checks::check_bucket(&b.v)
     {
@@ -1123,7 +1470,11 @@ fn ssm(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm
     if let Some(p) = &prefix
         && p.v.starts_with('/')
     {
-        cx.err(Some(p.span.clone()), "`prefix` must not start with /", format!("write prefix = \"{}\"", p.v.trim_start_matches('/')));
+        cx.err(
+            Some(p.span.clone()),
+            "`prefix` must not start with /",
+            format!("write prefix = \"{}\"", p.v.trim_start_matches('/')),
+        );
     }
     let output_bucket = cx.string(&t, "output_bucket");
     if let Some(b) = &output_bucket
@@ -1131,7 +1482,10 @@ fn ssm(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, comm: Option<CommunicatorKind>, comm
     {
         cx.problem(&b.span, &b.v, p);
     }
-    let timeout = cx.duration(&t, "timeout").map(|d| d.v).unwrap_or(Duration::from_secs(600));
+    let timeout = cx
+        .duration(&t, "timeout")
+        .map(|d| d.v)
+        .unwrap_or(Duration::from_secs(600));
     if cx.errors.len() > n0 {
         return None;
     }
@@ -1151,25 +1505,46 @@ fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
     for t in cx.array_of_tables(root, "upload") {
         cx.keys(&t, UPLOAD_KEYS);
         let source = cx.req_string(&t, "source", "\"files/app.tar.gz\"");
-        let found = source.as_ref().and_then(|s| cx.existing_path("upload source", s));
+        let found = source
+            .as_ref()
+            .and_then(|s| cx.existing_path("upload source", s));
         let dest = cx.req_string(&t, "destination", "\"/opt/app/\"");
-        let dest_ok = dest.as_ref().is_some_and(|d| cx.absolute_remote(&t, "destination", d));
+        let dest_ok = dest
+            .as_ref()
+            .is_some_and(|d| cx.absolute_remote(&t, "destination", d));
         let mode = match cx.get(&t, "mode") {
             Some((_, v)) => match v.get_ref() {
-                DeValue::String(_) => cx.string(&t, "mode").and_then(|m| match checks::parse_mode(&m.v) {
-                    Ok(x) => Some(Some(x)),
-                    Err(p) => {
-                        cx.problem(&m.span, &m.v, p);
-                        None
-                    }
-                }),
+                DeValue::String(_) => {
+                    cx.string(&t, "mode")
+                        .and_then(|m| match checks::parse_mode(&m.v) {
+                            Ok(x) => Some(Some(x)),
+                            Err(p) => {
+                                cx.problem(&m.span, &m.v, p);
+                                None
+                            }
+                        })
+                }
                 DeValue::Integer(i) => {
                     let lit = i.as_str().to_string();
-                    cx.wrong_type(&t, "mode", v, "an octal string", format!("quote it: mode = \"{lit}\" (a bare {lit} would be read as decimal)"));
+                    cx.wrong_type(
+                        &t,
+                        "mode",
+                        v,
+                        "an octal string",
+                        format!(
+                            "quote it: mode = \"{lit}\" (a bare {lit} would be read as decimal)"
+                        ),
+                    );
                     None
                 }
                 _ => {
-                    cx.wrong_type(&t, "mode", v, "an octal string", "write mode = \"0644\"".to_string());
+                    cx.wrong_type(
+                        &t,
+                        "mode",
+                        v,
+                        "an octal string",
+                        "write mode = \"0644\"".to_string(),
+                    );
                     None
                 }
             },
@@ -1181,8 +1556,15 @@ fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
         {
             cx.problem(&o.span, &o.v, p);
         }
-        if let (Some((source, is_dir)), Some(dest), true, Some(mode)) = (found, dest, dest_ok, mode) {
-            out.push(Upload { source, is_dir, destination: dest.v, mode, owner: owner.map(|o| o.v) });
+        if let (Some((source, is_dir)), Some(dest), true, Some(mode)) = (found, dest, dest_ok, mode)
+        {
+            out.push(Upload {
+                source,
+                is_dir,
+                destination: dest.v,
+                mode,
+                owner: owner.map(|o| o.v),
+            });
         }
     }
     out
@@ -1211,18 +1593,30 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
         let script = cx.string(&t, "script");
         let body = match (run, script) {
             (Some(_), Some(s)) => {
-                cx.err(Some(s.span), format!("{} has both `run` and `script`", t.name), "keep one: run = \"inline shell\" or script = \"scripts/x.sh\"");
+                cx.err(
+                    Some(s.span),
+                    format!("{} has both `run` and `script`", t.name),
+                    "keep one: run = \"inline shell\" or script = \"scripts/x.sh\"",
+                );
                 None
             }
             (None, None) => {
                 if cx.get(&t, "run").is_none() && cx.get(&t, "script").is_none() {
-                    cx.err(Some(t.span.clone()), format!("{} needs `run` or `script`", t.name), "add run = \"shell commands\" or script = \"scripts/install.sh\"");
+                    cx.err(
+                        Some(t.span.clone()),
+                        format!("{} needs `run` or `script`", t.name),
+                        "add run = \"shell commands\" or script = \"scripts/install.sh\"",
+                    );
                 }
                 None
             }
             (Some(r), None) => {
                 if r.v.trim().is_empty() {
-                    cx.err(Some(r.span), "`run` is empty", "write the shell commands to run, or remove the step");
+                    cx.err(
+                        Some(r.span),
+                        "`run` is empty",
+                        "write the shell commands to run, or remove the step",
+                    );
                     None
                 } else {
                     Some(StepBody::Run(r.v))
@@ -1231,7 +1625,11 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
             (None, Some(s)) => match cx.existing_path("script", &s) {
                 Some((p, false)) => Some(StepBody::Script(p)),
                 Some((p, true)) => {
-                    cx.err(Some(s.span), format!("script `{}` is a directory ({})", s.v, p.display()), "point script at a file");
+                    cx.err(
+                        Some(s.span),
+                        format!("script `{}` is a directory ({})", s.v, p.display()),
+                        "point script at a file",
+                    );
                     None
                 }
                 None => None,
@@ -1242,7 +1640,11 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
         if let Some(map) = cx.string_map(&t, "env") {
             for (k, v) in map.v {
                 if !checks::is_env_name(&k.v) {
-                    cx.err(Some(k.span), format!("`{}` is not a valid environment variable name", k.v), "use letters, digits and _, not starting with a digit");
+                    cx.err(
+                        Some(k.span),
+                        format!("`{}` is not a valid environment variable name", k.v),
+                        "use letters, digits and _, not starting with a digit",
+                    );
                 }
                 env.insert(k.v, v.v);
             }
@@ -1251,14 +1653,29 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
         if let Some(w) = &workdir {
             cx.absolute_remote(&t, "workdir", w);
         }
-        let timeout = cx.duration(&t, "timeout").map(|d| d.v).unwrap_or(Duration::from_secs(30 * 60));
-        let retries = cx.integer(&t, "retries", 0, 100).map(|r| r.v as u32).unwrap_or(0);
+        let timeout = cx
+            .duration(&t, "timeout")
+            .map(|d| d.v)
+            .unwrap_or(Duration::from_secs(30 * 60));
+        let retries = cx
+            .integer(&t, "retries", 0, 100)
+            .map(|r| r.v as u32)
+            .unwrap_or(0);
         let reboot = cx.boolean(&t, "reboot").unwrap_or(false);
         if cx.errors.len() > n0 {
             continue;
         }
         if let (Some(name), Some(body)) = (name, body) {
-            out.push(Step { name: name.v, body, sudo, env, workdir: workdir.map(|w| w.v), timeout, retries, reboot });
+            out.push(Step {
+                name: name.v,
+                body,
+                sudo,
+                env,
+                workdir: workdir.map(|w| w.v),
+                timeout,
+                retries,
+                reboot,
+            });
         }
     }
     out
@@ -1267,7 +1684,11 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
 fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -> Option<Image> {
     let Some(t) = cx.table(root, "image", "[image]".to_string()) else {
         if cx.get(root, "image").is_none() {
-            cx.err(Some(cx.top_span()), "the recipe has no [image] section", "add [image] with name = \"{recipe}-{timestamp}-{short_hash}\"");
+            cx.err(
+                Some(cx.top_span()),
+                "the recipe has no [image] section",
+                "add [image] with name = \"{recipe}-{timestamp}-{short_hash}\"",
+            );
         }
         return None;
     };
@@ -1283,19 +1704,35 @@ fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -> Option<Im
     if let Some(d) = &description
         && d.v.chars().count() > 255
     {
-        cx.err(Some(d.span.clone()), format!("image description is {} characters; EC2 allows 255", d.v.chars().count()), "shorten the description");
+        cx.err(
+            Some(d.span.clone()),
+            format!(
+                "image description is {} characters; EC2 allows 255",
+                d.v.chars().count()
+            ),
+            "shorten the description",
+        );
     }
     let tags = cx.tags(&t, "tags");
     let snapshot_tags = cx.tags(&t, "snapshot_tags");
     if cx.errors.len() > n0 {
         return None;
     }
-    Some(Image { name: name?.v, description: description.map(|d| d.v), tags, snapshot_tags })
+    Some(Image {
+        name: name?.v,
+        description: description.map(|d| d.v),
+        tags,
+        snapshot_tags,
+    })
 }
 
 fn deploy(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Option<Deploy>> {
     let Some(t) = cx.table(root, "deploy", "[deploy]".to_string()) else {
-        return if cx.get(root, "deploy").is_some() { None } else { Some(None) };
+        return if cx.get(root, "deploy").is_some() {
+            None
+        } else {
+            Some(None)
+        };
     };
     cx.keys(&t, DEPLOY_KEYS);
     let n0 = cx.errors.len();
@@ -1303,14 +1740,22 @@ fn deploy(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Option<Deploy>> {
     if let Some(a) = &asg
         && (a.v.is_empty() || a.v.chars().count() > 255)
     {
-        cx.err(Some(a.span.clone()), "`asg` must be an Auto Scaling group name of 1–255 characters", "write asg = \"web-asg\"");
+        cx.err(
+            Some(a.span.clone()),
+            "`asg` must be an Auto Scaling group name of 1–255 characters",
+            "write asg = \"web-asg\"",
+        );
     }
     let min = cx.integer(&t, "min_healthy_percentage", 0, 100);
     let max = cx.integer(&t, "max_healthy_percentage", 100, 200);
     if let (Some(lo), Some(hi)) = (&min, &max)
         && lo.v > hi.v
     {
-        cx.err(Some(lo.span.clone()), "min_healthy_percentage is above max_healthy_percentage", "make min_healthy_percentage ≤ max_healthy_percentage");
+        cx.err(
+            Some(lo.span.clone()),
+            "min_healthy_percentage is above max_healthy_percentage",
+            "make min_healthy_percentage ≤ max_healthy_percentage",
+        );
     }
     let instance_warmup = cx.duration(&t, "instance_warmup").map(|d| d.v);
     let skip_matching = cx.boolean(&t, "skip_matching");
@@ -1324,26 +1769,52 @@ fn deploy(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Option<Deploy>> {
                     match integer_of(i.get_ref()) {
                         Some(n) if (1..=100).contains(&n) => {
                             if n <= prev {
-                                cx.err(Some(i.span()), "checkpoint percentages must increase", "list them in ascending order, e.g. [20, 50, 100]");
+                                cx.err(
+                                    Some(i.span()),
+                                    "checkpoint percentages must increase",
+                                    "list them in ascending order, e.g. [20, 50, 100]",
+                                );
                             }
                             prev = n;
                             checkpoints.push(n as i32);
                         }
-                        Some(n) => cx.err(Some(i.span()), format!("checkpoint percentage {n} is outside 1–100"), "use percentages from 1 to 100, e.g. [20, 50, 100]"),
-                        None => cx.err(Some(i.span()), "checkpoint percentages must be whole numbers", "write checkpoint_percentages = [20, 50, 100]"),
+                        Some(n) => cx.err(
+                            Some(i.span()),
+                            format!("checkpoint percentage {n} is outside 1–100"),
+                            "use percentages from 1 to 100, e.g. [20, 50, 100]",
+                        ),
+                        None => cx.err(
+                            Some(i.span()),
+                            "checkpoint percentages must be whole numbers",
+                            "write checkpoint_percentages = [20, 50, 100]",
+                        ),
                     }
                 }
             }
-            _ => cx.wrong_type(&t, "checkpoint_percentages", v, "an array of percentages", "write checkpoint_percentages = [20, 50, 100]".to_string()),
+            _ => cx.wrong_type(
+                &t,
+                "checkpoint_percentages",
+                v,
+                "an array of percentages",
+                "write checkpoint_percentages = [20, 50, 100]".to_string(),
+            ),
         }
     }
     let checkpoint_delay = cx.duration(&t, "checkpoint_delay");
     if let Some(d) = &checkpoint_delay {
         if d.v > Duration::from_secs(172_800) {
-            cx.err(Some(d.span.clone()), "checkpoint_delay is longer than 2 days (the instance refresh limit)", "use at most \"48h\"");
+            cx.err(
+                Some(d.span.clone()),
+                "checkpoint_delay is longer than 2 days (the instance refresh limit)",
+                "use at most \"48h\"",
+            );
         }
         if cp_present.is_none() {
-            cx.err(Some(d.span.clone()), "checkpoint_delay is set without checkpoint_percentages", "add checkpoint_percentages = [20, 50, 100] or remove checkpoint_delay");
+            cx.err(
+                Some(d.span.clone()),
+                "checkpoint_delay is set without checkpoint_percentages",
+                "add checkpoint_percentages = [20, 50, 100] or remove checkpoint_delay",
+            );
         }
     }
     let auto_rollback = cx.boolean(&t, "auto_rollback");
