@@ -7,8 +7,8 @@
 //! - [`connect`]: TCP + handshake + public-key auth, retried with [`crate::retry::poll`] while
 //!   the builder boots.
 //! - [`upload`]: small files, directories and symlinks travel as one tar stream into
-//!   `tar -x` on the builder; large files stream raw into `tee | sha256` so the remote hash
-//!   overlaps the transfer. Every file's sha256 is checked on the builder.
+//!   `tar -x` on the builder; large files stream raw into a temp file that is renamed into
+//!   place once its hash matches. Every file's sha256 is checked on the builder.
 //! - [`exec`]: provisioning steps, with live line-by-line output and a timeout that kills the
 //!   remote process group.
 //!

@@ -15,6 +15,9 @@ use crate::recipe::model::Step;
 /// Lines of output kept for error messages.
 const TAIL_LINES: usize = 20;
 
+/// Longest line passed on as one; longer runs without a newline are cut into pieces.
+const MAX_LINE: usize = 64 * 1024;
+
 /// Above this, a rendered step no longer fits comfortably in one exec argument (Linux limits a
 /// single argv string to 128 KiB), so the script is shipped as a file first.
 const MAX_INLINE_COMMAND: usize = 64 * 1024;
@@ -99,6 +102,11 @@ impl Lines<'_> {
         while let Some(pos) = self.partial[idx].iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial[idx].drain(..=pos).collect();
             self.emit(stream, &line[..line.len() - 1]);
+        }
+        // Output without newlines (a progress bar, binary junk) must not grow without bound.
+        if self.partial[idx].len() > MAX_LINE {
+            let line = std::mem::take(&mut self.partial[idx]);
+            self.emit(stream, &line);
         }
     }
 

@@ -335,6 +335,28 @@ async fn connect_gives_up_after_timeout() {
 }
 
 #[tokio::test]
+async fn unknown_client_key_ends_in_auth_refused() {
+    let sshd = Sshd::started();
+    let mut target = sshd.target();
+    target.key = Arc::new(random_key());
+    target.timeout = Duration::from_secs(1);
+    let sink: SharedSink = Arc::new(TestSink::default());
+    let err = SshCommunicator::connect(target, sink).await.err().expect("key is not authorized");
+    assert!(matches!(err, CommError::AuthRefused { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn long_output_lines_are_bounded() {
+    let sshd = Sshd::started();
+    let (comm, sink) = connected(&sshd).await;
+    let out = comm.run(&step("t"), "head -c 300000 /dev/zero | tr '\\0' x").await.unwrap();
+    assert_eq!(out.exit_status, Some(0));
+    let lines = stdout_lines(&sink);
+    assert!(lines.len() >= 4, "{}", lines.len());
+    assert_eq!(lines.iter().map(String::len).sum::<usize>(), 300000);
+}
+
+#[tokio::test]
 async fn upload_file_with_mode_and_owner_into_nested_path() {
     let sshd = Sshd::started();
     let local = sshd.scratch("local");
