@@ -161,3 +161,30 @@ def test_instance_survives_key_pair_deletion(ec2, res, debian_ami):
     ec2.start_instances(InstanceIds=[a["InstanceId"]])
     assert ssh(a["PrivateIpAddress"], key, "echo ok").stdout.strip() == "ok"
     describe(ec2, a["InstanceId"])
+
+
+def test_parallel_builds(ec2, res, debian_ami):
+    """Several build-like flows at once (bake's tests run in parallel against one lab)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+
+    key_name, key = res.keypair("import")
+
+    def flow(n: int) -> str:
+        c = boto3.client("ec2", region_name="us-east-1")
+        i = c.run_instances(ImageId=debian_ami, MinCount=1, MaxCount=1, KeyName=key_name)["Instances"][0]
+        res.instances.append(i["InstanceId"])
+        ssh(i["PrivateIpAddress"], key, f"echo {n} | sudo tee /etc/flow >/dev/null")
+        c.stop_instances(InstanceIds=[i["InstanceId"]])
+        ami = c.create_image(InstanceId=i["InstanceId"], Name=f"flow-{n}-{uuid.uuid4().hex[:6]}")["ImageId"]
+        res.images.append(ami)
+        j = c.run_instances(ImageId=ami, MinCount=2, MaxCount=2, KeyName=key_name)["Instances"]
+        res.instances.extend(x["InstanceId"] for x in j)
+        outs = {ssh(x["PrivateIpAddress"], key, "cat /etc/flow").stdout.strip() for x in j}
+        c.terminate_instances(InstanceIds=[i["InstanceId"]] + [x["InstanceId"] for x in j])
+        return ",".join(sorted(outs))
+
+    with ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(flow, range(6)))
+    assert results == [str(n) for n in range(6)]
