@@ -330,3 +330,90 @@ fn miette_report_renders() {
     assert!(out.contains("must be a string"), "{out}");
     assert!(out.contains("quote the value"), "{out}");
 }
+
+#[test]
+fn ssm_script_deploy_and_root_volume_load() {
+    let src = r#"name = "full"
+communicator = "ssm"
+[source.filter]
+owners = ["amazon", "self"]
+name = "al2023-ami-*"
+architecture = "arm64"
+filters = { "virtualization-type" = ["hvm"], "root-device-type" = "ebs" }
+[builder]
+instance_type = "m7g.large"
+subnet_id = "subnet-0123456789abcdef0"
+security_group_ids = ["sg-01234567"]
+iam_instance_profile = "bake-builder"
+user_data_file = "files/app.txt"
+associate_public_ip = false
+run_tags = { team = "platform" }
+[builder.root_volume]
+size_gb = 30
+type = "io2"
+iops = 4000
+encrypted = true
+kms_key_id = "alias/bake"
+[ssm]
+bucket = "my-bake-staging"
+output_bucket = "my-bake-logs"
+[[upload]]
+source = "files"
+destination = "/opt/files"
+owner = "root:root"
+[[step]]
+name = "script"
+script = "scripts/ok.sh"
+env = { MODE = "prod" }
+workdir = "/opt/files"
+timeout = "1h 30m"
+retries = 2
+reboot = true
+[image]
+name = "{recipe} ({date}) {short_hash}"
+description = "everything"
+snapshot_tags = { team = "platform" }
+[deploy]
+asg = "web-asg"
+min_healthy_percentage = 90
+max_healthy_percentage = 120
+instance_warmup = "2m"
+skip_matching = true
+checkpoint_percentages = [20, 50, 100]
+checkpoint_delay = "10m"
+auto_rollback = true
+keep_versions = 5
+"#;
+    let path = repo().join("tests/bad-recipes/full.toml"); // not written: only its directory is used
+    let r = recipe::load_str(src, &path, &[]).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    assert_eq!(r.communicator, CommunicatorKind::Ssm);
+    let ssm = r.ssm.as_ref().unwrap();
+    assert_eq!(
+        (ssm.bucket.as_str(), ssm.prefix.as_str(), ssm.timeout),
+        ("my-bake-staging", "bake/", Duration::from_secs(600))
+    );
+    assert_eq!(ssm.output_bucket.as_deref(), Some("my-bake-logs"));
+    match &r.source {
+        Source::Filter(f) => {
+            assert_eq!(f.filters["virtualization-type"], vec!["hvm".to_string()]);
+            assert_eq!(f.filters["root-device-type"], vec!["ebs".to_string()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.builder.user_data.as_deref(), Some("hello\n"));
+    assert_eq!(r.builder.root_volume.iops, Some(4000));
+    assert_eq!(r.builder.root_volume.volume_type.as_deref(), Some("io2"));
+    assert!(r.uploads[0].is_dir && r.uploads[0].mode.is_none());
+    let s = &r.steps[0];
+    assert!(
+        matches!(&s.body, StepBody::Script(p) if p.is_absolute() && p.ends_with("scripts/ok.sh"))
+    );
+    assert_eq!(
+        (s.timeout, s.retries, s.reboot, s.sudo),
+        (Duration::from_secs(5400), 2, true, false)
+    );
+    let d = r.deploy.as_ref().unwrap();
+    assert_eq!(d.checkpoint_percentages, vec![20, 50, 100]);
+    assert_eq!(d.checkpoint_delay, Some(Duration::from_secs(600)));
+    assert_eq!(d.keep_versions, Some(5));
+}

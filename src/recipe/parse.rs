@@ -1623,7 +1623,17 @@ fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
                 }
             }
             (None, Some(s)) => match cx.existing_path("script", &s) {
-                Some((p, false)) => Some(StepBody::Script(p)),
+                Some((p, false)) => match std::fs::read_to_string(&p) {
+                    Ok(_) => Some(StepBody::Script(p)),
+                    Err(e) => {
+                        cx.err(
+                            Some(s.span),
+                            format!("cannot read script {}: {e}", p.display()),
+                            "scripts must be readable UTF-8 text files",
+                        );
+                        None
+                    }
+                },
                 Some((p, true)) => {
                     cx.err(
                         Some(s.span),
