@@ -164,7 +164,27 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
 
     # --------------------------------------------------- instance lifecycle
     @_wrap(m_inst.InstanceBackend, "run_instances")
-    def run_instances(orig, self, *args, **kwargs):
+    def run_instances(orig, self, image_id, count, *args, **kwargs):
+        # moto ignores ClientToken; EC2 returns the original reservation for a repeated token
+        # (a retried RunInstances must not launch a second builder).
+        token = kwargs.get("client_token")
+        if token and token != "ABCDE":  # "ABCDE": moto's stand-in for "no token"
+            for resv in self.reservations.values():
+                if resv.instances and getattr(resv.instances[0], "client_token", None) == token:
+                    return resv
+        # moto: a BlockDeviceMapping for the root device without VolumeSize/SnapshotId fails
+        # with MissingParameter; EC2 creates it from the image's root snapshot.
+        ami = self.amis.get(image_id) if image_id else None
+        for bdm in kwargs.get("block_device_mappings") or []:
+            ebs = bdm.get("Ebs")
+            if (ami is not None and isinstance(ebs, dict) and bdm.get("DeviceName") == ami.root_device_name
+                    and not ebs.get("SnapshotId")):
+                ebs["SnapshotId"] = ami.ebs_snapshot.id
+            if isinstance(ebs, dict) and not ebs.get("VolumeSize") and not ebs.get("SnapshotId") \
+                    and bdm.get("NoDevice") != "":
+                from moto.ec2.exceptions import MissingParameterError
+
+                raise MissingParameterError("size or snapshotId")
         # moto: without a subnet an instance gets a random 10.x "EC2-Classic" address (and a
         # public one). EC2: it lands in the default subnet of its AZ. So does the lab.
         nics = kwargs.get("nics") or []
@@ -186,7 +206,7 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
                 kwargs["subnet_id"] = subnet.id
                 if not kwargs.get("placement"):
                     kwargs["placement"] = subnet.availability_zone
-        reservation = orig(self, *args, **kwargs)
+        reservation = orig(self, image_id, count, *args, **kwargs)
         futures = []
         for inst in reservation.instances:
             if not is_lab_ip(inst.private_ip_address):
@@ -196,6 +216,30 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
             futures.append(lab.launch(inst, self))
         lab.settle(futures)
         return reservation
+
+    from moto.ec2.responses import instances as r_inst
+
+    _orig_validate_bdm = r_inst.InstanceResponse._validate_block_device_mapping
+
+    def _validate_block_device_mapping(device_mapping):
+        ebs = device_mapping.get("Ebs")
+        if isinstance(ebs, dict) and not ebs.get("VolumeSize") and not ebs.get("SnapshotId"):
+            return  # run_instances fills in the image's snapshot for the root device
+        return _orig_validate_bdm(device_mapping)
+
+    r_inst.InstanceResponse._validate_block_device_mapping = staticmethod(_validate_block_device_mapping)
+
+    def setup_defaults(self):
+        # moto: an 8 GiB root volume at /dev/sda1 whatever the image says; EC2: at the image's
+        # root device, created from the image's snapshot.
+        ami = self.ec2_backend.amis.get(self.image_id)
+        volume = self.ec2_backend.create_volume(
+            size=8, zone_name=self._placement.zone,
+            snapshot_id=ami.ebs_snapshot.id if ami is not None else None,
+        )
+        self.ec2_backend.attach_volume(volume.id, self.id, self.root_device_name or "/dev/xvda", True)
+
+    m_inst.Instance.setup_defaults = setup_defaults
 
     @_wrap(m_inst.Instance, "start")
     def inst_start(orig, self):
