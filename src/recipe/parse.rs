@@ -1509,9 +1509,28 @@ fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
             .as_ref()
             .and_then(|s| cx.existing_path("upload source", s));
         let dest = cx.req_string(&t, "destination", "\"/opt/app/\"");
-        let dest_ok = dest
+        let mut dest_ok = dest
             .as_ref()
             .is_some_and(|d| cx.absolute_remote(&t, "destination", d));
+        if let (Some((p, false)), Some(d)) = (&found, &dest)
+            && dest_ok
+            && d.v.ends_with('/')
+        {
+            let file = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let shown = source.as_ref().map_or("", |s| s.v.as_str());
+            cx.err(
+                Some(d.span.clone()),
+                format!("`destination` for the file `{shown}` ends with /"),
+                format!(
+                    "for a file, destination is the full path of the file on the builder: destination = \"{}{file}\"",
+                    d.v
+                ),
+            );
+            dest_ok = false;
+        }
         let mode = match cx.get(&t, "mode") {
             Some((_, v)) => match v.get_ref() {
                 DeValue::String(_) => {
