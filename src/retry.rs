@@ -121,9 +121,18 @@ mod tests {
 
     #[tokio::test]
     async fn poll_returns_ready_after_pending() {
-        let b = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(2), factor: 2.0, timeout: Duration::from_secs(5) };
+        let b = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            factor: 2.0,
+            timeout: Duration::from_secs(5),
+        };
         let r: Result<u32, PollError<()>> = poll(b, |n| async move {
-            if n < 3 { Poll::Pending(format!("attempt {n}")) } else { Poll::Ready(n) }
+            if n < 3 {
+                Poll::Pending(format!("attempt {n}"))
+            } else {
+                Poll::Ready(n)
+            }
         })
         .await;
         assert_eq!(r.unwrap(), 3);
@@ -131,8 +140,14 @@ mod tests {
 
     #[tokio::test]
     async fn poll_times_out_with_last_reason() {
-        let b = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(5), factor: 2.0, timeout: Duration::from_millis(30) };
-        let r: Result<(), PollError<()>> = poll(b, |_| async { Poll::Pending("still pending".into()) }).await;
+        let b = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+            factor: 2.0,
+            timeout: Duration::from_millis(30),
+        };
+        let r: Result<(), PollError<()>> =
+            poll(b, |_| async { Poll::Pending("still pending".into()) }).await;
         match r {
             Err(PollError::Timeout { last, .. }) => assert_eq!(last, "still pending"),
             other => panic!("expected timeout, got {other:?}"),

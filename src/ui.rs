@@ -38,7 +38,11 @@ impl Ui {
         let tty = !plain && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         let mp = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Ui {
-            inner: Arc::new(Inner { mp, secrets: Mutex::new(Vec::new()), upload: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                mp,
+                secrets: Mutex::new(Vec::new()),
+                upload: Mutex::new(None),
+            }),
             prefix: String::new(),
             timings: Arc::new(Mutex::new(Vec::new())),
         }
@@ -46,7 +50,11 @@ impl Ui {
 
     /// A view of the same output that prefixes lines with `name` and keeps its own timings.
     pub fn child(&self, name: &str) -> Self {
-        Ui { inner: self.inner.clone(), prefix: format!("{name} | "), timings: Arc::new(Mutex::new(Vec::new())) }
+        Ui {
+            inner: self.inner.clone(),
+            prefix: format!("{name} | "),
+            timings: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     pub fn is_tty(&self) -> bool {
@@ -88,7 +96,10 @@ impl Ui {
     pub fn stage(&self, name: &str, msg: &str) -> Stage {
         let bar = self.inner.mp.as_ref().map(|mp| {
             let pb = mp.add(ProgressBar::new_spinner());
-            pb.set_style(ProgressStyle::with_template("{spinner:.cyan} {prefix}{msg} {elapsed:.dim}").unwrap());
+            pb.set_style(
+                ProgressStyle::with_template("{spinner:.cyan} {prefix}{msg} {elapsed:.dim}")
+                    .unwrap(),
+            );
             pb.set_prefix(format!("{}{name}: ", self.prefix));
             pb.set_message(self.redact(msg));
             pb.enable_steady_tick(Duration::from_millis(120));
@@ -97,7 +108,13 @@ impl Ui {
         if bar.is_none() {
             self.line(&format!("{name}: {msg}"));
         }
-        Stage { ui: self.clone(), name: name.to_string(), start: Instant::now(), bar, last: Mutex::new(String::new()) }
+        Stage {
+            ui: self.clone(),
+            name: name.to_string(),
+            start: Instant::now(),
+            bar,
+            last: Mutex::new(String::new()),
+        }
     }
 
     /// Per-stage durations recorded so far.
@@ -139,7 +156,9 @@ impl Stage {
                 b.set_style(ProgressStyle::with_template("{prefix}{msg}").unwrap());
                 b.finish_with_message(format!("✓ {msg} ({})", fmt_duration(d)));
             }
-            None => self.ui.line(&format!("{}: {msg} ({})", self.name, fmt_duration(d))),
+            None => self
+                .ui
+                .line(&format!("{}: {msg} ({})", self.name, fmt_duration(d))),
         }
         self.ui.timings.lock().unwrap().push((self.name.clone(), d));
         d
@@ -153,7 +172,11 @@ impl Stage {
                 b.set_style(ProgressStyle::with_template("{prefix}{msg}").unwrap());
                 b.abandon_with_message(format!("✗ {msg} ({})", fmt_duration(d)));
             }
-            None => self.ui.line(&format!("{}: FAILED: {msg} ({})", self.name, fmt_duration(d))),
+            None => self.ui.line(&format!(
+                "{}: FAILED: {msg} ({})",
+                self.name,
+                fmt_duration(d)
+            )),
         }
         self.ui.timings.lock().unwrap().push((self.name.clone(), d));
     }
@@ -171,9 +194,11 @@ impl Sink for Ui {
             (Some(mp), None) => {
                 let pb = mp.add(ProgressBar::new(total));
                 pb.set_style(
-                    ProgressStyle::with_template("  {prefix}[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                        .unwrap()
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "  {prefix}[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap()
+                    .progress_chars("=> "),
                 );
                 pb.set_prefix(self.prefix.clone());
                 pb.set_position(done);
@@ -186,7 +211,12 @@ impl Sink for Ui {
                 let last = up.as_ref().map(|u| u.1).unwrap_or(u64::MAX);
                 if last != quarter {
                     drop(up);
-                    self.line(&format!("upload: {} of {} ({}%)", fmt_bytes(done), fmt_bytes(total), quarter * 25));
+                    self.line(&format!(
+                        "upload: {} of {} ({}%)",
+                        fmt_bytes(done),
+                        fmt_bytes(total),
+                        quarter * 25
+                    ));
                     *self.inner.upload.lock().unwrap() = Some((ProgressBar::hidden(), quarter));
                     return;
                 }
@@ -228,7 +258,11 @@ pub fn fmt_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 #[cfg(test)]

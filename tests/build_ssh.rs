@@ -43,11 +43,21 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
     let name = unique("web-");
     copy_tree(&repo().join("recipes"), tmp.path());
     let recipe = tmp.path().join("web.toml");
-    let text = std::fs::read_to_string(&recipe).unwrap().replacen("name = \"web\"", &format!("name = \"{name}\""), 1);
+    let text = std::fs::read_to_string(&recipe).unwrap().replacen(
+        "name = \"web\"",
+        &format!("name = \"{name}\""),
+        1,
+    );
     std::fs::write(&recipe, text).unwrap();
 
     let manifest = tmp.path().join("manifest.json");
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--output", "json", "--manifest"]).arg(&manifest).arg(&recipe).output().unwrap();
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--output", "json", "--manifest"])
+        .arg(&manifest)
+        .arg(&recipe)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "build failed:\n{}", stderr(&out));
     let v = json(&out);
     let ami = v["ami_id"].as_str().unwrap().to_string();
@@ -66,19 +76,34 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
     assert_eq!(t.get("bake:fingerprint"), Some(&fp));
     assert_eq!(t.get("bake:recipe"), Some(&name));
     assert_eq!(t.get("role").map(String::as_str), Some("web"));
-    let snaps: Vec<_> = img.block_device_mappings().iter().filter_map(|m| m.ebs()?.snapshot_id()).collect();
+    let snaps: Vec<_> = img
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs()?.snapshot_id())
+        .collect();
     assert!(!snaps.is_empty(), "image has no snapshots");
     for s in &snaps {
         let st = lab.snapshot_tags(s);
-        assert_eq!(st.get("bake:fingerprint"), Some(&fp), "snapshot {s} tags: {st:?}");
+        assert_eq!(
+            st.get("bake:fingerprint"),
+            Some(&fp),
+            "snapshot {s} tags: {st:?}"
+        );
         assert_eq!(st.get("bake:recipe"), Some(&name));
     }
 
     // Packer-style manifest.
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    assert_eq!(m["builds"][0]["artifact_id"], format!("{}:{ami}", lab.env["AWS_REGION"]));
+    assert_eq!(
+        m["builds"][0]["artifact_id"],
+        format!("{}:{ami}", lab.env["AWS_REGION"])
+    );
 
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "temporary resources left behind");
+    assert_eq!(
+        lab.leftovers(&name),
+        Vec::<String>::new(),
+        "temporary resources left behind"
+    );
 
     // An instance launched from the image has what the recipe put there.
     let (id, ip, key) = lab.launch_for_check(&ami, tmp.path());
@@ -92,12 +117,26 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
     );
     lab.terminate(&id);
     let so = stdout(&check);
-    assert!(check.status.success(), "files missing on an instance of the image: {so}{}", stderr(&check));
+    assert!(
+        check.status.success(),
+        "files missing on an instance of the image: {so}{}",
+        stderr(&check)
+    );
     assert!(so.contains("root 644"), "unit file owner/mode wrong: {so}");
     assert!(so.contains("user-ok"));
-    let local = std::process::Command::new("sha256sum").arg(tmp.path().join("web/app/index.html")).output().unwrap();
-    let local_hash = stdout(&local).split_whitespace().next().unwrap().to_string();
-    assert!(so.contains(&local_hash), "uploaded file differs from the local one");
+    let local = std::process::Command::new("sha256sum")
+        .arg(tmp.path().join("web/app/index.html"))
+        .output()
+        .unwrap();
+    let local_hash = stdout(&local)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        so.contains(&local_hash),
+        "uploaded file differs from the local one"
+    );
 }
 
 #[test]
@@ -110,19 +149,37 @@ fn failing_step_names_step_status_and_output_and_cleans_up() {
         &name,
         "[[step]]\nname = \"ok\"\nrun = \"echo fine\"\n[[step]]\nname = \"breaks\"\nrun = \"echo about-to-fail; echo oops >&2; exit 3\"\n",
     );
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain"])
+        .arg(&r)
+        .output()
+        .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("breaks"), "{err}");
     assert!(err.contains("exit status 3"), "{err}");
-    assert!(err.contains("about-to-fail") && err.contains("oops"), "output tail missing: {err}");
+    assert!(
+        err.contains("about-to-fail") && err.contains("oops"),
+        "output tail missing: {err}"
+    );
     assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    assert!(lab.images_of(&name).is_empty(), "a failed build left an image");
+    assert!(
+        lab.images_of(&name).is_empty(),
+        "a failed build left an image"
+    );
 }
 
 /// Starts a build, waits for `marker` on stderr, sends SIGINT, and returns (exit code, stderr).
 fn interrupt_when(lab: &Lab, cache: &Path, recipe: &Path, marker: &str) -> (Option<i32>, String) {
-    let mut child = lab.bake(cache).args(["build", "--plain"]).arg(recipe).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = lab
+        .bake(cache)
+        .args(["build", "--plain"])
+        .arg(recipe)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
     let err = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -136,7 +193,9 @@ fn interrupt_when(lab: &Lab, cache: &Path, recipe: &Path, marker: &str) -> (Opti
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("marker never appeared");
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("marker never appeared");
         if line.contains(marker) {
             break;
         }
@@ -157,7 +216,11 @@ fn sigint_during_a_step_cleans_up() {
     let lab = Lab::new();
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("int-");
-    let r = small_recipe(tmp.path(), &name, "[[step]]\nname = \"long\"\nrun = \"echo started-long; sleep 60\"\n");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[step]]\nname = \"long\"\nrun = \"echo started-long; sleep 60\"\n",
+    );
     let (code, err) = interrupt_when(&lab, &tmp.path().join("cache"), &r, "started-long");
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
@@ -174,7 +237,11 @@ fn sigint_during_an_upload_cleans_up() {
     let big = tmp.path().join("big.bin");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(2 << 30).unwrap();
-    let r = small_recipe(tmp.path(), &name, "[[upload]]\nsource = \"big.bin\"\ndestination = \"/opt/big.bin\"\n");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[upload]]\nsource = \"big.bin\"\ndestination = \"/opt/big.bin\"\n",
+    );
     let (code, err) = interrupt_when(&lab, &tmp.path().join("cache"), &r, "upload:");
     assert_eq!(code, Some(130), "{err}");
     assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
@@ -189,22 +256,48 @@ fn host_key_mismatch_refuses_to_connect_and_cleans_up() {
     // The recipe's own cloud-config replaces the host key bake handed over (cloud-init applies
     // later parts over earlier ones), so the builder presents a key bake did not pin.
     let key = tmp.path().join("other_host_key");
-    assert!(std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    assert!(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
     let private = std::fs::read_to_string(&key).unwrap();
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let indented: String = private.lines().map(|l| format!("    {l}\n")).collect();
-    let ud = format!("#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\n", public.trim());
+    let ud = format!(
+        "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\n",
+        public.trim()
+    );
     std::fs::write(tmp.path().join("ud.yaml"), ud).unwrap();
-    let r = small_recipe(tmp.path(), &name, "[[step]]\nname = \"never\"\nrun = \"echo should-not-run\"\n");
-    let text = std::fs::read_to_string(&r).unwrap().replace("instance_type = \"t3.micro\"", "instance_type = \"t3.micro\"\nuser_data_file = \"ud.yaml\"");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[step]]\nname = \"never\"\nrun = \"echo should-not-run\"\n",
+    );
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "instance_type = \"t3.micro\"",
+        "instance_type = \"t3.micro\"\nuser_data_file = \"ud.yaml\"",
+    );
     std::fs::write(&r, text).unwrap();
     let start = Instant::now();
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain"])
+        .arg(&r)
+        .output()
+        .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("host key"), "{err}");
     assert!(!err.contains("should-not-run"));
     // Refused at once, not after retrying for the whole SSH timeout.
-    assert!(start.elapsed() < Duration::from_secs(45), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(lab.leftovers(&name), Vec::<String>::new());
 }

@@ -4,8 +4,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn corpus() -> Vec<PathBuf> {
@@ -44,20 +44,33 @@ fn bake(endpoint: &str) -> Command {
         .env("AWS_ACCESS_KEY_ID", "x")
         .env("AWS_SECRET_ACCESS_KEY", "x")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("BAKE_CACHE_DIR", std::env::temp_dir().join("bake-test-cache"));
+        .env(
+            "BAKE_CACHE_DIR",
+            std::env::temp_dir().join("bake-test-cache"),
+        );
     c
 }
 
 #[test]
 fn every_bad_recipe_exits_2_with_position_and_no_aws_call() {
     let files = corpus();
-    assert!(files.len() >= 30, "the bad-recipe corpus should hold at least 30 recipes, has {}", files.len());
+    assert!(
+        files.len() >= 30,
+        "the bad-recipe corpus should hold at least 30 recipes, has {}",
+        files.len()
+    );
     let (endpoint, hits) = tripwire();
     for f in &files {
         for cmd in ["validate", "build", "plan"] {
             let out = bake(&endpoint).arg(cmd).arg(f).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{cmd} {}: expected exit 2, got {:?}\n{err}", f.display(), out.status);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{cmd} {}: expected exit 2, got {:?}\n{err}",
+                f.display(),
+                out.status
+            );
             let name = f.file_name().unwrap().to_string_lossy();
             let positioned = err.lines().any(|l| {
                 l.find(&*name).is_some_and(|i| {
@@ -65,26 +78,48 @@ fn every_bad_recipe_exits_2_with_position_and_no_aws_call() {
                     let mut parts = rest.splitn(3, ':');
                     parts.next() == Some("")
                         && parts.next().is_some_and(|x| x.parse::<u32>().is_ok())
-                        && parts.next().is_some_and(|x| x.split(':').next().unwrap().parse::<u32>().is_ok())
+                        && parts
+                            .next()
+                            .is_some_and(|x| x.split(':').next().unwrap().parse::<u32>().is_ok())
                 })
             });
-            assert!(positioned, "{cmd} {}: no file:line:col in\n{err}", f.display());
-            assert!(err.contains("help:"), "{cmd} {}: no help line in\n{err}", f.display());
+            assert!(
+                positioned,
+                "{cmd} {}: no file:line:col in\n{err}",
+                f.display()
+            );
+            assert!(
+                err.contains("help:"),
+                "{cmd} {}: no help line in\n{err}",
+                f.display()
+            );
         }
     }
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a bad recipe made an AWS call");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a bad recipe made an AWS call"
+    );
 }
 
 #[test]
 fn many_bad_recipes_are_all_reported_at_once() {
     let (endpoint, hits) = tripwire();
     let files = corpus();
-    let out = bake(&endpoint).arg("validate").args(&files[..3]).output().unwrap();
+    let out = bake(&endpoint)
+        .arg("validate")
+        .args(&files[..3])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     for f in &files[..3] {
-        assert!(err.contains(&*f.file_name().unwrap().to_string_lossy()), "{} not reported:\n{err}", f.display());
+        assert!(
+            err.contains(&*f.file_name().unwrap().to_string_lossy()),
+            "{} not reported:\n{err}",
+            f.display()
+        );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
@@ -94,9 +129,17 @@ fn good_example_validates_quickly_and_as_json() {
     let (endpoint, hits) = tripwire();
     let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/web.toml");
     let start = std::time::Instant::now();
-    let out = bake(&endpoint).args(["validate", "--output", "json"]).arg(&web).output().unwrap();
+    let out = bake(&endpoint)
+        .args(["validate", "--output", "json"])
+        .arg(&web)
+        .output()
+        .unwrap();
     let took = start.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["recipes"][0]["name"], "web");

@@ -4,35 +4,55 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Image, ImageState, Instance, InstanceStateName, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::types::{
+    Filter, Image, ImageState, Instance, InstanceStateName, ResourceType, Tag, TagSpecification,
+};
 
 use super::{AwsError, Ctx};
 use crate::retry::{self, Backoff, Poll, PollError};
 
 pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
-    Filter::builder().name(name).set_values(Some(values.into_iter().map(Into::into).collect())).build()
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.into_iter().map(Into::into).collect()))
+        .build()
 }
 
 pub fn tag_list(tags: &BTreeMap<String, String>) -> Vec<Tag> {
-    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
 }
 
 pub fn tag_spec(rt: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
-    TagSpecification::builder().resource_type(rt).set_tags(Some(tag_list(tags))).build()
+    TagSpecification::builder()
+        .resource_type(rt)
+        .set_tags(Some(tag_list(tags)))
+        .build()
 }
 
 /// Tags of an EC2 resource as a map.
 pub fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
         .collect()
 }
 
 pub async fn describe_instance(ec2: &Client, id: &str) -> Result<Option<Instance>, AwsError> {
     let out = ec2.describe_instances().instance_ids(id).send().await;
     match out.ctx("DescribeInstances", Some(id)) {
-        Ok(o) => Ok(o.reservations().iter().flat_map(|r| r.instances()).next().cloned()),
+        Ok(o) => Ok(o
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .cloned()),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
@@ -49,16 +69,22 @@ pub async fn describe_image(ec2: &Client, id: &str) -> Result<Option<Image>, Aws
 
 /// Turns an AWS error inside a poll attempt into throttling (retry harder) or failure.
 fn poll_err<T>(e: AwsError) -> Poll<T, AwsError> {
-    if e.is_throttling() { Poll::Throttled } else { Poll::Fail(e) }
+    if e.is_throttling() {
+        Poll::Throttled
+    } else {
+        Poll::Fail(e)
+    }
 }
 
 /// A poll that ended without a value, as an error naming the resource.
 pub fn poll_failure(op: &'static str, id: &str, e: PollError<AwsError>) -> AwsError {
     match e {
         PollError::Failed(e) => e,
-        PollError::Timeout { elapsed, last } => {
-            AwsError::new(op, Some(id.to_string()), format!("gave up after {}s: {last}", elapsed.as_secs()))
-        }
+        PollError::Timeout { elapsed, last } => AwsError::new(
+            op,
+            Some(id.to_string()),
+            format!("gave up after {}s: {last}", elapsed.as_secs()),
+        ),
     }
 }
 
@@ -82,8 +108,15 @@ pub async fn wait_instance_state(
                     Some(InstanceStateName::Terminated) | Some(InstanceStateName::ShuttingDown)
                         if want != InstanceStateName::Terminated =>
                     {
-                        let reason = inst.state_reason().and_then(|r| r.message()).unwrap_or("no reason given");
-                        Poll::Fail(AwsError::new("wait for instance", Some(id.to_string()), format!("instance is terminating: {reason}")))
+                        let reason = inst
+                            .state_reason()
+                            .and_then(|r| r.message())
+                            .unwrap_or("no reason given");
+                        Poll::Fail(AwsError::new(
+                            "wait for instance",
+                            Some(id.to_string()),
+                            format!("instance is terminating: {reason}"),
+                        ))
                     }
                     Some(s) => Poll::Pending(format!("{id} is {}", s.as_str())),
                     None => Poll::Pending(format!("{id} has no state yet")),
@@ -100,7 +133,11 @@ pub async fn wait_instance_state(
 }
 
 /// Waits until an image is `available`; a `failed` image is an error.
-pub async fn wait_image_available(ec2: &Client, id: &str, timeout: Duration) -> Result<Image, AwsError> {
+pub async fn wait_image_available(
+    ec2: &Client,
+    id: &str,
+    timeout: Duration,
+) -> Result<Image, AwsError> {
     let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| async {
         match describe_image(ec2, id).await {
             Err(e) => poll_err(e),
@@ -108,10 +145,21 @@ pub async fn wait_image_available(ec2: &Client, id: &str, timeout: Duration) -> 
             Ok(Some(img)) => match img.state() {
                 Some(ImageState::Available) => Poll::Ready(img),
                 Some(ImageState::Failed) | Some(ImageState::Error) | Some(ImageState::Invalid) => {
-                    let reason = img.state_reason().and_then(|r| r.message()).unwrap_or("no reason given").to_string();
-                    Poll::Fail(AwsError::new("wait for image", Some(id.to_string()), format!("image creation failed: {reason}")))
+                    let reason = img
+                        .state_reason()
+                        .and_then(|r| r.message())
+                        .unwrap_or("no reason given")
+                        .to_string();
+                    Poll::Fail(AwsError::new(
+                        "wait for image",
+                        Some(id.to_string()),
+                        format!("image creation failed: {reason}"),
+                    ))
                 }
-                other => Poll::Pending(format!("{id} is {}", other.map(|s| s.as_str()).unwrap_or("unknown"))),
+                other => Poll::Pending(format!(
+                    "{id} is {}",
+                    other.map(|s| s.as_str()).unwrap_or("unknown")
+                )),
             },
         }
     })
@@ -131,10 +179,18 @@ pub fn image_snapshots(img: &Image) -> Vec<String> {
 /// that used it was deregistered (eventual consistency). Already gone is success.
 pub async fn delete_snapshot(ec2: &Client, id: &str, timeout: Duration) -> Result<(), AwsError> {
     let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| async {
-        match ec2.delete_snapshot().snapshot_id(id).send().await.ctx("DeleteSnapshot", Some(id)) {
+        match ec2
+            .delete_snapshot()
+            .snapshot_id(id)
+            .send()
+            .await
+            .ctx("DeleteSnapshot", Some(id))
+        {
             Ok(_) => Poll::Ready(()),
             Err(e) if e.is_not_found() => Poll::Ready(()),
-            Err(e) if e.code_is(&["InvalidSnapshot.InUse"]) => Poll::Pending(format!("{id} still in use: {}", e.message)),
+            Err(e) if e.code_is(&["InvalidSnapshot.InUse"]) => {
+                Poll::Pending(format!("{id} still in use: {}", e.message))
+            }
             Err(e) => poll_err(e),
         }
     })
@@ -150,7 +206,13 @@ pub async fn deregister_with_snapshots(
     snapshots: &[String],
     keep: &[String],
 ) -> Result<Vec<String>, AwsError> {
-    match ec2.deregister_image().image_id(ami).send().await.ctx("DeregisterImage", Some(ami)) {
+    match ec2
+        .deregister_image()
+        .image_id(ami)
+        .send()
+        .await
+        .ctx("DeregisterImage", Some(ami))
+    {
         Ok(_) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e),
@@ -164,17 +226,29 @@ pub async fn deregister_with_snapshots(
 }
 
 /// Instances (not terminated) carrying tag `key=value`.
-pub async fn instances_tagged(ec2: &Client, key: &str, value: &str) -> Result<Vec<Instance>, AwsError> {
+pub async fn instances_tagged(
+    ec2: &Client,
+    key: &str,
+    value: &str,
+) -> Result<Vec<Instance>, AwsError> {
     let mut out = Vec::new();
     let mut pages = ec2
         .describe_instances()
         .filters(filter(&format!("tag:{key}"), [value]))
-        .filters(filter("instance-state-name", ["pending", "running", "stopping", "stopped", "shutting-down"]))
+        .filters(filter(
+            "instance-state-name",
+            ["pending", "running", "stopping", "stopped", "shutting-down"],
+        ))
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
         let page = page.ctx("DescribeInstances", Some(&format!("tag {key}={value}")))?;
-        out.extend(page.reservations().iter().flat_map(|r| r.instances()).cloned());
+        out.extend(
+            page.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .cloned(),
+        );
     }
     Ok(out)
 }

@@ -31,12 +31,15 @@ impl Clients {
             loader = loader.profile_name(p);
         }
         let conf = loader.load().await;
-        let region = conf
-            .region()
-            .map(|r| r.to_string())
-            .ok_or_else(|| AwsError::config("no AWS region configured: set AWS_REGION, a profile region, or pass --region"))?;
+        let region = conf.region().map(|r| r.to_string()).ok_or_else(|| {
+            AwsError::config(
+                "no AWS region configured: set AWS_REGION, a profile region, or pass --region",
+            )
+        })?;
         // S3 through a custom endpoint (the lab, MinIO …) needs path-style addressing.
-        let s3_conf = aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build();
+        let s3_conf = aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build();
         Ok(Clients {
             ec2: aws_sdk_ec2::Client::new(&conf),
             ssm: aws_sdk_ssm::Client::new(&conf),
@@ -59,11 +62,21 @@ pub struct AwsError {
 
 impl AwsError {
     pub fn config(msg: &str) -> Self {
-        AwsError { op: "configuration", resource: None, code: None, message: msg.to_string() }
+        AwsError {
+            op: "configuration",
+            resource: None,
+            code: None,
+            message: msg.to_string(),
+        }
     }
 
     pub fn new(op: &'static str, resource: Option<String>, message: impl Into<String>) -> Self {
-        AwsError { op, resource, code: None, message: message.into() }
+        AwsError {
+            op,
+            resource,
+            code: None,
+            message: message.into(),
+        }
     }
 
     /// Maps any SDK error, keeping the service's error code.
@@ -77,7 +90,12 @@ impl AwsError {
             Some(m) => m.to_string(),
             None => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
         };
-        AwsError { op, resource: resource.map(str::to_string), code, message }
+        AwsError {
+            op,
+            resource: resource.map(str::to_string),
+            code,
+            message,
+        }
     }
 
     pub fn code_is(&self, codes: &[&str]) -> bool {
@@ -86,12 +104,20 @@ impl AwsError {
 
     /// The service asked us to slow down: back off harder, don't fail.
     pub fn is_throttling(&self) -> bool {
-        self.code_is(&["Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RequestThrottled"])
+        self.code_is(&[
+            "Throttling",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "TooManyRequestsException",
+            "RequestThrottled",
+        ])
     }
 
     /// The thing is already gone: for cleanup, that is success.
     pub fn is_not_found(&self) -> bool {
-        self.code.as_deref().is_some_and(|c| c.ends_with(".NotFound") || c.ends_with("NotFound") || c == "InvalidAMIID.Unavailable")
+        self.code.as_deref().is_some_and(|c| {
+            c.ends_with(".NotFound") || c.ends_with("NotFound") || c == "InvalidAMIID.Unavailable"
+        })
     }
 }
 

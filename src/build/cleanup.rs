@@ -19,21 +19,38 @@ use crate::ui::Ui;
 pub enum Undo {
     /// Terminate every instance tagged `bake:build-id=<id>` and wait until terminated (a
     /// security group cannot be deleted while an instance still uses it).
-    TerminateBuildInstances { build_id: String },
-    DeleteKeyPair { name: String },
+    TerminateBuildInstances {
+        build_id: String,
+    },
+    DeleteKeyPair {
+        name: String,
+    },
     /// The temporary security group, found by name and build tag.
-    DeleteSecurityGroup { name: String, build_id: String },
+    DeleteSecurityGroup {
+        name: String,
+        build_id: String,
+    },
     /// A half-made image (found by name, owned by us) and its snapshots.
-    DeregisterImage { name: String },
+    DeregisterImage {
+        name: String,
+    },
+    /// The per-fingerprint build lock, if this build holds it.
+    ReleaseLock {
+        name: String,
+        build_id: String,
+    },
 }
 
 impl std::fmt::Display for Undo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Undo::TerminateBuildInstances { build_id } => write!(f, "instances tagged bake:build-id={build_id}"),
+            Undo::TerminateBuildInstances { build_id } => {
+                write!(f, "instances tagged bake:build-id={build_id}")
+            }
             Undo::DeleteKeyPair { name } => write!(f, "key pair {name}"),
             Undo::DeleteSecurityGroup { name, .. } => write!(f, "security group {name}"),
             Undo::DeregisterImage { name } => write!(f, "image named {name} and its snapshots"),
+            Undo::ReleaseLock { name, .. } => write!(f, "build lock {name}"),
         }
     }
 }
@@ -67,7 +84,13 @@ impl Cleanup {
 
     /// What is still to be removed, newest first.
     pub fn pending(&self) -> Vec<Undo> {
-        self.stack.lock().unwrap().iter().rev().map(|(_, u)| u.clone()).collect()
+        self.stack
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|(_, u)| u.clone())
+            .collect()
     }
 
     /// Runs every undo, newest first. Failures do not stop the rest; they stay on the stack and
@@ -98,17 +121,38 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
     match undo {
         Undo::TerminateBuildInstances { build_id } => {
             let insts = ec2::instances_tagged(&c.ec2, "bake:build-id", build_id).await?;
-            let ids: Vec<String> = insts.iter().filter_map(|i| i.instance_id().map(str::to_string)).collect();
+            let ids: Vec<String> = insts
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string))
+                .collect();
             if ids.is_empty() {
                 return Ok("no instance to terminate".into());
             }
-            c.ec2.terminate_instances().set_instance_ids(Some(ids.clone())).send().await.ctx("TerminateInstances", Some(&ids.join(",")))?;
+            c.ec2
+                .terminate_instances()
+                .set_instance_ids(Some(ids.clone()))
+                .send()
+                .await
+                .ctx("TerminateInstances", Some(&ids.join(",")))?;
             for id in &ids {
-                ec2::wait_instance_state(&c.ec2, id, InstanceStateName::Terminated, Duration::from_secs(600)).await?;
+                ec2::wait_instance_state(
+                    &c.ec2,
+                    id,
+                    InstanceStateName::Terminated,
+                    Duration::from_secs(600),
+                )
+                .await?;
             }
             Ok(format!("terminated {}", ids.join(", ")))
         }
-        Undo::DeleteKeyPair { name } => match c.ec2.delete_key_pair().key_name(name).send().await.ctx("DeleteKeyPair", Some(name)) {
+        Undo::DeleteKeyPair { name } => match c
+            .ec2
+            .delete_key_pair()
+            .key_name(name)
+            .send()
+            .await
+            .ctx("DeleteKeyPair", Some(name))
+        {
             Ok(_) => Ok(format!("deleted key pair {name}")),
             Err(e) if e.is_not_found() => Ok(format!("key pair {name} already gone")),
             Err(e) => Err(e),
@@ -122,23 +166,41 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
                 .send()
                 .await
                 .ctx("DescribeSecurityGroups", Some(name))?;
-            let Some(id) = groups.security_groups().first().and_then(|g| g.group_id()).map(str::to_string) else {
+            let Some(id) = groups
+                .security_groups()
+                .first()
+                .and_then(|g| g.group_id())
+                .map(str::to_string)
+            else {
                 return Ok(format!("security group {name} not found (never created)"));
             };
             // Right after its instance terminates EC2 may still report the group in use.
-            let r = retry::poll(Backoff::AWS.with_timeout(Duration::from_secs(180)), |_| async {
-                match c.ec2.delete_security_group().group_id(&id).send().await.ctx("DeleteSecurityGroup", Some(&id)) {
-                    Ok(_) => Poll::Ready(()),
-                    Err(e) if e.is_not_found() => Poll::Ready(()),
-                    Err(e) if e.code_is(&["DependencyViolation"]) => Poll::Pending(format!("{id} still in use")),
-                    Err(e) if e.is_throttling() => Poll::Throttled,
-                    Err(e) => Poll::Fail(e),
-                }
-            })
+            let r = retry::poll(
+                Backoff::AWS.with_timeout(Duration::from_secs(180)),
+                |_| async {
+                    match c
+                        .ec2
+                        .delete_security_group()
+                        .group_id(&id)
+                        .send()
+                        .await
+                        .ctx("DeleteSecurityGroup", Some(&id))
+                    {
+                        Ok(_) => Poll::Ready(()),
+                        Err(e) if e.is_not_found() => Poll::Ready(()),
+                        Err(e) if e.code_is(&["DependencyViolation"]) => {
+                            Poll::Pending(format!("{id} still in use"))
+                        }
+                        Err(e) if e.is_throttling() => Poll::Throttled,
+                        Err(e) => Poll::Fail(e),
+                    }
+                },
+            )
             .await;
             r.map_err(|e| ec2::poll_failure("DeleteSecurityGroup", &id, e))?;
             Ok(format!("deleted security group {id}"))
         }
+        Undo::ReleaseLock { name, build_id } => super::lock::release(c, name, build_id).await,
         Undo::DeregisterImage { name } => {
             let imgs = ec2::own_images(&c.ec2, vec![filter("name", [name.as_str()])]).await?;
             let mut done = Vec::new();
@@ -166,13 +228,20 @@ mod tests {
     fn pending_is_newest_first_and_keep_removes() {
         let c = Cleanup::new();
         c.push(Undo::DeleteKeyPair { name: "k".into() });
-        c.push(Undo::TerminateBuildInstances { build_id: "b".into() });
+        c.push(Undo::TerminateBuildInstances {
+            build_id: "b".into(),
+        });
         let img = c.push(Undo::DeregisterImage { name: "i".into() });
         assert_eq!(c.pending()[0], Undo::DeregisterImage { name: "i".into() });
         c.keep(img);
         assert_eq!(
             c.pending(),
-            vec![Undo::TerminateBuildInstances { build_id: "b".into() }, Undo::DeleteKeyPair { name: "k".into() }]
+            vec![
+                Undo::TerminateBuildInstances {
+                    build_id: "b".into()
+                },
+                Undo::DeleteKeyPair { name: "k".into() }
+            ]
         );
     }
 }

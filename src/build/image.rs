@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{ImageState, InstanceStateName, ResourceType};
 
+use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
 use super::launch::Builder;
 use super::source::SourceImage;
-use super::BuildError;
 use crate::aws::ec2::{self, filter, tag_list, tag_spec};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::fingerprint::{self, Fingerprint};
@@ -24,14 +24,23 @@ pub struct MadeImage {
 }
 
 /// Tags that record how an image was made; `bake plan` and `bake images` read them back.
-pub fn image_tags(recipe: &Recipe, fp: &Fingerprint, source: &SourceImage, build_id: &str) -> BTreeMap<String, String> {
+pub fn image_tags(
+    recipe: &Recipe,
+    fp: &Fingerprint,
+    source: &SourceImage,
+    build_id: &str,
+) -> BTreeMap<String, String> {
     let mut t = recipe.image.tags.clone();
     t.insert("bake:recipe".into(), recipe.name.clone());
     t.insert("bake:fingerprint".into(), fp.hash.clone());
     t.insert("bake:source-ami".into(), source.id.clone());
     t.insert("bake:build-id".into(), build_id.to_string());
     for (i, v) in fingerprint::encode_inputs(fp).into_iter().enumerate() {
-        let key = if i == 0 { "bake:inputs".to_string() } else { format!("bake:inputs.{i}") };
+        let key = if i == 0 {
+            "bake:inputs".to_string()
+        } else {
+            format!("bake:inputs.{i}")
+        };
         t.insert(key, format!("v{}:{v}", fingerprint::VERSION));
     }
     t
@@ -62,8 +71,18 @@ pub async fn make_image(
     let ec2 = &clients.ec2;
     let id = &builder.instance_id;
     let st = ui.stage("stop", &format!("stopping {id}"));
-    ec2.stop_instances().instance_ids(id).send().await.ctx("StopInstances", Some(id))?;
-    ec2::wait_instance_state(ec2, id, InstanceStateName::Stopped, Duration::from_secs(900)).await?;
+    ec2.stop_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .ctx("StopInstances", Some(id))?;
+    ec2::wait_instance_state(
+        ec2,
+        id,
+        InstanceStateName::Stopped,
+        Duration::from_secs(900),
+    )
+    .await?;
     st.finish(&format!("{id} stopped"));
 
     let name = image_name(&recipe.image.name, &recipe.name, fp);
@@ -98,12 +117,22 @@ pub async fn make_image(
             .ctx("CreateTags", Some(&snapshots.join(",")))?;
     }
     cleanup.keep(token);
-    st.finish(&format!("{ami} available, snapshots {}", snapshots.join(", ")));
-    Ok(MadeImage { ami_id: ami, name, snapshots })
+    st.finish(&format!(
+        "{ami} available, snapshots {}",
+        snapshots.join(", ")
+    ));
+    Ok(MadeImage {
+        ami_id: ami,
+        name,
+        snapshots,
+    })
 }
 
 /// An available image of ours with this fingerprint: (id, name, snapshots). Newest wins.
-pub async fn find_by_fingerprint(ec2: &aws_sdk_ec2::Client, hash: &str) -> Result<Option<(String, String, Vec<String>)>, AwsError> {
+pub async fn find_by_fingerprint(
+    ec2: &aws_sdk_ec2::Client,
+    hash: &str,
+) -> Result<Option<(String, String, Vec<String>)>, AwsError> {
     let imgs = ec2::own_images(ec2, vec![filter("tag:bake:fingerprint", [hash])]).await?;
     Ok(imgs
         .into_iter()
@@ -111,6 +140,10 @@ pub async fn find_by_fingerprint(ec2: &aws_sdk_ec2::Client, hash: &str) -> Resul
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
         .map(|i| {
             let snaps = ec2::image_snapshots(&i);
-            (i.image_id().unwrap_or_default().to_string(), i.name().unwrap_or_default().to_string(), snaps)
+            (
+                i.image_id().unwrap_or_default().to_string(),
+                i.name().unwrap_or_default().to_string(),
+                snaps,
+            )
         }))
 }

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceStateName, InstanceType, IpPermission,
-    IpRange, ResourceType, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceStateName,
+    InstanceType, IpPermission, IpRange, ResourceType, VolumeType,
 };
 use base64::Engine;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 
+use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
 use super::source::SourceImage;
-use super::BuildError;
 use crate::aws::ec2::{self, filter, tag_spec};
 use crate::aws::{Clients, Ctx};
 use crate::recipe::model::{CommunicatorKind, Recipe, SshInterface};
@@ -54,8 +54,10 @@ pub async fn launch(
     let name = format!("bake-{}-{build_id}", recipe.name);
     let ssh = recipe.communicator == CommunicatorKind::Ssh;
 
-    let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| BuildError::Config(e.to_string()))?;
-    let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| BuildError::Config(e.to_string()))?;
+    let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .map_err(|e| BuildError::Config(e.to_string()))?;
+    let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .map_err(|e| BuildError::Config(e.to_string()))?;
 
     let st = ui.stage("prepare", "creating temporary key pair and security group");
     let key_fut = async {
@@ -63,7 +65,10 @@ pub async fn launch(
             return Ok::<_, BuildError>(None);
         }
         cleanup.push(Undo::DeleteKeyPair { name: name.clone() });
-        let public = client_key.public_key().to_openssh().map_err(|e| BuildError::Config(e.to_string()))?;
+        let public = client_key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| BuildError::Config(e.to_string()))?;
         ec2.import_key_pair()
             .key_name(&name)
             .public_key_material(Blob::new(public.into_bytes()))
@@ -80,7 +85,11 @@ pub async fn launch(
         let (vpc_id, vpc_cidr) = vpc_of(clients, recipe.builder.subnet_id.as_deref()).await?;
         let cidrs = if !recipe.builder.ssh_ingress_cidrs.is_empty() {
             recipe.builder.ssh_ingress_cidrs.clone()
-        } else if matches!(recipe.ssh.interface, SshInterface::PublicIp | SshInterface::PublicDns) && ssh {
+        } else if matches!(
+            recipe.ssh.interface,
+            SshInterface::PublicIp | SshInterface::PublicDns
+        ) && ssh
+        {
             return Err(BuildError::Config(
                 "the builder is reached on its public address but builder.ssh_ingress_cidrs is empty: set it to \
                  your egress address (e.g. [\"203.0.113.7/32\"]); bake never opens SSH to the world by default"
@@ -89,11 +98,17 @@ pub async fn launch(
         } else {
             vec![vpc_cidr]
         };
-        cleanup.push(Undo::DeleteSecurityGroup { name: name.clone(), build_id: build_id.to_string() });
+        cleanup.push(Undo::DeleteSecurityGroup {
+            name: name.clone(),
+            build_id: build_id.to_string(),
+        });
         let sg = ec2
             .create_security_group()
             .group_name(&name)
-            .description(format!("bake temporary builder group for {} ({build_id})", recipe.name))
+            .description(format!(
+                "bake temporary builder group for {} ({build_id})",
+                recipe.name
+            ))
             .vpc_id(&vpc_id)
             .tag_specifications(tag_spec(ResourceType::SecurityGroup, &tags))
             .send()
@@ -103,7 +118,12 @@ pub async fn launch(
         if ssh {
             let ranges = cidrs
                 .iter()
-                .map(|c| IpRange::builder().cidr_ip(c).description(format!("bake builder SSH ({build_id})")).build())
+                .map(|c| {
+                    IpRange::builder()
+                        .cidr_ip(c)
+                        .description(format!("bake builder SSH ({build_id})"))
+                        .build()
+                })
                 .collect();
             ec2.authorize_security_group_ingress()
                 .group_id(&sg_id)
@@ -122,12 +142,24 @@ pub async fn launch(
         Ok(vec![sg_id])
     };
     let (key_name, sg_ids) = tokio::try_join!(key_fut, sg_fut)?;
-    st.finish(&format!("key pair {}, security group {}", key_name.as_deref().unwrap_or("none (ssm)"), sg_ids.join(",")));
+    st.finish(&format!(
+        "key pair {}, security group {}",
+        key_name.as_deref().unwrap_or("none (ssm)"),
+        sg_ids.join(",")
+    ));
 
-    let st = ui.stage("launch", &format!("launching {} from {}", recipe.builder.instance_type, source.id));
+    let st = ui.stage(
+        "launch",
+        &format!(
+            "launching {} from {}",
+            recipe.builder.instance_type, source.id
+        ),
+    );
     let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key)?;
     let mut run_tags = recipe.builder.run_tags.clone();
-    run_tags.entry("Name".into()).or_insert_with(|| format!("bake builder {}", recipe.name));
+    run_tags
+        .entry("Name".into())
+        .or_insert_with(|| format!("bake builder {}", recipe.name));
     run_tags.extend(tags.clone());
     let mut req = ec2
         .run_instances()
@@ -144,20 +176,37 @@ pub async fn launch(
         .tag_specifications(tag_spec(ResourceType::Volume, &run_tags));
     if let Some(profile) = &recipe.builder.iam_instance_profile {
         let spec = if profile.starts_with("arn:") {
-            IamInstanceProfileSpecification::builder().arn(profile).build()
+            IamInstanceProfileSpecification::builder()
+                .arn(profile)
+                .build()
         } else {
-            IamInstanceProfileSpecification::builder().name(profile).build()
+            IamInstanceProfileSpecification::builder()
+                .name(profile)
+                .build()
         };
         req = req.iam_instance_profile(spec);
     }
     if let Some(bdm) = root_volume(recipe, source) {
         req = req.block_device_mappings(bdm);
     }
-    cleanup.push(Undo::TerminateBuildInstances { build_id: build_id.to_string() });
+    cleanup.push(Undo::TerminateBuildInstances {
+        build_id: build_id.to_string(),
+    });
     let out = req.send().await.ctx("RunInstances", Some(&source.id))?;
-    let id = out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
+    let id = out
+        .instances()
+        .first()
+        .and_then(|i| i.instance_id())
+        .unwrap_or_default()
+        .to_string();
     st.update(&format!("{id} pending"));
-    let inst = ec2::wait_instance_state(ec2, &id, InstanceStateName::Running, Duration::from_secs(900)).await?;
+    let inst = ec2::wait_instance_state(
+        ec2,
+        &id,
+        InstanceStateName::Running,
+        Duration::from_secs(900),
+    )
+    .await?;
     let addr = match recipe.ssh.interface {
         SshInterface::PrivateIp => inst.private_ip_address(),
         SshInterface::PublicIp => inst.public_ip_address(),
@@ -176,8 +225,20 @@ pub async fn launch(
             )));
         }
     };
-    st.finish(&format!("{id} running{}", if addr.is_empty() { String::new() } else { format!(" at {addr}") }));
-    Ok(Builder { instance_id: id, addr, client_key: Arc::new(client_key), host_key: host_key.public_key().clone() })
+    st.finish(&format!(
+        "{id} running{}",
+        if addr.is_empty() {
+            String::new()
+        } else {
+            format!(" at {addr}")
+        }
+    ));
+    Ok(Builder {
+        instance_id: id,
+        addr,
+        client_key: Arc::new(client_key),
+        host_key: host_key.public_key().clone(),
+    })
 }
 
 /// The VPC the builder lands in (the subnet's, or the default VPC) and its CIDR block.
@@ -185,8 +246,16 @@ async fn vpc_of(clients: &Clients, subnet: Option<&str>) -> Result<(String, Stri
     let ec2 = &clients.ec2;
     let vpc_id = match subnet {
         Some(s) => {
-            let out = ec2.describe_subnets().subnet_ids(s).send().await.ctx("DescribeSubnets", Some(s))?;
-            out.subnets().first().and_then(|x| x.vpc_id()).map(str::to_string)
+            let out = ec2
+                .describe_subnets()
+                .subnet_ids(s)
+                .send()
+                .await
+                .ctx("DescribeSubnets", Some(s))?;
+            out.subnets()
+                .first()
+                .and_then(|x| x.vpc_id())
+                .map(str::to_string)
         }
         None => None,
     };
@@ -198,12 +267,21 @@ async fn vpc_of(clients: &Clients, subnet: Option<&str>) -> Result<(String, Stri
     let vpc = out.vpcs().first().ok_or_else(|| {
         BuildError::Config("no default VPC in this region: set builder.subnet_id (and security_group_ids if you like)".into())
     })?;
-    Ok((vpc.vpc_id().unwrap_or_default().to_string(), vpc.cidr_block().unwrap_or_default().to_string()))
+    Ok((
+        vpc.vpc_id().unwrap_or_default().to_string(),
+        vpc.cidr_block().unwrap_or_default().to_string(),
+    ))
 }
 
 fn root_volume(recipe: &Recipe, source: &SourceImage) -> Option<BlockDeviceMapping> {
     let rv = &recipe.builder.root_volume;
-    if rv.size_gb.is_none() && rv.volume_type.is_none() && rv.encrypted.is_none() && rv.kms_key_id.is_none() && rv.iops.is_none() && rv.throughput.is_none() {
+    if rv.size_gb.is_none()
+        && rv.volume_type.is_none()
+        && rv.encrypted.is_none()
+        && rv.kms_key_id.is_none()
+        && rv.iops.is_none()
+        && rv.throughput.is_none()
+    {
         return None;
     }
     let ebs = EbsBlockDevice::builder()
@@ -217,7 +295,12 @@ fn root_volume(recipe: &Recipe, source: &SourceImage) -> Option<BlockDeviceMappi
         .build();
     Some(
         BlockDeviceMapping::builder()
-            .device_name(source.root_device.clone().unwrap_or_else(|| "/dev/xvda".into()))
+            .device_name(
+                source
+                    .root_device
+                    .clone()
+                    .unwrap_or_else(|| "/dev/xvda".into()),
+            )
             .ebs(ebs)
             .build(),
     )
@@ -226,10 +309,17 @@ fn root_volume(recipe: &Recipe, source: &SourceImage) -> Option<BlockDeviceMappi
 /// cloud-init user data that installs bake's host key, merged with the recipe's own user data
 /// as a MIME multipart document when there is one (cloud-init processes every part).
 pub fn user_data(own: Option<&str>, host_key: &PrivateKey) -> Result<String, BuildError> {
-    let private = host_key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| BuildError::Config(e.to_string()))?;
-    let public = host_key.public_key().to_openssh().map_err(|e| BuildError::Config(e.to_string()))?;
+    let private = host_key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| BuildError::Config(e.to_string()))?;
+    let public = host_key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| BuildError::Config(e.to_string()))?;
     let indented: String = private.lines().map(|l| format!("    {l}\n")).collect();
-    let cloud = format!("#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {public}\n");
+    let cloud = format!(
+        "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {public}\n"
+    );
     let Some(own) = own else { return Ok(cloud) };
     let kind = if own.starts_with("#cloud-config") {
         "text/cloud-config"

@@ -8,6 +8,7 @@
 pub mod cleanup;
 mod image;
 mod launch;
+pub mod lock;
 mod provision;
 pub mod source;
 
@@ -62,7 +63,12 @@ pub enum BuildError {
     #[error("source AMI: {0}")]
     Source(String),
     #[error("step {step:?} failed with {status} after {attempts} attempt(s){}", tail_text(.tail))]
-    StepFailed { step: String, status: String, attempts: u32, tail: Vec<String> },
+    StepFailed {
+        step: String,
+        status: String,
+        attempts: u32,
+        tail: Vec<String>,
+    },
     #[error("{0}")]
     Config(String),
 }
@@ -97,11 +103,15 @@ pub async fn run(
     let st = ui.stage("resolve", "resolving source image and hashing inputs");
     let uploads = recipe.uploads.clone();
     let hashing = tokio::task::spawn_blocking(move || {
-        let cache = HashCache::default_path().map(HashCache::open).unwrap_or_else(HashCache::disabled);
+        let cache = HashCache::default_path()
+            .map(HashCache::open)
+            .unwrap_or_else(HashCache::disabled);
         fingerprint::plan_uploads(&uploads, &cache)
     });
     let source = source::resolve(&clients.ec2, &recipe.source).await;
-    let plans = hashing.await.map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
+    let plans = hashing
+        .await
+        .map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
     let source = source?;
     let scripts = fingerprint::read_scripts(recipe)?;
     let fp = fingerprint::compute(recipe, &source.id, &plans, &scripts);
@@ -114,9 +124,36 @@ pub async fn run(
         crate::ui::fmt_bytes(total_bytes)
     ));
 
+    let mut hit = None;
     if !opts.force {
-        if let Some(hit) = image::find_by_fingerprint(&clients.ec2, &fp.hash).await? {
-            ui.line(&format!("image {} ({}) already has fingerprint {}: nothing to build", hit.0, hit.1, fp.short()));
+        hit = image::find_by_fingerprint(&clients.ec2, &fp.hash).await?;
+        if hit.is_none() {
+            // Nobody has it yet: take the per-fingerprint lock, or wait for whoever holds it.
+            let public = lock_key_material();
+            match lock::acquire(
+                clients,
+                &fp.hash,
+                &public,
+                build_id,
+                ui,
+                cleanup,
+                Duration::from_secs(4 * 3600),
+            )
+            .await?
+            {
+                lock::Acquired::Held => {}
+                lock::Acquired::Built(h) => hit = Some(h),
+            }
+        }
+    }
+    if let Some(hit) = hit {
+        {
+            ui.line(&format!(
+                "image {} ({}) already has fingerprint {}: nothing to build",
+                hit.0,
+                hit.1,
+                fp.short()
+            ));
             return Ok(BuildResult {
                 recipe: recipe.name.clone(),
                 ami_id: hit.0,
@@ -135,7 +172,10 @@ pub async fn run(
 
     let builder = launch::launch(clients, recipe, &source, ui, cleanup, build_id).await?;
     provision::provision(recipe, &builder, &plans, &scripts, ui, clients).await?;
-    let made = image::make_image(clients, recipe, &builder, &fp, &source, ui, cleanup, build_id).await?;
+    let made = image::make_image(
+        clients, recipe, &builder, &fp, &source, ui, cleanup, build_id,
+    )
+    .await?;
 
     Ok(BuildResult {
         recipe: recipe.name.clone(),
@@ -152,20 +192,44 @@ pub async fn run(
     })
 }
 
+/// Public key material for the lock key pair: never used to log in anywhere.
+fn lock_key_material() -> String {
+    russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .ok()
+        .and_then(|k| k.public_key().to_openssh().ok())
+        .unwrap_or_default()
+}
+
 fn stage_times(ui: &Ui) -> Vec<StageTime> {
-    ui.timings().into_iter().map(|(name, d): (String, Duration)| StageTime { name, seconds: d.as_secs_f64() }).collect()
+    ui.timings()
+        .into_iter()
+        .map(|(name, d): (String, Duration)| StageTime {
+            name,
+            seconds: d.as_secs_f64(),
+        })
+        .collect()
 }
 
 /// The fingerprint of a recipe without building anything (for `bake plan`).
-pub async fn fingerprint_of(clients: &Clients, recipe: &Recipe) -> Result<(Fingerprint, source::SourceImage), BuildError> {
+pub async fn fingerprint_of(
+    clients: &Clients,
+    recipe: &Recipe,
+) -> Result<(Fingerprint, source::SourceImage), BuildError> {
     let uploads = recipe.uploads.clone();
     let hashing = tokio::task::spawn_blocking(move || {
-        let cache = HashCache::default_path().map(HashCache::open).unwrap_or_else(HashCache::disabled);
+        let cache = HashCache::default_path()
+            .map(HashCache::open)
+            .unwrap_or_else(HashCache::disabled);
         fingerprint::plan_uploads(&uploads, &cache)
     });
     let source = source::resolve(&clients.ec2, &recipe.source).await;
-    let plans = hashing.await.map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
+    let plans = hashing
+        .await
+        .map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
     let source = source?;
     let scripts = fingerprint::read_scripts(recipe)?;
-    Ok((fingerprint::compute(recipe, &source.id, &plans, &scripts), source))
+    Ok((
+        fingerprint::compute(recipe, &source.id, &plans, &scripts),
+        source,
+    ))
 }

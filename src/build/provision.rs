@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::launch::Builder;
 use super::BuildError;
+use super::launch::Builder;
 use crate::aws::{Clients, Ctx};
 use crate::communicator::ssh::{SshCommunicator, SshTarget};
 use crate::communicator::{SharedSink, UploadPlan};
 use crate::recipe::model::{Recipe, Step};
-use crate::ui::{fmt_bytes, Ui};
+use crate::ui::{Ui, fmt_bytes};
 
 pub async fn provision(
     recipe: &Recipe,
@@ -21,7 +21,10 @@ pub async fn provision(
     clients: &Clients,
 ) -> Result<(), BuildError> {
     let sink: SharedSink = Arc::new(ui.clone());
-    let st = ui.stage("connect", &format!("waiting for SSH on {}:{}", builder.addr, recipe.ssh.port));
+    let st = ui.stage(
+        "connect",
+        &format!("waiting for SSH on {}:{}", builder.addr, recipe.ssh.port),
+    );
     let target = SshTarget {
         addr: builder.addr.clone(),
         port: recipe.ssh.port,
@@ -37,7 +40,10 @@ pub async fn provision(
             return Err(e.into());
         }
     };
-    st.finish(&format!("connected as {} (host key pinned)", recipe.ssh.username));
+    st.finish(&format!(
+        "connected as {} (host key pinned)",
+        recipe.ssh.username
+    ));
 
     if !plans.is_empty() {
         let files: usize = plans.iter().map(|p| p.entries.len()).sum();
@@ -47,7 +53,10 @@ pub async fn provision(
             st.fail(&e.to_string());
             return Err(e.into());
         }
-        st.finish(&format!("{files} file(s), {} uploaded and verified", fmt_bytes(bytes)));
+        st.finish(&format!(
+            "{files} file(s), {} uploaded and verified",
+            fmt_bytes(bytes)
+        ));
     }
 
     for (step, script) in recipe.steps.iter().zip(scripts) {
@@ -68,7 +77,11 @@ async fn run_step(
     let attempts = step.retries + 1;
     let mut last = None;
     for attempt in 1..=attempts {
-        let label = if attempts > 1 { format!("{} (attempt {attempt}/{attempts})", step.name) } else { step.name.clone() };
+        let label = if attempts > 1 {
+            format!("{} (attempt {attempt}/{attempts})", step.name)
+        } else {
+            step.name.clone()
+        };
         let st = ui.stage(&format!("step {}", step.name), &format!("running {label}"));
         let outcome = comm.run(step, script).await;
         match outcome {
@@ -97,7 +110,12 @@ async fn run_step(
                 if o.disconnected {
                     comm.reconnect().await?;
                 }
-                last = Some(BuildError::StepFailed { step: step.name.clone(), status, attempts: attempt, tail: o.tail });
+                last = Some(BuildError::StepFailed {
+                    step: step.name.clone(),
+                    status,
+                    attempts: attempt,
+                    tail: o.tail,
+                });
             }
             Err(e) => {
                 st.fail(&e.to_string());
@@ -113,7 +131,12 @@ async fn run_step(
 
 /// A `reboot = true` step that exited normally: bake reboots the builder through EC2, waits for
 /// the old session to drop, then reconnects with the same pinned host key.
-async fn reboot(comm: &mut SshCommunicator, clients: &Clients, builder: &Builder, ui: &Ui) -> Result<(), BuildError> {
+async fn reboot(
+    comm: &mut SshCommunicator,
+    clients: &Clients,
+    builder: &Builder,
+    ui: &Ui,
+) -> Result<(), BuildError> {
     let st = ui.stage("reboot", &format!("rebooting {}", builder.instance_id));
     clients
         .ec2

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{report_error, Global, EXIT_FAILED, EXIT_INTERRUPTED};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, report_error};
 use crate::aws::Clients;
 use crate::build::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
-use crate::ui::{fmt_duration, Output, Ui};
+use crate::ui::{Output, Ui, fmt_duration};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! {
@@ -41,13 +41,30 @@ pub async fn load_clients(g: &Global) -> Option<Clients> {
     }
 }
 
-pub async fn build(recipes: Vec<Recipe>, g: &Global, jobs: usize, force: bool, manifest: Option<&Path>) -> u8 {
-    let Some(clients) = load_clients(g).await else { return EXIT_FAILED };
+pub async fn build(
+    recipes: Vec<Recipe>,
+    g: &Global,
+    jobs: usize,
+    force: bool,
+    manifest: Option<&Path>,
+) -> u8 {
+    let Some(clients) = load_clients(g).await else {
+        return EXIT_FAILED;
+    };
     let ui = Ui::new(g.plain);
     let several = recipes.len() > 1;
     let opts = BuildOptions { force };
     let cleanups: Vec<Arc<Cleanup>> = recipes.iter().map(|_| Arc::new(Cleanup::new())).collect();
-    let uis: Vec<Ui> = recipes.iter().map(|r| if several { ui.child(&r.name) } else { ui.clone() }).collect();
+    let uis: Vec<Ui> = recipes
+        .iter()
+        .map(|r| {
+            if several {
+                ui.child(&r.name)
+            } else {
+                ui.clone()
+            }
+        })
+        .collect();
 
     // All builds run inside one future so a signal cancels them together; each build's
     // cleanup stack lives outside it and survives the cancellation.
@@ -56,7 +73,11 @@ pub async fn build(recipes: Vec<Recipe>, g: &Global, jobs: usize, force: bool, m
             let (clients, opts, ui, cleanup) = (&clients, &opts, &uis[i], cleanups[i].clone());
             async move {
                 let id = build::new_build_id();
-                ui.line(&format!("build {id} of recipe {} ({})", r.name, r.path.display()));
+                ui.line(&format!(
+                    "build {id} of recipe {} ({})",
+                    r.name,
+                    r.path.display()
+                ));
                 let res = build::run(clients, r, opts, ui, &cleanup, &id).await;
                 (i, res)
             }
@@ -85,7 +106,8 @@ pub async fn build(recipes: Vec<Recipe>, g: &Global, jobs: usize, force: bool, m
     }
 
     // Clean every build's temporaries; a second signal stops and says exactly what is left.
-    let cleaning = futures::future::join_all(cleanups.iter().zip(&uis).map(|(c, u)| c.run(&clients, u)));
+    let cleaning =
+        futures::future::join_all(cleanups.iter().zip(&uis).map(|(c, u)| c.run(&clients, u)));
     let mut left: Vec<String> = Vec::new();
     tokio::select! {
         failed = cleaning => {
@@ -110,7 +132,16 @@ pub async fn build(recipes: Vec<Recipe>, g: &Global, jobs: usize, force: bool, m
 
     let region = clients.region.clone();
     if let Some(m) = manifest {
-        let built: Vec<&BuildResult> = outcomes.iter().filter_map(|o| if let Outcome::Built(r) = o { Some(r) } else { None }).collect();
+        let built: Vec<&BuildResult> = outcomes
+            .iter()
+            .filter_map(|o| {
+                if let Outcome::Built(r) = o {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect();
         if let Err(e) = write_manifest(m, &built) {
             ui.line(&format!("could not write manifest {}: {e}", m.display()));
         }
@@ -126,7 +157,13 @@ pub async fn build(recipes: Vec<Recipe>, g: &Global, jobs: usize, force: bool, m
     }
 }
 
-fn print_results(recipes: &[Recipe], outcomes: &[Outcome], left: &[String], output: Output, region: &str) {
+fn print_results(
+    recipes: &[Recipe],
+    outcomes: &[Outcome],
+    left: &[String],
+    output: Output,
+    region: &str,
+) {
     match output {
         Output::Json => {
             let items: Vec<_> = recipes
@@ -135,7 +172,9 @@ fn print_results(recipes: &[Recipe], outcomes: &[Outcome], left: &[String], outp
                 .map(|(r, o)| match o {
                     Outcome::Built(b) => serde_json::to_value(b).unwrap(),
                     Outcome::Failed(e) => json!({ "recipe": r.name, "region": region, "error": e }),
-                    Outcome::Interrupted => json!({ "recipe": r.name, "region": region, "error": "interrupted" }),
+                    Outcome::Interrupted => {
+                        json!({ "recipe": r.name, "region": region, "error": "interrupted" })
+                    }
                 })
                 .map(|mut v| {
                     v["left_behind"] = json!(left);
@@ -152,15 +191,29 @@ fn print_results(recipes: &[Recipe], outcomes: &[Outcome], left: &[String], outp
             for (r, o) in recipes.iter().zip(outcomes) {
                 match o {
                     Outcome::Built(b) => {
-                        let how = if b.cached { "existing image (cache hit)" } else { "built" };
-                        println!("{}: {} {} in {} ({how})", r.name, b.region, b.ami_id, fmt_duration(std::time::Duration::from_secs_f64(b.seconds)));
+                        let how = if b.cached {
+                            "existing image (cache hit)"
+                        } else {
+                            "built"
+                        };
+                        println!(
+                            "{}: {} {} in {} ({how})",
+                            r.name,
+                            b.region,
+                            b.ami_id,
+                            fmt_duration(std::time::Duration::from_secs_f64(b.seconds))
+                        );
                         println!("  name        {}", b.ami_name);
                         println!("  fingerprint {}", b.fingerprint);
                         if !b.snapshots.is_empty() {
                             println!("  snapshots   {}", b.snapshots.join(", "));
                         }
                         for s in &b.stages {
-                            println!("  {:<24}{}", s.name, fmt_duration(std::time::Duration::from_secs_f64(s.seconds)));
+                            println!(
+                                "  {:<24}{}",
+                                s.name,
+                                fmt_duration(std::time::Duration::from_secs_f64(s.seconds))
+                            );
                         }
                     }
                     Outcome::Failed(e) => eprintln!("{}: FAILED: {e}", r.name),
@@ -198,7 +251,9 @@ fn write_manifest(path: &Path, built: &[&BuildResult]) -> std::io::Result<()> {
 }
 
 pub async fn plan(recipes: Vec<Recipe>, g: &Global) -> u8 {
-    let Some(clients) = load_clients(g).await else { return EXIT_FAILED };
+    let Some(clients) = load_clients(g).await else {
+        return EXIT_FAILED;
+    };
     let mut rows = Vec::new();
     let mut code = 0;
     for r in &recipes {

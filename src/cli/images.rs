@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::build::load_clients;
-use super::{report_error, Global, EXIT_FAILED, EXIT_INPUT};
+use super::{EXIT_FAILED, EXIT_INPUT, Global, report_error};
 use crate::images::retention::{self, Verdict};
 use crate::ui::Output;
 
@@ -39,19 +39,32 @@ pub enum ImagesCmd {
 }
 
 pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
-    let Some(c) = load_clients(g).await else { return EXIT_FAILED };
+    let Some(c) = load_clients(g).await else {
+        return EXIT_FAILED;
+    };
     match cmd {
         ImagesCmd::List { recipe } => match retention::list(&c, recipe.as_deref()).await {
             Ok(list) => {
                 match g.output {
                     Output::Json => println!("{}", json!({ "images": list })),
                     Output::Text => {
-                        println!("{:<22} {:<14} {:<12} {:<21} {:<30} {}", "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS", "USED BY");
+                        println!(
+                            "{:<22} {:<14} {:<12} {:<21} {:<30} {}",
+                            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS", "USED BY"
+                        );
                         for i in &list {
                             let snaps: Vec<String> = i
                                 .snapshots
                                 .iter()
-                                .map(|s| format!("{}{}", s.id, s.size_gib.map(|g| format!(" ({g} GiB)")).unwrap_or_default()))
+                                .map(|s| {
+                                    format!(
+                                        "{}{}",
+                                        s.id,
+                                        s.size_gib
+                                            .map(|g| format!(" ({g} GiB)"))
+                                            .unwrap_or_default()
+                                    )
+                                })
                                 .collect();
                             println!(
                                 "{:<22} {:<14} {:<12} {:<21} {:<30} {}",
@@ -60,7 +73,11 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
                                 &i.fingerprint[..i.fingerprint.len().min(12)],
                                 &i.created[..i.created.len().min(20)],
                                 snaps.join(", "),
-                                if i.used_by.is_empty() { "-".to_string() } else { i.used_by.join("; ") }
+                                if i.used_by.is_empty() {
+                                    "-".to_string()
+                                } else {
+                                    i.used_by.join("; ")
+                                }
                             );
                             println!("{:<22} {}", "", i.name);
                         }
@@ -73,7 +90,12 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
                 EXIT_FAILED
             }
         },
-        ImagesCmd::Prune { recipe, keep, older_than, yes } => {
+        ImagesCmd::Prune {
+            recipe,
+            keep,
+            older_than,
+            yes,
+        } => {
             let list = match retention::list(&c, Some(&recipe)).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -86,14 +108,22 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
             let mut failed = false;
             if g.output == Output::Text {
                 for d in &decisions {
-                    let what = if d.verdict == Verdict::Delete { if yes { "DELETE" } else { "would delete" } } else { "keep" };
-                    println!("{what:<13} {} {} ({})", d.image.ami_id, d.image.name, d.reason);
+                    let what = if d.verdict == Verdict::Delete {
+                        if yes { "DELETE" } else { "would delete" }
+                    } else {
+                        "keep"
+                    };
+                    println!(
+                        "{what:<13} {} {} ({})",
+                        d.image.ami_id, d.image.name, d.reason
+                    );
                 }
             }
             if yes {
                 for d in decisions.iter().filter(|d| d.verdict == Verdict::Delete) {
                     match retention::remove(&c, &d.image.ami_id).await {
-                        Ok(snaps) => deleted.push(json!({ "ami_id": d.image.ami_id, "snapshots_deleted": snaps })),
+                        Ok(snaps) => deleted
+                            .push(json!({ "ami_id": d.image.ami_id, "snapshots_deleted": snaps })),
                         Err(e) => {
                             report_error(&e);
                             failed = true;
@@ -104,7 +134,10 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
                 println!("(dry run: nothing changed; add --yes to delete)");
             }
             if g.output == Output::Json {
-                println!("{}", json!({ "recipe": recipe, "dry_run": !yes, "decisions": decisions, "deleted": deleted }));
+                println!(
+                    "{}",
+                    json!({ "recipe": recipe, "dry_run": !yes, "decisions": decisions, "deleted": deleted })
+                );
             }
             if failed { EXIT_FAILED } else { 0 }
         }
@@ -119,7 +152,11 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
             let busy: Vec<_> = infos.iter().filter(|i| !i.used_by.is_empty()).collect();
             if !busy.is_empty() && !force_in_use {
                 for i in busy {
-                    eprintln!("error: {} is in use by {}; pass --force-in-use to remove it anyway", i.ami_id, i.used_by.join(", "));
+                    eprintln!(
+                        "error: {} is in use by {}; pass --force-in-use to remove it anyway",
+                        i.ami_id,
+                        i.used_by.join(", ")
+                    );
                 }
                 return EXIT_FAILED;
             }

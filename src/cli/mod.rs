@@ -17,7 +17,12 @@ pub const EXIT_INPUT: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "bake", version, about = "Bake golden AWS machine images from TOML recipes", propagate_version = true)]
+#[command(
+    name = "bake",
+    version,
+    about = "Bake golden AWS machine images from TOML recipes",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -93,7 +98,10 @@ pub enum Cmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = rt.block_on(run(cli));
     // Don't wait for lingering blocking tasks (a hashing thread after Ctrl-C).
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -104,12 +112,22 @@ async fn run(cli: Cli) -> u8 {
     let g = cli.global.clone();
     match cli.cmd {
         Cmd::Validate { recipes, vars } => validate(&recipes, &vars, &g),
-        Cmd::Build { recipes, vars, jobs, force, manifest } => {
-            let Some(loaded) = load_all(&recipes, &vars) else { return EXIT_INPUT };
+        Cmd::Build {
+            recipes,
+            vars,
+            jobs,
+            force,
+            manifest,
+        } => {
+            let Some(loaded) = load_all(&recipes, &vars) else {
+                return EXIT_INPUT;
+            };
             build::build(loaded, &g, jobs, force, manifest.as_deref()).await
         }
         Cmd::Plan { recipes, vars } => {
-            let Some(loaded) = load_all(&recipes, &vars) else { return EXIT_INPUT };
+            let Some(loaded) = load_all(&recipes, &vars) else {
+                return EXIT_INPUT;
+            };
             build::plan(loaded, &g).await
         }
         Cmd::Images(cmd) => images::run(cmd, &g).await,
@@ -149,7 +167,12 @@ fn validate(paths: &[PathBuf], vars: &Vars, g: &Global) -> u8 {
         }
         Output::Text => {
             for r in &recipes {
-                println!("{}: ok ({} upload(s), {} step(s))", r.path.display(), r.uploads.len(), r.steps.len());
+                println!(
+                    "{}: ok ({} upload(s), {} step(s))",
+                    r.path.display(),
+                    r.uploads.len(),
+                    r.steps.len()
+                );
             }
         }
     }

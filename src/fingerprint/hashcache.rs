@@ -39,7 +39,11 @@ pub struct HashCache {
 impl HashCache {
     /// No persistence: every file is hashed.
     pub fn disabled() -> Self {
-        HashCache { file: None, entries: Mutex::new(HashMap::new()), dirty: Mutex::new(false) }
+        HashCache {
+            file: None,
+            entries: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// `$BAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/bake`, else `~/.cache/bake`.
@@ -62,7 +66,11 @@ impl HashCache {
                 }
             }
         }
-        HashCache { file: Some(file), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        HashCache {
+            file: Some(file),
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// The cached hash of `path` if its metadata is unchanged.
@@ -73,7 +81,10 @@ impl HashCache {
     }
 
     pub fn put(&self, path: &Path, meta: &std::fs::Metadata, hash: [u8; 32]) {
-        self.entries.lock().unwrap().insert(path.to_path_buf(), (Key::of(meta), hash));
+        self.entries
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), (Key::of(meta), hash));
         *self.dirty.lock().unwrap() = true;
     }
 
@@ -91,7 +102,16 @@ impl HashCache {
             if ps.contains('\n') {
                 continue;
             }
-            out.push_str(&format!("{} {} {} {} {} {} {}\n", hex::encode(h), k.size, k.mtime_ns, k.ctime_ns, k.ino, k.dev, ps));
+            out.push_str(&format!(
+                "{} {} {} {} {} {} {}\n",
+                hex::encode(h),
+                k.size,
+                k.mtime_ns,
+                k.ctime_ns,
+                k.ino,
+                k.dev,
+                ps
+            ));
         }
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use hashcache::HashCache;
-pub use walk::{plan_uploads, PlanError};
+pub use walk::{PlanError, plan_uploads};
 
 use crate::communicator::{EntryKind, UploadPlan};
 use crate::recipe::model::{Recipe, StepBody};
@@ -55,7 +55,12 @@ fn digest_of(v: &impl Serialize) -> String {
 
 /// Computes the fingerprint from the recipe, the resolved source AMI, the planned uploads
 /// (already hashed) and the bytes of each step's script.
-pub fn compute(recipe: &Recipe, source_ami: &str, uploads: &[UploadPlan], scripts: &[String]) -> Fingerprint {
+pub fn compute(
+    recipe: &Recipe,
+    source_ami: &str,
+    uploads: &[UploadPlan],
+    scripts: &[String],
+) -> Fingerprint {
     let mut components = Vec::new();
     components.push(("source".to_string(), digest_of(&source_ami)));
 
@@ -67,7 +72,11 @@ pub fn compute(recipe: &Recipe, source_ami: &str, uploads: &[UploadPlan], script
     }
     components.push((
         "settings".to_string(),
-        digest_of(&Settings { recipe: &recipe.name, user_data: &recipe.builder.user_data, root_volume: &recipe.builder.root_volume }),
+        digest_of(&Settings {
+            recipe: &recipe.name,
+            user_data: &recipe.builder.user_data,
+            root_volume: &recipe.builder.root_volume,
+        }),
     ));
 
     for plan in uploads {
@@ -108,7 +117,13 @@ pub fn compute(recipe: &Recipe, source_ami: &str, uploads: &[UploadPlan], script
         let u = &plan.upload;
         components.push((
             format!("upload:{}", u.destination),
-            digest_of(&Up { destination: &u.destination, is_dir: u.is_dir, mode: u.mode, owner: &u.owner, entries }),
+            digest_of(&Up {
+                destination: &u.destination,
+                is_dir: u.is_dir,
+                mode: u.mode,
+                owner: &u.owner,
+                entries,
+            }),
         ));
     }
 
@@ -123,7 +138,13 @@ pub fn compute(recipe: &Recipe, source_ami: &str, uploads: &[UploadPlan], script
         }
         components.push((
             format!("step:{}", step.name),
-            digest_of(&St { script, sudo: step.sudo, env: &step.env, workdir: &step.workdir, reboot: step.reboot }),
+            digest_of(&St {
+                script,
+                sudo: step.sudo,
+                env: &step.env,
+                workdir: &step.workdir,
+                reboot: step.reboot,
+            }),
         ));
     }
 
@@ -135,7 +156,10 @@ pub fn compute(recipe: &Recipe, source_ami: &str, uploads: &[UploadPlan], script
         all.update(d.as_bytes());
         all.update(b"\n");
     }
-    Fingerprint { hash: hex::encode(all.finalize()), components }
+    Fingerprint {
+        hash: hex::encode(all.finalize()),
+        components,
+    }
 }
 
 /// Reads every step's script: inline text, or the bytes of its script file.
@@ -145,8 +169,10 @@ pub fn read_scripts(recipe: &Recipe) -> Result<Vec<String>, PlanError> {
         .iter()
         .map(|s| match &s.body {
             StepBody::Run(text) => Ok(text.clone()),
-            StepBody::Script(path) => std::fs::read_to_string(path)
-                .map_err(|e| PlanError { path: path.clone(), message: format!("cannot read script: {e}") }),
+            StepBody::Script(path) => std::fs::read_to_string(path).map_err(|e| PlanError {
+                path: path.clone(),
+                message: format!("cannot read script: {e}"),
+            }),
         })
         .collect()
 }

@@ -24,9 +24,20 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             run_tags: BTreeMap::new(),
             root_volume: RootVolume::default(),
         },
-        ssh: Ssh { username: "admin".into(), port: 22, interface: SshInterface::PrivateIp, timeout: Duration::from_secs(60) },
+        ssh: Ssh {
+            username: "admin".into(),
+            port: 22,
+            interface: SshInterface::PrivateIp,
+            timeout: Duration::from_secs(60),
+        },
         ssm: None,
-        uploads: vec![Upload { source: dir.join("files"), is_dir: true, destination: "/opt/app".into(), mode: None, owner: None }],
+        uploads: vec![Upload {
+            source: dir.join("files"),
+            is_dir: true,
+            destination: "/opt/app".into(),
+            mode: None,
+            owner: None,
+        }],
         steps: vec![Step {
             name: "one".into(),
             body: StepBody::Run("echo hi".into()),
@@ -37,7 +48,12 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             retries: 0,
             reboot: false,
         }],
-        image: Image { name: "{recipe}-{hash}".into(), description: None, tags: BTreeMap::new(), snapshot_tags: BTreeMap::new() },
+        image: Image {
+            name: "{recipe}-{hash}".into(),
+            description: None,
+            tags: BTreeMap::new(),
+            snapshot_tags: BTreeMap::new(),
+        },
         deploy: None,
         secrets: vec![],
     }
@@ -71,7 +87,10 @@ fn one_byte_of_an_upload_changes_it() {
     std::fs::write(d.path().join("files/sub/b.txt"), b"betb").unwrap();
     let after = fp(&r, "ami-1");
     assert_ne!(before.hash, after.hash);
-    assert_eq!(diff_inputs(&after, &encode_inputs(&before)), vec!["upload:/opt/app changed"]);
+    assert_eq!(
+        diff_inputs(&after, &encode_inputs(&before)),
+        vec!["upload:/opt/app changed"]
+    );
 }
 
 #[test]
@@ -102,10 +121,16 @@ fn step_changes_and_additions_are_named() {
     extra.name = "two".into();
     r.steps.push(extra);
     let b = fp(&r, "ami-1");
-    assert_eq!(diff_inputs(&b, &encode_inputs(&a)), vec!["step:one changed", "step:two added"]);
+    assert_eq!(
+        diff_inputs(&b, &encode_inputs(&a)),
+        vec!["step:one changed", "step:two added"]
+    );
     r.steps.clear();
     let c = fp(&r, "ami-1");
-    assert_eq!(diff_inputs(&c, &encode_inputs(&a)), vec!["1 input(s) removed"]);
+    assert_eq!(
+        diff_inputs(&c, &encode_inputs(&a)),
+        vec!["1 input(s) removed"]
+    );
 }
 
 #[test]
@@ -113,7 +138,11 @@ fn mode_change_changes_it() {
     use std::os::unix::fs::PermissionsExt;
     let (d, r) = setup();
     let a = fp(&r, "ami-1");
-    std::fs::set_permissions(d.path().join("files/a.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.path().join("files/a.txt"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     assert_ne!(a.hash, fp(&r, "ami-1").hash);
 }
 
@@ -142,7 +171,15 @@ fn hash_cache_reuses_and_notices_changes() {
     let a = d.path().join("files/a.txt");
     let meta = std::fs::metadata(&a).unwrap();
     let reopened = HashCache::open(cache_file.clone());
-    assert_eq!(reopened.get(&a, &meta), p1[0].entries.iter().find(|e| e.rel == "a.txt").unwrap().sha256);
+    assert_eq!(
+        reopened.get(&a, &meta),
+        p1[0]
+            .entries
+            .iter()
+            .find(|e| e.rel == "a.txt")
+            .unwrap()
+            .sha256
+    );
     // ...and any change of the file invalidates it.
     std::thread::sleep(Duration::from_millis(10));
     std::fs::write(&a, b"alphb").unwrap();
@@ -151,7 +188,20 @@ fn hash_cache_reuses_and_notices_changes() {
     // A corrupt cache file costs nothing but time.
     std::fs::write(&cache_file, "garbage\nzz 1 2\n").unwrap();
     let p2 = plan_uploads(&r.uploads, &HashCache::open(cache_file)).unwrap();
-    assert_ne!(p1[0].entries.iter().find(|e| e.rel == "a.txt").unwrap().sha256, p2[0].entries.iter().find(|e| e.rel == "a.txt").unwrap().sha256);
+    assert_ne!(
+        p1[0]
+            .entries
+            .iter()
+            .find(|e| e.rel == "a.txt")
+            .unwrap()
+            .sha256,
+        p2[0]
+            .entries
+            .iter()
+            .find(|e| e.rel == "a.txt")
+            .unwrap()
+            .sha256
+    );
 }
 
 #[test]

@@ -20,7 +20,10 @@ pub struct PlanError {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> PlanError {
-    PlanError { path: path.to_path_buf(), message: e.to_string() }
+    PlanError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// Hashes a file with a large buffer; `sha2` picks SHA-NI at run time.
@@ -38,7 +41,12 @@ pub fn hash_file(path: &Path) -> Result<[u8; 32], PlanError> {
     Ok(h.finalize().into())
 }
 
-fn file_entry(path: &Path, rel: String, meta: &std::fs::Metadata, cache: &HashCache) -> Result<PlannedEntry, PlanError> {
+fn file_entry(
+    path: &Path,
+    rel: String,
+    meta: &std::fs::Metadata,
+    cache: &HashCache,
+) -> Result<PlannedEntry, PlanError> {
     let sha = match cache.get(path, meta) {
         Some(h) => h,
         None => {
@@ -47,10 +55,21 @@ fn file_entry(path: &Path, rel: String, meta: &std::fs::Metadata, cache: &HashCa
             h
         }
     };
-    Ok(PlannedEntry { rel, kind: EntryKind::File, size: meta.len(), mode: meta.permissions().mode() & 0o7777, sha256: Some(sha) })
+    Ok(PlannedEntry {
+        rel,
+        kind: EntryKind::File,
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o7777,
+        sha256: Some(sha),
+    })
 }
 
-fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>, cache: &HashCache) -> Result<(), PlanError> {
+fn walk_dir(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<PlannedEntry>,
+    cache: &HashCache,
+) -> Result<(), PlanError> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| err(dir, e))?
         .map(|e| e.map(|e| e.path()))
@@ -58,7 +77,11 @@ fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>, cache: &HashCa
         .map_err(|e| err(dir, e))?;
     names.sort();
     for path in names {
-        let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -71,12 +94,21 @@ fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>, cache: &HashCa
                 sha256: None,
             });
         } else if ft.is_dir() {
-            out.push(PlannedEntry { rel, kind: EntryKind::Dir, size: 0, mode: meta.permissions().mode() & 0o7777, sha256: None });
+            out.push(PlannedEntry {
+                rel,
+                kind: EntryKind::Dir,
+                size: 0,
+                mode: meta.permissions().mode() & 0o7777,
+                sha256: None,
+            });
             walk_dir(root, &path, out, cache)?;
         } else if ft.is_file() {
             out.push(file_entry(&path, rel, &meta, cache)?);
         } else {
-            return Err(err(&path, "not a regular file, directory or symlink; bake cannot upload it"));
+            return Err(err(
+                &path,
+                "not a regular file, directory or symlink; bake cannot upload it",
+            ));
         }
     }
     Ok(())
@@ -96,7 +128,10 @@ pub fn plan_uploads(uploads: &[Upload], cache: &HashCache) -> Result<Vec<UploadP
             } else {
                 vec![file_entry(&u.source, String::new(), &meta, cache)?]
             };
-            Ok(UploadPlan { upload: u.clone(), entries })
+            Ok(UploadPlan {
+                upload: u.clone(),
+                entries,
+            })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
     cache.save();

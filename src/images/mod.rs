@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::aws::ec2::{self, filter, tag_map};
 use crate::aws::Clients;
+use crate::aws::ec2::{self, filter, tag_map};
 use crate::build::{self, BuildError};
 use crate::fingerprint;
 use crate::recipe::model::Recipe;
@@ -30,20 +30,29 @@ pub struct PlanRow {
 
 pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, BuildError> {
     let (fp, source) = build::fingerprint_of(clients, recipe).await?;
-    let mine = ec2::own_images(&clients.ec2, vec![filter("tag:bake:recipe", [recipe.name.as_str()])]).await?;
+    let mine = ec2::own_images(
+        &clients.ec2,
+        vec![filter("tag:bake:recipe", [recipe.name.as_str()])],
+    )
+    .await?;
     let hit = mine
         .iter()
         .filter(|i| tag_map(i.tags()).get("bake:fingerprint") == Some(&fp.hash))
         .filter(|i| i.state().map(|s| s.as_str()) == Some("available"))
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
         .and_then(|i| i.image_id().map(str::to_string));
-    let newest = mine.iter().max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+    let newest = mine
+        .iter()
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
     let (newest_id, changed) = match (&hit, newest) {
         (None, Some(img)) => {
             let tags = tag_map(img.tags());
             let recorded = recorded_inputs(&tags);
             let changed = if recorded.is_empty() {
-                vec!["the newest image records no inputs (made by another fingerprint version)".to_string()]
+                vec![
+                    "the newest image records no inputs (made by another fingerprint version)"
+                        .to_string(),
+                ]
             } else {
                 fingerprint::diff_inputs(&fp, &recorded)
             };
@@ -51,7 +60,14 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
         }
         _ => (None, vec![]),
     };
-    Ok(PlanRow { recipe: recipe.name.clone(), fingerprint: fp.hash, source_ami: source.id, hit, newest: newest_id, changed })
+    Ok(PlanRow {
+        recipe: recipe.name.clone(),
+        fingerprint: fp.hash,
+        source_ami: source.id,
+        hit,
+        newest: newest_id,
+        changed,
+    })
 }
 
 /// The `bake:inputs*` tag values of the current fingerprint version, in order.
@@ -60,11 +76,14 @@ fn recorded_inputs(tags: &BTreeMap<String, String>) -> Vec<String> {
     let mut parts: Vec<(usize, String)> = tags
         .iter()
         .filter_map(|(k, v)| {
-            let idx = if k == "bake:inputs" { 0 } else { k.strip_prefix("bake:inputs.")?.parse().ok()? };
+            let idx = if k == "bake:inputs" {
+                0
+            } else {
+                k.strip_prefix("bake:inputs.")?.parse().ok()?
+            };
             Some((idx, v.strip_prefix(&prefix)?.to_string()))
         })
         .collect();
     parts.sort();
     parts.into_iter().map(|(_, v)| v).collect()
 }
-

@@ -40,7 +40,11 @@ pub async fn list(c: &Clients, recipe: Option<&str>) -> Result<Vec<ImageInfo>, A
     let usage = usage::collect(c).await?;
     let snap_ids: Vec<String> = imgs.iter().flat_map(ec2::image_snapshots).collect();
     let sizes = snapshot_sizes(c, &snap_ids).await?;
-    let mut out: Vec<ImageInfo> = imgs.iter().filter(|i| is_bakes(i)).map(|i| info(i, &usage, &sizes)).collect();
+    let mut out: Vec<ImageInfo> = imgs
+        .iter()
+        .filter(|i| is_bakes(i))
+        .map(|i| info(i, &usage, &sizes))
+        .collect();
     out.sort_by(|a, b| b.created.cmp(&a.created));
     Ok(out)
 }
@@ -60,19 +64,39 @@ fn info(i: &Image, usage: &Usage, sizes: &BTreeMap<String, Option<i32>>) -> Imag
         recipe: t.get("bake:recipe").cloned().unwrap_or_default(),
         fingerprint: t.get("bake:fingerprint").cloned().unwrap_or_default(),
         created: i.creation_date().unwrap_or_default().to_string(),
-        state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
-        snapshots: ec2::image_snapshots(i).into_iter().map(|s| SnapshotInfo { size_gib: sizes.get(&s).cloned().flatten(), id: s }).collect(),
+        state: i
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        snapshots: ec2::image_snapshots(i)
+            .into_iter()
+            .map(|s| SnapshotInfo {
+                size_gib: sizes.get(&s).cloned().flatten(),
+                id: s,
+            })
+            .collect(),
     }
 }
 
-async fn snapshot_sizes(c: &Clients, ids: &[String]) -> Result<BTreeMap<String, Option<i32>>, AwsError> {
+async fn snapshot_sizes(
+    c: &Clients,
+    ids: &[String],
+) -> Result<BTreeMap<String, Option<i32>>, AwsError> {
     let mut out = BTreeMap::new();
     for chunk in ids.chunks(200) {
-        let resp = c.ec2.describe_snapshots().set_snapshot_ids(Some(chunk.to_vec())).send().await;
+        let resp = c
+            .ec2
+            .describe_snapshots()
+            .set_snapshot_ids(Some(chunk.to_vec()))
+            .send()
+            .await;
         match resp.ctx("DescribeSnapshots", None) {
             Ok(r) => {
                 for s in r.snapshots() {
-                    out.insert(s.snapshot_id().unwrap_or_default().to_string(), s.volume_size());
+                    out.insert(
+                        s.snapshot_id().unwrap_or_default().to_string(),
+                        s.volume_size(),
+                    );
                 }
             }
             // A snapshot deleted meanwhile only loses its size.
@@ -101,7 +125,12 @@ pub struct Decision {
 
 /// Decides, newest first: the newest `keep` stay; of the rest, those younger than
 /// `older_than` stay; anything in use stays whatever its age.
-pub fn decide(images: Vec<ImageInfo>, keep: usize, older_than: Option<Duration>, now: jiff::Timestamp) -> Vec<Decision> {
+pub fn decide(
+    images: Vec<ImageInfo>,
+    keep: usize,
+    older_than: Option<Duration>,
+    now: jiff::Timestamp,
+) -> Vec<Decision> {
     let mut imgs = images;
     imgs.sort_by(|a, b| b.created.cmp(&a.created));
     imgs.into_iter()
@@ -110,24 +139,36 @@ pub fn decide(images: Vec<ImageInfo>, keep: usize, older_than: Option<Duration>,
             let (verdict, reason) = if idx < keep {
                 (Verdict::KeepNewest, format!("among the newest {keep}"))
             } else if !image.used_by.is_empty() {
-                (Verdict::KeepInUse, format!("in use by {}", image.used_by.join(", ")))
+                (
+                    Verdict::KeepInUse,
+                    format!("in use by {}", image.used_by.join(", ")),
+                )
             } else if let Some(age) = older_than.and_then(|min| {
                 let created: jiff::Timestamp = image.created.parse().ok()?;
                 let age = now.duration_since(created);
                 (age < jiff::SignedDuration::try_from(min).ok()?).then_some(age)
             }) {
-                (Verdict::KeepTooYoung, format!("only {}s old", age.as_secs()))
+                (
+                    Verdict::KeepTooYoung,
+                    format!("only {}s old", age.as_secs()),
+                )
             } else {
                 (Verdict::Delete, "old and unused".to_string())
             };
-            Decision { image, verdict, reason }
+            Decision {
+                image,
+                verdict,
+                reason,
+            }
         })
         .collect()
 }
 
 /// Removes one image and the snapshots no other image references.
 pub async fn remove(c: &Clients, ami: &str) -> Result<Vec<String>, AwsError> {
-    let img = ec2::describe_image(&c.ec2, ami).await?.ok_or_else(|| AwsError::new("DescribeImages", Some(ami.into()), "no such image"))?;
+    let img = ec2::describe_image(&c.ec2, ami)
+        .await?
+        .ok_or_else(|| AwsError::new("DescribeImages", Some(ami.into()), "no such image"))?;
     let snaps = ec2::image_snapshots(&img);
     // Snapshots shared with any other image of ours stay.
     let others = ec2::own_images(&c.ec2, vec![]).await?;
@@ -143,7 +184,13 @@ pub async fn remove(c: &Clients, ami: &str) -> Result<Vec<String>, AwsError> {
 
 /// Looks up images by id for `bake images rm`, checking bake made them.
 pub async fn lookup(c: &Clients, ids: &[String]) -> Result<Vec<ImageInfo>, AwsError> {
-    let out = c.ec2.describe_images().set_image_ids(Some(ids.to_vec())).send().await.ctx("DescribeImages", Some(&ids.join(",")))?;
+    let out = c
+        .ec2
+        .describe_images()
+        .set_image_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .ctx("DescribeImages", Some(&ids.join(",")))?;
     let usage = usage::collect(c).await?;
     let mut res = Vec::new();
     for id in ids {
@@ -153,7 +200,11 @@ pub async fn lookup(c: &Clients, ids: &[String]) -> Result<Vec<ImageInfo>, AwsEr
             .find(|i| i.image_id() == Some(id.as_str()))
             .ok_or_else(|| AwsError::new("DescribeImages", Some(id.clone()), "no such image"))?;
         if !is_bakes(img) {
-            return Err(AwsError::new("images rm", Some(id.clone()), "not made by bake (no bake:recipe/bake:fingerprint tags); refusing to touch it"));
+            return Err(AwsError::new(
+                "images rm",
+                Some(id.clone()),
+                "not made by bake (no bake:recipe/bake:fingerprint tags); refusing to touch it",
+            ));
         }
         res.push(info(img, &usage, &BTreeMap::new()));
     }
@@ -188,7 +239,10 @@ mod tests {
             img("e", "2026-11-23T10:00:00Z", &[]),
         ];
         let d = decide(imgs, 2, Some(Duration::from_secs(6 * 3600)), now);
-        let v: Vec<(&str, Verdict)> = d.iter().map(|x| (x.image.ami_id.as_str(), x.verdict.clone())).collect();
+        let v: Vec<(&str, Verdict)> = d
+            .iter()
+            .map(|x| (x.image.ami_id.as_str(), x.verdict.clone()))
+            .collect();
         assert_eq!(
             v,
             vec![
@@ -204,7 +258,15 @@ mod tests {
     #[test]
     fn keep_zero_deletes_all_unused() {
         let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
-        let d = decide(vec![img("a", "2026-11-20T00:00:00Z", &[]), img("b", "2026-11-21T00:00:00Z", &["x"])], 0, None, now);
+        let d = decide(
+            vec![
+                img("a", "2026-11-20T00:00:00Z", &[]),
+                img("b", "2026-11-21T00:00:00Z", &["x"]),
+            ],
+            0,
+            None,
+            now,
+        );
         assert_eq!(d[0].verdict, Verdict::KeepInUse);
         assert_eq!(d[1].verdict, Verdict::Delete);
     }

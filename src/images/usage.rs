@@ -15,11 +15,17 @@ pub struct Usage {
 
 impl Usage {
     pub fn users(&self, ami: &str) -> Vec<String> {
-        self.by_image.get(ami).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.by_image
+            .get(ami)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn add(&mut self, ami: &str, user: String) {
-        self.by_image.entry(ami.to_string()).or_default().insert(user);
+        self.by_image
+            .entry(ami.to_string())
+            .or_default()
+            .insert(user);
     }
 }
 
@@ -37,15 +43,25 @@ pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
     let mut pages = c
         .ec2
         .describe_instances()
-        .filters(filter("instance-state-name", ["pending", "running", "stopping", "stopped", "shutting-down"]))
+        .filters(filter(
+            "instance-state-name",
+            ["pending", "running", "stopping", "stopped", "shutting-down"],
+        ))
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
         let page = page.ctx("DescribeInstances", None)?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             if let Some(ami) = i.image_id() {
-                let state = i.state().and_then(|s| s.name()).map(|s| s.as_str()).unwrap_or("?");
-                usage.add(ami, format!("instance {} ({state})", i.instance_id().unwrap_or_default()));
+                let state = i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|s| s.as_str())
+                    .unwrap_or("?");
+                usage.add(
+                    ami,
+                    format!("instance {} ({state})", i.instance_id().unwrap_or_default()),
+                );
             }
         }
     }
@@ -61,25 +77,50 @@ pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
         for lt in page.launch_templates() {
             let id = lt.launch_template_id().unwrap_or_default().to_string();
             let name = lt.launch_template_name().unwrap_or_default().to_string();
-            defaults.insert(id.clone(), (lt.default_version_number().unwrap_or(1), lt.latest_version_number().unwrap_or(1)));
+            defaults.insert(
+                id.clone(),
+                (
+                    lt.default_version_number().unwrap_or(1),
+                    lt.latest_version_number().unwrap_or(1),
+                ),
+            );
             names.insert(name.clone(), id.clone());
-            let mut vp = c.ec2.describe_launch_template_versions().launch_template_id(&id).into_paginator().send();
+            let mut vp = c
+                .ec2
+                .describe_launch_template_versions()
+                .launch_template_id(&id)
+                .into_paginator()
+                .send();
             while let Some(vpage) = vp.next().await {
                 let vpage = vpage.ctx("DescribeLaunchTemplateVersions", Some(&id))?;
                 for v in vpage.launch_template_versions() {
-                    let raw = v.launch_template_data().and_then(|d| d.image_id()).map(str::to_string);
+                    let raw = v
+                        .launch_template_data()
+                        .and_then(|d| d.image_id())
+                        .map(str::to_string);
                     let ami = match raw {
                         Some(r) if r.starts_with("resolve:ssm:") => resolve_ssm(c, &r).await?,
                         other => other,
                     };
-                    versions.push(LtVersion { lt_id: id.clone(), lt_name: name.clone(), version: v.version_number().unwrap_or(0), ami });
+                    versions.push(LtVersion {
+                        lt_id: id.clone(),
+                        lt_name: name.clone(),
+                        version: v.version_number().unwrap_or(0),
+                        ami,
+                    });
                 }
             }
         }
     }
     for v in &versions {
         if let Some(ami) = &v.ami {
-            usage.add(ami, format!("launch template {} ({}) version {}", v.lt_name, v.lt_id, v.version));
+            usage.add(
+                ami,
+                format!(
+                    "launch template {} ({}) version {}",
+                    v.lt_name, v.lt_id, v.version
+                ),
+            );
         }
     }
 
@@ -96,11 +137,18 @@ pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
             "$Latest" => latest,
             n => n.parse().ok()?,
         };
-        versions.iter().find(|v| v.lt_id == id && v.version == num).and_then(|v| v.ami.clone())
+        versions
+            .iter()
+            .find(|v| v.lt_id == id && v.version == num)
+            .and_then(|v| v.ami.clone())
     };
 
     let mut lc_names: Vec<(String, String)> = Vec::new();
-    let mut groups = c.autoscaling.describe_auto_scaling_groups().into_paginator().send();
+    let mut groups = c
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .into_paginator()
+        .send();
     while let Some(page) = groups.next().await {
         let page = page.ctx("DescribeAutoScalingGroups", None)?;
         for g in page.auto_scaling_groups() {
@@ -114,12 +162,19 @@ pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
                 for o in lt.overrides() {
                     specs.extend(o.launch_template_specification().cloned());
                     if let Some(ami) = o.image_id() {
-                        usage.add(ami, format!("auto scaling group {gname} (mixed-instances override)"));
+                        usage.add(
+                            ami,
+                            format!("auto scaling group {gname} (mixed-instances override)"),
+                        );
                     }
                 }
             }
             for s in specs {
-                if let Some(ami) = lt_ami(s.launch_template_id(), s.launch_template_name(), s.version()) {
+                if let Some(ami) = lt_ami(
+                    s.launch_template_id(),
+                    s.launch_template_name(),
+                    s.version(),
+                ) {
                     usage.add(&ami, format!("auto scaling group {gname}"));
                 }
             }
@@ -141,7 +196,10 @@ pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
             let lname = lc.launch_configuration_name().unwrap_or_default();
             if let Some(ami) = lc.image_id() {
                 for (_, g) in lc_names.iter().filter(|(l, _)| l == lname) {
-                    usage.add(ami, format!("auto scaling group {g} (launch configuration {lname})"));
+                    usage.add(
+                        ami,
+                        format!("auto scaling group {g} (launch configuration {lname})"),
+                    );
                 }
             }
         }
@@ -152,7 +210,14 @@ pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
 /// `resolve:ssm:/name[:version]` → the parameter's current value.
 async fn resolve_ssm(c: &Clients, raw: &str) -> Result<Option<String>, AwsError> {
     let name = raw.trim_start_matches("resolve:ssm:");
-    match c.ssm.get_parameter().name(name).send().await.ctx("GetParameter", Some(name)) {
+    match c
+        .ssm
+        .get_parameter()
+        .name(name)
+        .send()
+        .await
+        .ctx("GetParameter", Some(name))
+    {
         Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
         Err(e) if e.code_is(&["ParameterNotFound", "ParameterVersionNotFound"]) => Ok(None),
         Err(e) => Err(e),

@@ -18,7 +18,9 @@ pub fn repo() -> PathBuf {
 
 /// The lab's environment (`.lab/env`), or a failure saying how to start it.
 pub fn lab_env() -> BTreeMap<String, String> {
-    let dir = std::env::var("BAKE_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join(".lab"));
+    let dir = std::env::var("BAKE_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".lab"));
     let file = dir.join("env");
     let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!("the lab is not running ({} missing): start it with `scripts/lab up` (or run the whole suite with `scripts/test`)", file.display())
@@ -27,17 +29,29 @@ pub fn lab_env() -> BTreeMap<String, String> {
     for line in text.lines() {
         let line = line.trim().trim_start_matches("export ").trim();
         if let Some((k, v)) = line.split_once('=') {
-            env.insert(k.to_string(), v.trim_matches('"').trim_matches('\'').to_string());
+            env.insert(
+                k.to_string(),
+                v.trim_matches('"').trim_matches('\'').to_string(),
+            );
         }
     }
-    let ep = env.get("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL in .lab/env");
+    let ep = env
+        .get("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL in .lab/env");
     assert!(
-        ep.starts_with("http://127.") || ep.starts_with("http://localhost") || ep.starts_with("http://[::1]"),
+        ep.starts_with("http://127.")
+            || ep.starts_with("http://localhost")
+            || ep.starts_with("http://[::1]"),
         "network rule: the lab endpoint must be on loopback, got {ep}"
     );
     let probe = ep.trim_start_matches("http://").trim_end_matches('/');
-    std::net::TcpStream::connect_timeout(&probe.parse().expect("endpoint host:port"), Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("the lab at {ep} does not answer ({e}): start it with `scripts/lab up`"));
+    std::net::TcpStream::connect_timeout(
+        &probe.parse().expect("endpoint host:port"),
+        Duration::from_secs(2),
+    )
+    .unwrap_or_else(|e| {
+        panic!("the lab at {ep} does not answer ({e}): start it with `scripts/lab up`")
+    });
     env
 }
 
@@ -50,7 +64,10 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Lab {
         let env = lab_env();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let conf = rt.block_on(
             aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .endpoint_url(&env["AWS_ENDPOINT_URL"])
@@ -64,7 +81,11 @@ impl Lab {
                 ))
                 .load(),
         );
-        Lab { ec2: aws_sdk_ec2::Client::new(&conf), env, rt }
+        Lab {
+            ec2: aws_sdk_ec2::Client::new(&conf),
+            env,
+            rt,
+        }
     }
 
     /// `bake` with the lab's environment and a private hash cache.
@@ -83,7 +104,12 @@ impl Lab {
             self.ec2
                 .describe_images()
                 .owners("self")
-                .filters(Filter::builder().name("tag:bake:recipe").values(recipe).build())
+                .filters(
+                    Filter::builder()
+                        .name("tag:bake:recipe")
+                        .values(recipe)
+                        .build(),
+                )
                 .send()
                 .await
                 .unwrap()
@@ -94,7 +120,13 @@ impl Lab {
 
     pub fn snapshot_tags(&self, id: &str) -> BTreeMap<String, String> {
         self.rt.block_on(async {
-            let out = self.ec2.describe_snapshots().snapshot_ids(id).send().await.unwrap();
+            let out = self
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(id)
+                .send()
+                .await
+                .unwrap();
             tags(out.snapshots()[0].tags())
         })
     }
@@ -114,9 +146,16 @@ impl Lab {
                 .await
                 .unwrap();
             for i in insts.reservations().iter().flat_map(|r| r.instances()) {
-                let state = i.state().and_then(|s| s.name()).map(|s| s.as_str().to_string()).unwrap_or_default();
+                let state = i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
                 if state != "terminated" {
-                    left.push(format!("instance {} ({state})", i.instance_id().unwrap_or_default()));
+                    left.push(format!(
+                        "instance {} ({state})",
+                        i.instance_id().unwrap_or_default()
+                    ));
                 }
             }
             let keys = self.ec2.describe_key_pairs().send().await.unwrap();
@@ -126,9 +165,18 @@ impl Lab {
                     left.push(format!("key pair {name}"));
                 }
             }
-            let sgs = self.ec2.describe_security_groups().filters(f("tag:bake:recipe", recipe)).send().await.unwrap();
+            let sgs = self
+                .ec2
+                .describe_security_groups()
+                .filters(f("tag:bake:recipe", recipe))
+                .send()
+                .await
+                .unwrap();
             for g in sgs.security_groups() {
-                left.push(format!("security group {}", g.group_id().unwrap_or_default()));
+                left.push(format!(
+                    "security group {}",
+                    g.group_id().unwrap_or_default()
+                ));
             }
             left
         })
@@ -137,7 +185,11 @@ impl Lab {
     /// Launches an instance from `ami` with a fresh key and returns (instance id, ip, key file).
     pub fn launch_for_check(&self, ami: &str, dir: &Path) -> (String, String, PathBuf) {
         let key = dir.join("check_key");
-        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
         assert!(st.success());
         let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         let name = format!("check-{}", unique("k"));
@@ -149,19 +201,42 @@ impl Lab {
                 .send()
                 .await
                 .unwrap();
-            let out = self.ec2.run_instances().image_id(ami).instance_type("t3.micro".into()).min_count(1).max_count(1).key_name(&name).send().await.unwrap();
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id(ami)
+                .instance_type("t3.micro".into())
+                .min_count(1)
+                .max_count(1)
+                .key_name(&name)
+                .send()
+                .await
+                .unwrap();
             let inst = &out.instances()[0];
             let id = inst.instance_id().unwrap().to_string();
             let ip = inst.private_ip_address().unwrap().to_string();
-            assert!(ip.starts_with("127."), "network rule: lab instance got non-loopback address {ip}");
-            self.ec2.delete_key_pair().key_name(&name).send().await.unwrap();
+            assert!(
+                ip.starts_with("127."),
+                "network rule: lab instance got non-loopback address {ip}"
+            );
+            self.ec2
+                .delete_key_pair()
+                .key_name(&name)
+                .send()
+                .await
+                .unwrap();
             (id, ip, key)
         })
     }
 
     pub fn terminate(&self, id: &str) {
         self.rt.block_on(async {
-            self.ec2.terminate_instances().instance_ids(id).send().await.unwrap();
+            self.ec2
+                .terminate_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap();
         });
     }
 }
@@ -169,11 +244,26 @@ impl Lab {
 /// Runs a command on a lab instance over SSH (host key not pinned: this is a test probe of an
 /// instance the test itself launched on loopback), retrying while sshd comes up.
 pub fn ssh(ip: &str, key: &Path, user: &str, cmd: &str) -> Output {
-    assert!(ip.starts_with("127."), "network rule: refusing to SSH to {ip}");
+    assert!(
+        ip.starts_with("127."),
+        "network rule: refusing to SSH to {ip}"
+    );
     let mut last = None;
     for _ in 0..50 {
         let out = Command::new("ssh")
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3", "-o", "BatchMode=yes", "-i"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=3",
+                "-o",
+                "BatchMode=yes",
+                "-i",
+            ])
             .arg(key)
             .arg(format!("{user}@{ip}"))
             .arg(cmd)
@@ -186,11 +276,21 @@ pub fn ssh(ip: &str, key: &Path, user: &str, cmd: &str) -> Output {
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = last.unwrap();
-    panic!("ssh to {ip} kept failing: {}", String::from_utf8_lossy(&out.stderr));
+    panic!(
+        "ssh to {ip} kept failing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn tags(t: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
-    t.iter().map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string())).collect()
+    t.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -225,5 +325,11 @@ pub fn stderr(o: &Output) -> String {
 
 /// Parses `bake … --output json` stdout.
 pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}) on stdout: {}\nstderr: {}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}) on stdout: {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
 }

@@ -1,0 +1,172 @@
+//! One build per fingerprint at a time, using EC2 itself as the lock: key pair names are unique
+//! per region and ImportKeyPair fails atomically on a duplicate, so a key pair named after the
+//! fingerprint is a lock any number of machines agree on without a lock service.
+//!
+//! A build that finds the lock taken waits for the holder's image (and reports it as cached),
+//! or takes over when the holder gave up (lock gone) or died (lock older than [`STALE_AFTER`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::primitives::Blob;
+use aws_sdk_ec2::types::ResourceType;
+
+use super::BuildError;
+use super::cleanup::{Cleanup, Undo};
+use super::image::find_by_fingerprint;
+use crate::aws::ec2::{tag_map, tag_spec};
+use crate::aws::{AwsError, Clients, Ctx};
+use crate::retry::{self, Backoff, Poll};
+use crate::ui::Ui;
+
+/// A lock older than this belongs to a build that died without cleaning up.
+pub const STALE_AFTER: Duration = Duration::from_secs(4 * 3600);
+
+pub fn lock_name(fingerprint: &str) -> String {
+    format!("bake-lock-{}", &fingerprint[..32])
+}
+
+pub enum Acquired {
+    /// We hold the lock; build.
+    Held,
+    /// Another build of the same inputs finished meanwhile: (ami, name, snapshots).
+    Built((String, String, Vec<String>)),
+}
+
+/// Takes the lock for `fingerprint`, or waits for whoever holds it.
+pub async fn acquire(
+    clients: &Clients,
+    fingerprint: &str,
+    public_key: &str,
+    build_id: &str,
+    ui: &Ui,
+    cleanup: &Cleanup,
+    timeout: Duration,
+) -> Result<Acquired, BuildError> {
+    let ec2 = &clients.ec2;
+    let name = lock_name(fingerprint);
+    let tags = BTreeMap::from([
+        ("bake:build-id".to_string(), build_id.to_string()),
+        ("bake:lock".to_string(), fingerprint.to_string()),
+    ]);
+    cleanup.push(Undo::ReleaseLock {
+        name: name.clone(),
+        build_id: build_id.to_string(),
+    });
+    let told = std::sync::atomic::AtomicBool::new(false);
+    let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| {
+        let (name, tags) = (&name, &tags);
+        let told = &told;
+        async move {
+            let res = ec2
+                .import_key_pair()
+                .key_name(name)
+                .public_key_material(Blob::new(public_key.as_bytes().to_vec()))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, tags))
+                .send()
+                .await
+                .ctx("ImportKeyPair", Some(name));
+            match res {
+                // Double-check: the holder may have finished between our first look and now.
+                Ok(_) => {
+                    return match find_by_fingerprint(ec2, fingerprint).await {
+                        Ok(Some(hit)) => Poll::Ready(Acquired::Built(hit)),
+                        Ok(None) => Poll::Ready(Acquired::Held),
+                        Err(e) => Poll::Fail(e),
+                    };
+                }
+                Err(e) if e.code_is(&["InvalidKeyPair.Duplicate"]) => {}
+                Err(e) if e.is_throttling() => return Poll::Throttled,
+                Err(e) => return Poll::Fail(e),
+            }
+            match find_by_fingerprint(ec2, fingerprint).await {
+                Ok(Some(hit)) => return Poll::Ready(Acquired::Built(hit)),
+                Ok(None) => {}
+                Err(e) => return Poll::Fail(e),
+            }
+            match holder(clients, name).await {
+                Ok(Some((holder, age))) if age > STALE_AFTER => {
+                    ui.line(&format!("lock {name} of build {holder} is {}s old: taking it over", age.as_secs()));
+                    let _ = ec2.delete_key_pair().key_name(name).send().await;
+                    Poll::Pending("took over a stale lock".into())
+                }
+                Ok(Some((holder, _))) => {
+                    if !told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        ui.line(&format!("build {holder} is baking the same inputs; waiting for its image instead of making a second"));
+                    }
+                    Poll::Pending(format!("waiting for build {holder}"))
+                }
+                Ok(None) => Poll::Pending("lock released; retrying".into()),
+                Err(e) => Poll::Fail(e),
+            }
+        }
+    })
+    .await;
+    r.map_err(|e| crate::aws::ec2::poll_failure("acquire build lock", &name, e).into())
+}
+
+/// Who holds the lock and for how long.
+async fn holder(clients: &Clients, name: &str) -> Result<Option<(String, Duration)>, AwsError> {
+    match clients
+        .ec2
+        .describe_key_pairs()
+        .key_names(name)
+        .send()
+        .await
+        .ctx("DescribeKeyPairs", Some(name))
+    {
+        Ok(out) => Ok(out.key_pairs().first().map(|k| {
+            let who = tag_map(k.tags())
+                .get("bake:build-id")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            let age = k
+                .create_time()
+                .and_then(|t| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?
+                        .as_secs() as i64;
+                    Some(Duration::from_secs((now - t.secs()).max(0) as u64))
+                })
+                .unwrap_or_default();
+            (who, age)
+        })),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Releases the lock only if this build holds it.
+pub async fn release(clients: &Clients, name: &str, build_id: &str) -> Result<String, AwsError> {
+    let out = match clients
+        .ec2
+        .describe_key_pairs()
+        .key_names(name)
+        .send()
+        .await
+        .ctx("DescribeKeyPairs", Some(name))
+    {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => return Ok(format!("lock {name} not held")),
+        Err(e) => return Err(e),
+    };
+    let mine = out.key_pairs().first().is_some_and(|k| {
+        tag_map(k.tags()).get("bake:build-id").map(String::as_str) == Some(build_id)
+    });
+    if !mine {
+        return Ok(format!("lock {name} held by another build; left alone"));
+    }
+    match clients
+        .ec2
+        .delete_key_pair()
+        .key_name(name)
+        .send()
+        .await
+        .ctx("DeleteKeyPair", Some(name))
+    {
+        Ok(_) => Ok(format!("released lock {name}")),
+        Err(e) if e.is_not_found() => Ok(format!("lock {name} already gone")),
+        Err(e) => Err(e),
+    }
+}
