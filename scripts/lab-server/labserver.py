@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def _write_catalogue(lab_dir: Path) -> dict[str, str]:
+def _write_catalogue(lab_dir: Path) -> tuple[dict[str, str], list[dict]]:
     """Base AMIs: moto's catalogue format, plus the lab-only `lab_default_user` key."""
     src = json.loads((HERE / "base-images.json").read_text())
     users: dict[str, str] = {}
@@ -38,7 +38,7 @@ def _write_catalogue(lab_dir: Path) -> dict[str, str]:
     path.write_text(json.dumps(out, indent=1))
     os.environ["MOTO_AMIS_PATH"] = str(path)
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
-    return users
+    return users, out
 
 
 def main() -> None:
@@ -56,7 +56,7 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     # must be set before moto is imported
-    base_users = _write_catalogue(lab_dir)
+    base_users, base_images = _write_catalogue(lab_dir)
     os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
     os.environ.setdefault("MOTO_ENABLE_KEYPAIR_VALIDATION", "true")
     os.environ["MOTO_PORT"] = str(args.port)
@@ -69,7 +69,7 @@ def main() -> None:
 
     lab = Lab(lab_dir)
     lab.prepare()
-    patches.install(lab, base_users)
+    patches.install(lab, base_users, base_images)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 

@@ -152,3 +152,15 @@ def test_console_output_shows_host_keys(ec2, res, debian_ami):
     assert "-----BEGIN SSH HOST KEY KEYS-----" in out
     assert " ".join(pub.split()[:2]) in out
     assert "sshd starting on " + a["PrivateIpAddress"] in out
+
+
+def test_debian_ssm_parameters(ec2, res, lab_env, debian_ami):
+    import boto3
+
+    ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=lab_env["AWS_ENDPOINT_URL"])
+    for name in ("/aws/service/debian/release/bookworm/latest/amd64", "/aws/service/debian/release/12/latest/amd64"):
+        assert ssm.get_parameter(Name=name)["Parameter"]["Value"] == debian_ami
+    older = ssm.get_parameter(Name="/aws/service/debian/release/12/20261001-1870/amd64")["Parameter"]["Value"]
+    assert ec2.describe_images(ImageIds=[older])["Images"][0]["Name"] == "debian-12-amd64-20261001-1870"
+    a = res.run("resolve:ssm:/aws/service/debian/release/12/latest/amd64")
+    assert a["ImageId"] == debian_ami

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import random
+import re
 from typing import Any
 
 from moto.ec2.exceptions import EC2ClientError
@@ -60,7 +61,26 @@ def _cidr_error(code: str, cidr: str, what: str) -> EC2ClientError:
     )
 
 
-def install(lab: Lab, base_users: dict[str, str]) -> None:
+def _debian_ssm_parameters(base_images: list[dict[str, Any]]) -> dict[str, str]:
+    """Debian's public SSM parameters for its AMIs, e.g.
+    /aws/service/debian/release/bookworm/latest/amd64 -> newest debian-12-amd64 image."""
+    params: dict[str, str] = {}
+    newest: dict[str, tuple[str, str]] = {}
+    for img in base_images:
+        m = re.match(r"debian-(\d+)-(amd64|arm64)-(\d{8}-\d+)$", img.get("name") or "")
+        if not m or img.get("owner_id") != "136693071363":
+            continue
+        major, arch, version = m.groups()
+        for rel in (major, {"12": "bookworm", "13": "trixie", "11": "bullseye"}.get(major, major)):
+            params[f"/aws/service/debian/release/{rel}/{version}/{arch}"] = img["ami_id"]
+            key = f"/aws/service/debian/release/{rel}/latest/{arch}"
+            if key not in newest or version > newest[key][0]:
+                newest[key] = (version, img["ami_id"])
+    params.update({k: v[1] for k, v in newest.items()})
+    return params
+
+
+def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, Any]] | None = None) -> None:
     lab.base_users.update(base_users)
 
     # ------------------------------------------------------------ networking
@@ -165,6 +185,15 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
     # --------------------------------------------------- instance lifecycle
     @_wrap(m_inst.InstanceBackend, "run_instances")
     def run_instances(orig, self, image_id, count, *args, **kwargs):
+        # EC2 accepts ImageId "resolve:ssm:<parameter>"; moto takes it literally
+        if image_id and str(image_id).startswith("resolve:ssm:"):
+            from moto.ssm.models import ssm_backends
+
+            pname = str(image_id)[len("resolve:ssm:"):]
+            param = ssm_backends[self.account_id][self.region_name].get_parameter(pname)
+            if param is None:
+                raise EC2ClientError("InvalidParameterValue", f"Parameter {pname} not found.")
+            image_id = param.value
         # moto ignores ClientToken; EC2 returns the original reservation for a repeated token
         # (a retried RunInstances must not launch a second builder).
         token = kwargs.get("client_token")
@@ -367,6 +396,27 @@ def install(lab: Lab, base_users: dict[str, str]) -> None:
         return ActionResult(
             {"InstanceId": iid, "Timestamp": utcnow(), "Output": Base64EncodedString.from_raw_string(text)}
         )
+
+    # Debian's public SSM parameters (moto only knows Amazon Linux / ECS ones)
+    from moto.core.utils import utcnow as _utcnow
+    from moto.ssm import models as m_ssm
+
+    debian_params = _debian_ssm_parameters(base_images or [])
+
+    @_wrap(m_ssm.ParameterDict, "_check_loading_status")
+    def _check_loading_status(orig, self, key):
+        orig(self, key)
+        if str(key or "").startswith("/aws/service/debian") and not getattr(self, "lab_debian_loaded", False):
+            self.lab_debian_loaded = True
+            for name, value in debian_params.items():
+                defaultdict_get = super(m_ssm.ParameterDict, self).__getitem__
+                defaultdict_get(name).append(
+                    m_ssm.Parameter(
+                        account_id=self.account_id, name=name, value=value, parameter_type="String",
+                        description=None, allowed_pattern=None, keyid=None,
+                        last_modified_date=_utcnow(), version=1, data_type="aws:ec2:image",
+                    )
+                )
 
     # ------------------------------------------------------------------ reset
     @_wrap(m_api.MotoAPIBackend, "reset")
