@@ -5,8 +5,8 @@
 //! `communicator` → `fingerprint` → `aws` → `recipe`, with `ui` and `retry` used throughout.
 
 pub mod aws;
-pub mod cli;
 pub mod build;
+pub mod cli;
 pub mod communicator;
 pub mod fingerprint;
 pub mod images;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::BuildError;
 use super::launch::Builder;
 use crate::aws::{Clients, Ctx};
+use crate::communicator::any::Communicator;
 use crate::communicator::ssh::{SshCommunicator, SshTarget};
 use crate::communicator::{SharedSink, UploadPlan};
 use crate::recipe::model::{Recipe, Step};
@@ -34,7 +35,7 @@ pub async fn provision(
         timeout: recipe.ssh.timeout,
     };
     let mut comm = match SshCommunicator::connect(target, sink.clone()).await {
-        Ok(c) => c,
+        Ok(c) => Communicator::Ssh(c),
         Err(e) => {
             st.fail(&e.to_string());
             return Err(e.into());
@@ -67,7 +68,7 @@ pub async fn provision(
 }
 
 async fn run_step(
-    comm: &mut SshCommunicator,
+    comm: &mut Communicator,
     step: &Step,
     script: &str,
     ui: &Ui,
@@ -132,7 +133,7 @@ async fn run_step(
 /// A `reboot = true` step that exited normally: bake reboots the builder through EC2, waits for
 /// the old session to drop, then reconnects with the same pinned host key.
 async fn reboot(
-    comm: &mut SshCommunicator,
+    comm: &mut Communicator,
     clients: &Clients,
     builder: &Builder,
     ui: &Ui,
