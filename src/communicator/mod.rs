@@ -4,6 +4,7 @@
 //! implementations of the same operations, so cleanup, fingerprints and output stay one
 //! pipeline.
 
+pub mod any;
 pub mod ssh;
 
 use std::sync::Arc;
@@ -68,16 +69,30 @@ pub struct StepOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommError {
-    #[error("host key of {addr} does not match the key bake gave the builder (expected {expected}, got {got}); refusing to connect")]
-    HostKeyMismatch { addr: String, expected: String, got: String },
+    #[error(
+        "host key of {addr} does not match the key bake gave the builder (expected {expected}, got {got}); refusing to connect"
+    )]
+    HostKeyMismatch {
+        addr: String,
+        expected: String,
+        got: String,
+    },
     #[error("could not connect to {addr} within {timeout:?}: {last}")]
-    ConnectTimeout { addr: String, timeout: Duration, last: String },
+    ConnectTimeout {
+        addr: String,
+        timeout: Duration,
+        last: String,
+    },
     #[error("authentication as {user} on {addr} was refused")]
     AuthRefused { addr: String, user: String },
     #[error("upload of {path} failed: {reason}")]
     Upload { path: String, reason: String },
     #[error("checksum mismatch for {path} on the builder (local {local}, remote {remote})")]
-    Checksum { path: String, local: String, remote: String },
+    Checksum {
+        path: String,
+        local: String,
+        remote: String,
+    },
     #[error("step {step} timed out after {timeout:?}")]
     StepTimeout { step: String, timeout: Duration },
     #[error("{0}")]

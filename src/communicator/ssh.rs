@@ -92,7 +92,12 @@ impl SshCommunicator {
     pub async fn connect(target: SshTarget, sink: SharedSink) -> Result<Self, CommError> {
         let handle = connect::connect(&target, &sink).await?;
         let remote = exec::probe(&handle).await?;
-        Ok(SshCommunicator { target, sink, handle, remote })
+        Ok(SshCommunicator {
+            target,
+            sink,
+            handle,
+            remote,
+        })
     }
 
     /// Uploads every plan, creating parent directories, applying mode and owner, and
@@ -113,7 +118,9 @@ impl SshCommunicator {
             connect::connect(&self.target, &self.sink).await?,
         );
         // The old connection is usually dead already; this only tidies up if it is not.
-        let _ = old.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        let _ = old
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
         self.remote = exec::probe(&self.handle).await?;
         Ok(())
     }
@@ -124,6 +131,9 @@ impl SshCommunicator {
     }
 
     pub async fn close(self) {
-        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
     }
 }

@@ -40,13 +40,18 @@ pub struct Client {
 impl client::Handler for Client {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         // Only the bare pinned key is trusted; a certificate is not what we handed the builder.
         let got = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(cert) => {
-                *self.mismatch.lock().unwrap() =
-                    Some(format!("certificate {}", cert.public_key().fingerprint(HashAlg::Sha256)));
+                *self.mismatch.lock().unwrap() = Some(format!(
+                    "certificate {}",
+                    cert.public_key().fingerprint(HashAlg::Sha256)
+                ));
                 return Ok(false);
             }
         };
@@ -93,10 +98,16 @@ enum AttemptError {
     Fatal(CommError),
 }
 
-async fn attempt(target: &SshTarget, config: Arc<client::Config>) -> Result<Handle<Client>, AttemptError> {
+async fn attempt(
+    target: &SshTarget,
+    config: Arc<client::Config>,
+) -> Result<Handle<Client>, AttemptError> {
     let endpoint = target.endpoint();
     let mismatch = Arc::new(Mutex::new(None));
-    let handler = Client { pinned: target.host_key.clone(), mismatch: mismatch.clone() };
+    let handler = Client {
+        pinned: target.host_key.clone(),
+        mismatch: mismatch.clone(),
+    };
     let connected = client::connect(config, (target.addr.as_str(), target.port), handler).await;
     let mut handle = match connected {
         Ok(h) => h,
@@ -112,11 +123,17 @@ async fn attempt(target: &SshTarget, config: Arc<client::Config>) -> Result<Hand
         }
     };
     let key = PrivateKeyWithHashAlg::new(target.key.clone(), None);
-    match handle.authenticate_publickey(target.user.clone(), key).await {
+    match handle
+        .authenticate_publickey(target.user.clone(), key)
+        .await
+    {
         Ok(r) if r.success() => Ok(handle),
         // cloud-init installs the authorized key a little after sshd starts: keep trying, and
         // report the refusal only if it lasts until the deadline.
-        Ok(_) => Err(AttemptError::Retry(format!("authentication as {} not accepted yet", target.user))),
+        Ok(_) => Err(AttemptError::Retry(format!(
+            "authentication as {} not accepted yet",
+            target.user
+        ))),
         Err(e) => Err(AttemptError::Retry(describe(&e))),
     }
 }
@@ -138,7 +155,10 @@ pub async fn connect(target: &SshTarget, sink: &SharedSink) -> Result<Handle<Cli
         let endpoint = endpoint.clone();
         let auth_refused = auth_refused.clone();
         async move {
-            let left = target.timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(200));
+            let left = target
+                .timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(200));
             let bound = ATTEMPT_TIMEOUT.min(left);
             let outcome = match tokio::time::timeout(bound, attempt(target, config)).await {
                 Ok(r) => r,
@@ -150,7 +170,10 @@ pub async fn connect(target: &SshTarget, sink: &SharedSink) -> Result<Handle<Cli
                 Err(AttemptError::Retry(why)) => {
                     *auth_refused.lock().unwrap() = why.starts_with("authentication");
                     if n > 0 {
-                        sink.note(&format!("waiting for SSH on {endpoint} (attempt {}): {why}", n + 1));
+                        sink.note(&format!(
+                            "waiting for SSH on {endpoint} (attempt {}): {why}",
+                            n + 1
+                        ));
                     }
                     Poll::Pending(why)
                 }
@@ -163,9 +186,16 @@ pub async fn connect(target: &SshTarget, sink: &SharedSink) -> Result<Handle<Cli
         Err(PollError::Failed(e)) => Err(e),
         Err(PollError::Timeout { last, .. }) => {
             if *auth_refused.lock().unwrap() {
-                Err(CommError::AuthRefused { addr: endpoint, user: target.user.clone() })
+                Err(CommError::AuthRefused {
+                    addr: endpoint,
+                    user: target.user.clone(),
+                })
             } else {
-                Err(CommError::ConnectTimeout { addr: endpoint, timeout: target.timeout, last })
+                Err(CommError::ConnectTimeout {
+                    addr: endpoint,
+                    timeout: target.timeout,
+                    last,
+                })
             }
         }
     }

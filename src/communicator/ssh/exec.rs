@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use russh::ChannelMsg;
 use russh::client::Handle;
+use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
@@ -45,19 +46,61 @@ pub fn protocol(what: &str, e: impl std::fmt::Display) -> CommError {
 }
 
 /// Runs `command`, feeding it `stdin` and collecting all output. For short helper commands.
-pub async fn capture(handle: &Handle<Client>, command: &str, stdin: Vec<u8>) -> Result<Captured, CommError> {
-    let channel = handle.channel_open_session().await.map_err(|e| protocol("opening a channel", e))?;
-    channel.exec(true, command).await.map_err(|e| protocol("starting a command", e))?;
+pub async fn capture(
+    handle: &Handle<Client>,
+    command: &str,
+    stdin: Vec<u8>,
+) -> Result<Captured, CommError> {
+    let (tx, rx) = mpsc::channel(1);
+    if !stdin.is_empty() {
+        let _ = tx.send(Ok((stdin, 0))).await;
+    }
+    drop(tx);
+    pipe(handle, command, rx, |_| {}).await
+}
+
+/// A piece of a command's input, and how many payload bytes it carries (for progress).
+pub type Chunk = Result<(Vec<u8>, u64), CommError>;
+
+/// Runs `command` with the received chunks as its stdin and collects what it printed. Stops
+/// feeding as soon as the command ends, so a remote failure never leaves us blocked on a
+/// flow-control window that will not reopen.
+pub async fn pipe(
+    handle: &Handle<Client>,
+    command: &str,
+    mut rx: mpsc::Receiver<Chunk>,
+    on_sent: impl Fn(u64),
+) -> Result<Captured, CommError> {
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| protocol("opening a channel", e))?;
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| protocol("starting a command", e))?;
     let (mut read, write) = channel.split();
-    let feed = async move {
-        if !stdin.is_empty() {
-            write.data_bytes(stdin).await?;
+    let feed = async {
+        while let Some(chunk) = rx.recv().await {
+            let (bytes, payload) = chunk?;
+            write
+                .data_bytes(bytes)
+                .await
+                .map_err(|e| protocol("sending data", e))?;
+            on_sent(payload);
         }
-        write.eof().await?;
-        Ok::<_, russh::Error>(write)
+        write
+            .eof()
+            .await
+            .map_err(|e| protocol("ending the input", e))?;
+        Ok::<(), CommError>(())
     };
-    let collect = async move {
-        let mut out = Captured { status: None, stdout: Vec::new(), stderr: Vec::new() };
+    let collect = async {
+        let mut out = Captured {
+            status: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
         while let Some(msg) = read.wait().await {
             match msg {
                 ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
@@ -68,20 +111,32 @@ pub async fn capture(handle: &Handle<Client>, command: &str, stdin: Vec<u8>) -> 
         }
         out
     };
-    let (fed, out) = tokio::join!(feed, collect);
-    // Keep the write half alive until the command finished, then let the channel close.
-    drop(fed.map_err(|e| protocol("sending input", e))?);
-    Ok(out)
+    tokio::pin!(feed, collect);
+    tokio::select! {
+        fed = &mut feed => {
+            fed?;
+            Ok(collect.await)
+        }
+        out = &mut collect => Ok(out),
+    }
 }
 
 /// Finds out who we are on the builder and which hasher it has.
 pub async fn probe(handle: &Handle<Client>) -> Result<Remote, CommError> {
-    let out = capture(handle, "id -u; command -v openssl >/dev/null 2>&1 && echo openssl; true", Vec::new()).await?;
+    let out = capture(
+        handle,
+        "id -u; command -v openssl >/dev/null 2>&1 && echo openssl; true",
+        Vec::new(),
+    )
+    .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let uid = lines.next().unwrap_or("").trim().to_string();
     let openssl = lines.any(|l| l.trim() == "openssl");
-    Ok(Remote { sudo: if uid == "0" { "" } else { "sudo -n " }, openssl })
+    Ok(Remote {
+        sudo: if uid == "0" { "" } else { "sudo -n " },
+        openssl,
+    })
 }
 
 /// Splits a byte stream into lines for the sink, remembering the last few for the tail.
@@ -146,7 +201,10 @@ async fn stage_script(handle: &Handle<Client>, script: &str) -> Result<String, C
     )
     .await?;
     if out.status != Some(0) || out.stdout.is_empty() {
-        return Err(CommError::Protocol(format!("could not stage the step script: {}", out.stderr_text())));
+        return Err(CommError::Protocol(format!(
+            "could not stage the step script: {}",
+            out.stderr_text()
+        )));
     }
     let path = shell_quote(&String::from_utf8_lossy(&out.stdout));
     // Open then unlink at once, so the file is gone whatever the script does (even `exit`).
@@ -168,10 +226,19 @@ pub async fn run(
     }
     let command = format!("printf '{PID_MARKER}%s\\n' \"$$\" >&2; exec {rendered}");
 
-    let mut channel = handle.channel_open_session().await.map_err(|e| protocol("opening a channel", e))?;
-    channel.exec(true, command).await.map_err(|e| protocol("starting the step", e))?;
+    let mut channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| protocol("opening a channel", e))?;
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| protocol("starting the step", e))?;
     // No input: a step that reads stdin gets EOF instead of hanging.
-    channel.eof().await.map_err(|e| protocol("closing the step's input", e))?;
+    channel
+        .eof()
+        .await
+        .map_err(|e| protocol("closing the step's input", e))?;
 
     let mut lines = Lines {
         sink,
@@ -191,7 +258,10 @@ pub async fn run(
                 lines.flush();
                 kill(handle, remote, lines.pid).await;
                 let _ = channel.close().await;
-                return Err(CommError::StepTimeout { step: step.name.clone(), timeout: step.timeout });
+                return Err(CommError::StepTimeout {
+                    step: step.name.clone(),
+                    timeout: step.timeout,
+                });
             }
         };
         match msg {
@@ -200,7 +270,9 @@ pub async fn run(
             Some(ChannelMsg::ExitStatus { exit_status: s }) => exit_status = Some(s),
             Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                 lines.flush();
-                lines.tail.push_back(format!("[terminated by signal {signal_name:?}]"));
+                lines
+                    .tail
+                    .push_back(format!("[terminated by signal {signal_name:?}]"));
             }
             Some(ChannelMsg::Close) => closed = true,
             Some(_) => {}
@@ -226,7 +298,15 @@ async fn kill(handle: &Handle<Client>, remote: &Remote, pid: Option<u32>) {
     let command = if remote.sudo.is_empty() {
         inner
     } else {
-        format!("{}sh -c {} 2>/dev/null || {{ {inner}; }}", remote.sudo, shell_quote(&inner))
+        format!(
+            "{}sh -c {} 2>/dev/null || {{ {inner}; }}",
+            remote.sudo,
+            shell_quote(&inner)
+        )
     };
-    let _ = tokio::time::timeout(Duration::from_secs(10), capture(handle, &command, Vec::new())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        capture(handle, &command, Vec::new()),
+    )
+    .await;
 }

@@ -21,7 +21,14 @@ pub struct Owner {
 }
 
 /// Appends the header(s) for one entry to `out`.
-pub fn header(out: &mut Vec<u8>, path: &str, kind: &Kind<'_>, mode: u32, owner: &Owner, mtime: u64) {
+pub fn header(
+    out: &mut Vec<u8>,
+    path: &str,
+    kind: &Kind<'_>,
+    mode: u32,
+    owner: &Owner,
+    mtime: u64,
+) {
     let name = match kind {
         Kind::Dir if !path.ends_with('/') => format!("{path}/"),
         _ => path.to_string(),
@@ -39,7 +46,16 @@ pub fn header(out: &mut Vec<u8>, path: &str, kind: &Kind<'_>, mode: u32, owner: 
         Kind::Dir => (0, b'5', ""),
         Kind::Symlink { target } => (0, b'2', *target),
     };
-    raw_header(out, truncate(&name, 100), size, flag, truncate(link, 100), mode, owner, mtime);
+    raw_header(
+        out,
+        truncate(&name, 100),
+        size,
+        flag,
+        truncate(link, 100),
+        mode,
+        owner,
+        mtime,
+    );
 }
 
 /// Zero padding after `size` bytes of file data.
@@ -60,14 +76,32 @@ fn truncate(s: &str, max: usize) -> &[u8] {
 fn long_record(out: &mut Vec<u8>, flag: u8, value: &str) {
     let data = value.as_bytes();
     let size = data.len() as u64 + 1;
-    raw_header(out, b"././@LongLink", size, flag, b"", 0o644, &Owner::default(), 0);
+    raw_header(
+        out,
+        b"././@LongLink",
+        size,
+        flag,
+        b"",
+        0o644,
+        &Owner::default(),
+        0,
+    );
     out.extend_from_slice(data);
     out.push(0);
     out.extend(std::iter::repeat_n(0u8, padding(size)));
 }
 
 #[allow(clippy::too_many_arguments)]
-fn raw_header(out: &mut Vec<u8>, name: &[u8], size: u64, flag: u8, link: &[u8], mode: u32, owner: &Owner, mtime: u64) {
+fn raw_header(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    size: u64,
+    flag: u8,
+    link: &[u8],
+    mode: u32,
+    owner: &Owner,
+    mtime: u64,
+) {
     let mut h = [0u8; BLOCK];
     h[..name.len()].copy_from_slice(name);
     octal(&mut h[100..108], u64::from(mode & 0o7777));
@@ -119,20 +153,37 @@ mod tests {
     #[test]
     fn header_is_one_block_with_valid_checksum() {
         let mut out = Vec::new();
-        header(&mut out, "opt/app.bin", &Kind::File { size: 5 }, 0o755, &Owner::default(), 1);
+        header(
+            &mut out,
+            "opt/app.bin",
+            &Kind::File { size: 5 },
+            0o755,
+            &Owner::default(),
+            1,
+        );
         assert_eq!(out.len(), BLOCK);
         assert_eq!(&out[124..136], b"00000000005\0");
         let mut h = out.clone();
         h[148..156].copy_from_slice(b"        ");
         let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        assert_eq!(std::str::from_utf8(&out[148..154]).unwrap(), format!("{sum:06o}"));
+        assert_eq!(
+            std::str::from_utf8(&out[148..154]).unwrap(),
+            format!("{sum:06o}")
+        );
     }
 
     #[test]
     fn long_names_and_huge_sizes() {
         let mut out = Vec::new();
         let long = "d/".repeat(80) + "file";
-        header(&mut out, &long, &Kind::File { size: 1 << 40 }, 0o644, &Owner::default(), 1);
+        header(
+            &mut out,
+            &long,
+            &Kind::File { size: 1 << 40 },
+            0o644,
+            &Owner::default(),
+            1,
+        );
         // long-name header + name data (161 bytes -> 1 block) + real header
         assert_eq!(out.len(), 3 * BLOCK);
         assert_eq!(out[2 * BLOCK + 124] & 0x80, 0x80);

@@ -13,7 +13,9 @@ use russh::keys::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 
 use super::{SshCommunicator, SshTarget};
-use crate::communicator::{CommError, EntryKind, PlannedEntry, SharedSink, Sink, Stream, UploadPlan};
+use crate::communicator::{
+    CommError, EntryKind, PlannedEntry, SharedSink, Sink, Stream, UploadPlan,
+};
 use crate::recipe::model::{Step, StepBody, Upload};
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -44,11 +46,19 @@ impl Sshd {
         let host = random_key();
         let client = random_key();
         let host_path = dir.path().join("host_key");
-        std::fs::write(&host_path, host.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        std::fs::write(
+            &host_path,
+            host.to_openssh(LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
         std::fs::set_permissions(&host_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let auth = dir.path().join("authorized_keys");
         std::fs::write(&auth, client.public_key().to_openssh().unwrap() + "\n").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
              PermitRootLogin prohibit-password\nUsePAM no\nPasswordAuthentication no\n\
@@ -58,7 +68,13 @@ impl Sshd {
             auth.display()
         );
         std::fs::write(dir.path().join("sshd_config"), config).unwrap();
-        Sshd { dir, port, host_key: host.public_key().clone(), client_key: Arc::new(client), child: None }
+        Sshd {
+            dir,
+            port,
+            host_key: host.public_key().clone(),
+            client_key: Arc::new(client),
+            child: None,
+        }
     }
 
     pub fn start(&mut self) {
@@ -106,7 +122,16 @@ impl Drop for Sshd {
 }
 
 fn whoami() -> String {
-    String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string()
+    String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string()
 }
 
 #[derive(Default)]
@@ -144,7 +169,9 @@ fn step(script: &str) -> Step {
 async fn connected(sshd: &Sshd) -> (SshCommunicator, Arc<TestSink>) {
     let sink = Arc::new(TestSink::default());
     let shared: SharedSink = sink.clone();
-    let comm = SshCommunicator::connect(sshd.target(), shared).await.expect("connect");
+    let comm = SshCommunicator::connect(sshd.target(), shared)
+        .await
+        .expect("connect");
     (comm, sink)
 }
 
@@ -153,7 +180,12 @@ fn sha(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// What the fingerprint module would plan for `source` (file or directory).
-pub fn plan(source: &Path, destination: &str, mode: Option<u32>, owner: Option<&str>) -> UploadPlan {
+pub fn plan(
+    source: &Path,
+    destination: &str,
+    mode: Option<u32>,
+    owner: Option<&str>,
+) -> UploadPlan {
     let meta = std::fs::symlink_metadata(source).unwrap();
     let is_dir = meta.is_dir();
     let mut entries = Vec::new();
@@ -182,7 +214,10 @@ pub fn plan(source: &Path, destination: &str, mode: Option<u32>, owner: Option<&
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>) {
-    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     if names.is_empty() && dir != root {
         out.push(entry(root, dir, EntryKind::Dir, 0, None));
@@ -190,47 +225,95 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>) {
     for p in names {
         let meta = std::fs::symlink_metadata(&p).unwrap();
         if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&p).unwrap().to_string_lossy().into_owned();
+            let target = std::fs::read_link(&p)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             out.push(entry(root, &p, EntryKind::Symlink(target), 0, None));
         } else if meta.is_dir() {
             walk(root, &p, out);
         } else {
             let bytes = std::fs::read(&p).unwrap();
-            out.push(entry(root, &p, EntryKind::File, bytes.len() as u64, Some(sha(&bytes))));
+            out.push(entry(
+                root,
+                &p,
+                EntryKind::File,
+                bytes.len() as u64,
+                Some(sha(&bytes)),
+            ));
         }
     }
 }
 
-fn entry(root: &Path, p: &Path, kind: EntryKind, size: u64, sha256: Option<[u8; 32]>) -> PlannedEntry {
+fn entry(
+    root: &Path,
+    p: &Path,
+    kind: EntryKind,
+    size: u64,
+    sha256: Option<[u8; 32]>,
+) -> PlannedEntry {
     let mode = std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
     let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-    PlannedEntry { rel, kind, size, mode, sha256 }
+    PlannedEntry {
+        rel,
+        kind,
+        size,
+        mode,
+        sha256,
+    }
 }
 
 fn stdout_lines(sink: &TestSink) -> Vec<String> {
-    sink.lines.lock().unwrap().iter().filter(|(s, _)| *s == Stream::Stdout).map(|(_, l)| l.clone()).collect()
+    sink.lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| *s == Stream::Stdout)
+        .map(|(_, l)| l.clone())
+        .collect()
 }
 
 #[tokio::test]
 async fn run_streams_lines_and_exit_status() {
     let sshd = Sshd::started();
     let (comm, sink) = connected(&sshd).await;
-    let out = comm.run(&step("t"), "echo out1\necho err1 >&2\nprintf 'out2'\n").await.unwrap();
+    let out = comm
+        .run(&step("t"), "echo out1\necho err1 >&2\nprintf 'out2'\n")
+        .await
+        .unwrap();
     assert_eq!(out.exit_status, Some(0));
     assert!(!out.disconnected);
     let lines = sink.lines.lock().unwrap().clone();
-    assert!(lines.contains(&(Stream::Stdout, "out1".into())), "{lines:?}");
-    assert!(lines.contains(&(Stream::Stderr, "err1".into())), "{lines:?}");
+    assert!(
+        lines.contains(&(Stream::Stdout, "out1".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&(Stream::Stderr, "err1".into())),
+        "{lines:?}"
+    );
     // A last line without a newline still arrives; the pid marker never does.
-    assert!(lines.contains(&(Stream::Stdout, "out2".into())), "{lines:?}");
-    assert!(!lines.iter().any(|(_, l)| l.contains("bake-step-pid")), "{lines:?}");
+    assert!(
+        lines.contains(&(Stream::Stdout, "out2".into())),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|(_, l)| l.contains("bake-step-pid")),
+        "{lines:?}"
+    );
 
-    let out = comm.run(&step("t"), "echo about to fail\nexit 7").await.unwrap();
+    let out = comm
+        .run(&step("t"), "echo about to fail\nexit 7")
+        .await
+        .unwrap();
     assert_eq!(out.exit_status, Some(7));
     assert_eq!(out.tail.last().map(String::as_str), Some("about to fail"));
 
     // `sh -e`: a failing command stops the step.
-    let out = comm.run(&step("t"), "false\necho not reached").await.unwrap();
+    let out = comm
+        .run(&step("t"), "false\necho not reached")
+        .await
+        .unwrap();
     assert_eq!(out.exit_status, Some(1));
     assert!(!out.tail.iter().any(|l| l == "not reached"));
 
@@ -249,10 +332,20 @@ async fn env_workdir_and_sudo_are_rendered() {
     s.env.insert("GREETING".into(), "it's \"me\" $HOME".into());
     s.workdir = Some(work.to_string_lossy().into_owned());
     s.sudo = true;
-    let out = comm.run(&s, "echo \"$GREETING\"\npwd\nid -u").await.unwrap();
+    let out = comm
+        .run(&s, "echo \"$GREETING\"\npwd\nid -u")
+        .await
+        .unwrap();
     assert_eq!(out.exit_status, Some(0), "{:?}", out.tail);
     let lines = stdout_lines(&sink);
-    assert_eq!(lines, vec!["it's \"me\" $HOME".to_string(), work.to_string_lossy().into_owned(), "0".into()]);
+    assert_eq!(
+        lines,
+        vec![
+            "it's \"me\" $HOME".to_string(),
+            work.to_string_lossy().into_owned(),
+            "0".into()
+        ]
+    );
 }
 
 #[tokio::test]
@@ -277,16 +370,36 @@ async fn step_timeout_kills_the_remote_processes() {
     let mut s = step("t");
     s.timeout = Duration::from_secs(1);
     // A distinctive duration so we can look for leftovers.
-    let marker = format!("{}.{}", 300 + rand::random::<u16>() % 100, rand::random::<u16>());
+    let marker = format!(
+        "{}.{}",
+        300 + rand::random::<u16>() % 100,
+        rand::random::<u16>()
+    );
     let start = Instant::now();
-    let err = comm.run(&s, &format!("sleep {marker} &\necho started\nsleep {marker}\n")).await.unwrap_err();
+    let err = comm
+        .run(
+            &s,
+            &format!("sleep {marker} &\necho started\nsleep {marker}\n"),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, CommError::StepTimeout { .. }), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = std::process::Command::new("pgrep").args(["-f", &format!("sleep {marker}")]).output().unwrap();
-    assert!(left.stdout.is_empty(), "leftover processes: {}", String::from_utf8_lossy(&left.stdout));
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("sleep {marker}")])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "leftover processes: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
     // The connection is still usable.
-    assert_eq!(comm.run(&step("t"), "true").await.unwrap().exit_status, Some(0));
+    assert_eq!(
+        comm.run(&step("t"), "true").await.unwrap().exit_status,
+        Some(0)
+    );
 }
 
 #[tokio::test]
@@ -297,7 +410,10 @@ async fn host_key_mismatch_is_refused_at_once() {
     target.timeout = Duration::from_secs(30);
     let start = Instant::now();
     let sink: SharedSink = Arc::new(TestSink::default());
-    let err = SshCommunicator::connect(target.clone(), sink).await.err().expect("must refuse");
+    let err = SshCommunicator::connect(target.clone(), sink)
+        .await
+        .err()
+        .expect("must refuse");
     match &err {
         CommError::HostKeyMismatch { expected, got, .. } => {
             assert_eq!(*expected, super::connect::fingerprint(&target.host_key));
@@ -305,7 +421,11 @@ async fn host_key_mismatch_is_refused_at_once() {
         }
         other => panic!("expected a host key mismatch, got {other}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -317,9 +437,18 @@ async fn connect_retries_until_sshd_is_up() {
     let connecting = tokio::spawn(SshCommunicator::connect(target, shared));
     tokio::time::sleep(Duration::from_millis(500)).await;
     sshd.start();
-    let comm = connecting.await.unwrap().expect("connect after sshd came up");
-    assert_eq!(comm.run(&step("t"), "true").await.unwrap().exit_status, Some(0));
-    assert!(!sink.notes.lock().unwrap().is_empty(), "retries should be noted");
+    let comm = connecting
+        .await
+        .unwrap()
+        .expect("connect after sshd came up");
+    assert_eq!(
+        comm.run(&step("t"), "true").await.unwrap().exit_status,
+        Some(0)
+    );
+    assert!(
+        !sink.notes.lock().unwrap().is_empty(),
+        "retries should be noted"
+    );
 }
 
 #[tokio::test]
@@ -329,7 +458,10 @@ async fn connect_gives_up_after_timeout() {
     target.timeout = Duration::from_millis(800);
     let start = Instant::now();
     let sink: SharedSink = Arc::new(TestSink::default());
-    let err = SshCommunicator::connect(target, sink).await.err().expect("nothing listens");
+    let err = SshCommunicator::connect(target, sink)
+        .await
+        .err()
+        .expect("nothing listens");
     assert!(matches!(err, CommError::ConnectTimeout { .. }), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
@@ -341,7 +473,10 @@ async fn unknown_client_key_ends_in_auth_refused() {
     target.key = Arc::new(random_key());
     target.timeout = Duration::from_secs(1);
     let sink: SharedSink = Arc::new(TestSink::default());
-    let err = SshCommunicator::connect(target, sink).await.err().expect("key is not authorized");
+    let err = SshCommunicator::connect(target, sink)
+        .await
+        .err()
+        .expect("key is not authorized");
     assert!(matches!(err, CommError::AuthRefused { .. }), "{err}");
 }
 
@@ -349,7 +484,10 @@ async fn unknown_client_key_ends_in_auth_refused() {
 async fn long_output_lines_are_bounded() {
     let sshd = Sshd::started();
     let (comm, sink) = connected(&sshd).await;
-    let out = comm.run(&step("t"), "head -c 300000 /dev/zero | tr '\\0' x").await.unwrap();
+    let out = comm
+        .run(&step("t"), "head -c 300000 /dev/zero | tr '\\0' x")
+        .await
+        .unwrap();
     assert_eq!(out.exit_status, Some(0));
     let lines = stdout_lines(&sink);
     assert!(lines.len() >= 4, "{}", lines.len());
@@ -365,13 +503,25 @@ async fn upload_file_with_mode_and_owner_into_nested_path() {
     let small = local.join("app.conf");
     std::fs::write(&small, b"listen 80\n").unwrap();
     let big = local.join("app.bin");
-    let big_bytes: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big_bytes: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(&big, &big_bytes).unwrap();
     let small_dest = remote.join("opt/web/conf/app.conf");
     let big_dest = remote.join("opt/web/bin/app.bin");
     let plans = vec![
-        plan(&small, small_dest.to_str().unwrap(), Some(0o640), Some("nobody:nogroup")),
-        plan(&big, big_dest.to_str().unwrap(), Some(0o750), Some("nobody")),
+        plan(
+            &small,
+            small_dest.to_str().unwrap(),
+            Some(0o640),
+            Some("nobody:nogroup"),
+        ),
+        plan(
+            &big,
+            big_dest.to_str().unwrap(),
+            Some(0o750),
+            Some("nobody"),
+        ),
     ];
     let (comm, sink) = connected(&sshd).await;
     comm.upload(&plans).await.unwrap();
@@ -382,8 +532,16 @@ async fn upload_file_with_mode_and_owner_into_nested_path() {
     let m = std::fs::metadata(&big_dest).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o750, 65534, 0));
     // Parents are created root-owned; no temp files are left behind.
-    assert_eq!(std::fs::metadata(remote.join("opt/web/bin")).unwrap().uid(), 0);
-    assert_eq!(std::fs::read_dir(remote.join("opt/web/bin")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::metadata(remote.join("opt/web/bin")).unwrap().uid(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(remote.join("opt/web/bin"))
+            .unwrap()
+            .count(),
+        1
+    );
     let total = (big_bytes.len() + 10) as u64;
     assert_eq!(*sink.progress.lock().unwrap(), Some((total, total)));
 }
@@ -407,19 +565,38 @@ async fn upload_directory_tree() {
     comm.upload(&[p]).await.unwrap();
     assert_eq!(std::fs::read(dest.join("a/b/c.txt")).unwrap(), b"deep\n");
     assert_eq!(std::fs::read(dest.join(&long)).unwrap(), b"long name");
-    assert_eq!(std::fs::metadata(dest.join("a/run.sh")).unwrap().mode() & 0o777, 0o755);
-    assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("a/b/c.txt"));
+    assert_eq!(
+        std::fs::metadata(dest.join("a/run.sh")).unwrap().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new("a/b/c.txt")
+    );
     assert_eq!(std::fs::read(dest.join("link")).unwrap(), b"deep\n");
     assert!(std::fs::metadata(dest.join("empty")).unwrap().is_dir());
     assert_eq!(std::fs::metadata(dest.join("index.html")).unwrap().uid(), 0);
 
     // With a mode: files get it, directories get x where r is set.
     let dest2 = sshd.scratch("remote").join("srv/site2");
-    comm.upload(&[plan(&src, dest2.to_str().unwrap(), Some(0o640), Some("nobody"))]).await.unwrap();
-    assert_eq!(std::fs::metadata(dest2.join("a/run.sh")).unwrap().mode() & 0o777, 0o640);
+    comm.upload(&[plan(
+        &src,
+        dest2.to_str().unwrap(),
+        Some(0o640),
+        Some("nobody"),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(dest2.join("a/run.sh")).unwrap().mode() & 0o777,
+        0o640
+    );
     let d = std::fs::metadata(dest2.join("a/b")).unwrap();
     assert_eq!((d.mode() & 0o777, d.uid()), (0o750, 65534));
-    assert_eq!(std::fs::symlink_metadata(dest2.join("link")).unwrap().uid(), 65534);
+    assert_eq!(
+        std::fs::symlink_metadata(dest2.join("link")).unwrap().uid(),
+        65534
+    );
 }
 
 #[tokio::test]
@@ -437,7 +614,11 @@ async fn checksum_mismatch_is_detected() {
         let mut p = plan(src, dest.to_str().unwrap(), None, None);
         p.entries[0].sha256 = Some([0u8; 32]);
         match comm.upload(&[p]).await {
-            Err(CommError::Checksum { path, local, remote }) => {
+            Err(CommError::Checksum {
+                path,
+                local,
+                remote,
+            }) => {
                 assert_eq!(path, dest.to_str().unwrap());
                 assert_eq!(local, "0".repeat(64));
                 assert_eq!(remote.len(), 64, "{remote}");
@@ -456,7 +637,14 @@ async fn unknown_owner_is_an_error() {
     std::fs::write(local.join("f"), b"x").unwrap();
     let dest = sshd.scratch("remote").join("f");
     let (comm, _sink) = connected(&sshd).await;
-    let err = comm.upload(&[plan(&local.join("f"), dest.to_str().unwrap(), None, Some("no-such-user-bake"))]).await;
+    let err = comm
+        .upload(&[plan(
+            &local.join("f"),
+            dest.to_str().unwrap(),
+            None,
+            Some("no-such-user-bake"),
+        )])
+        .await;
     assert!(matches!(err, Err(CommError::Upload { .. })), "{err:?}");
 }
 
@@ -471,7 +659,10 @@ async fn reconnect_after_the_connection_drops() {
     assert!(out.disconnected, "{out:?}");
     assert_eq!(out.exit_status, None);
     comm.reconnect().await.unwrap();
-    assert_eq!(comm.run(&step("t"), "true").await.unwrap().exit_status, Some(0));
+    assert_eq!(
+        comm.run(&step("t"), "true").await.unwrap().exit_status,
+        Some(0)
+    );
 }
 
 /// Throughput against OpenSSH on the same sshd. Run by hand, in release:
@@ -501,15 +692,38 @@ async fn throughput() {
     std::fs::remove_file(remote.join("big.bin")).unwrap();
 
     let key = sshd.dir.path().join("client_key");
-    std::fs::write(&key, sshd.client_key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    std::fs::write(
+        &key,
+        sshd.client_key
+            .to_openssh(LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let batch = sshd.dir.path().join("batch");
-    std::fs::write(&batch, format!("put {} {}\n", big.display(), remote.join("sftp.bin").display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\n",
+            big.display(),
+            remote.join("sftp.bin").display()
+        ),
+    )
+    .unwrap();
     let t = Instant::now();
     let st = std::process::Command::new("sftp")
         .args(["-q", "-i"])
         .arg(&key)
-        .args(["-P", &sshd.port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-b"])
+        .args([
+            "-P",
+            &sshd.port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-b",
+        ])
         .arg(&batch)
         .arg(format!("{}@127.0.0.1", whoami()))
         .status()
@@ -534,12 +748,28 @@ async fn throughput() {
     let t = Instant::now();
     comm.upload(&[p]).await.unwrap();
     let ours = t.elapsed().as_secs_f64();
-    std::fs::write(&batch, format!("put -r {} {}\n", tree.display(), remote.join("sftp-tree").display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!(
+            "put -r {} {}\n",
+            tree.display(),
+            remote.join("sftp-tree").display()
+        ),
+    )
+    .unwrap();
     let t = Instant::now();
     let st = std::process::Command::new("sftp")
         .args(["-q", "-i"])
         .arg(&key)
-        .args(["-P", &sshd.port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-b"])
+        .args([
+            "-P",
+            &sshd.port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-b",
+        ])
         .arg(&batch)
         .arg(format!("{}@127.0.0.1", whoami()))
         .status()
@@ -547,4 +777,13 @@ async fn throughput() {
     let theirs = t.elapsed().as_secs_f64();
     assert!(st.success());
     println!("2000 x 2 KiB: bake {ours:.2} s (verified), sftp put -r {theirs:.2} s");
+}
+
+/// The pipeline runs steps and uploads from spawned tasks: the futures must be `Send`.
+#[allow(dead_code)]
+fn futures_are_send(c: &SshCommunicator, s: &Step, p: &[UploadPlan]) {
+    fn send<T: Send>(_: T) {}
+    send(c.run(s, ""));
+    send(c.upload(p));
+    send(SshCommunicator::connect(c.target.clone(), c.sink.clone()));
 }

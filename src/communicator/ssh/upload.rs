@@ -15,13 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use russh::ChannelMsg;
 use russh::client::Handle;
 use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
-use super::exec::{Captured, capture, protocol};
+use super::exec::{Chunk, capture, pipe};
 use super::tarball::{self, Kind, Owner};
 use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
 
@@ -57,11 +56,21 @@ fn dir_mode(mode: u32) -> u32 {
 
 fn join(root: &str, rel: &str) -> String {
     let root = root.trim_end_matches('/');
-    if rel.is_empty() { if root.is_empty() { "/".into() } else { root.into() } } else { format!("{root}/{rel}") }
+    if rel.is_empty() {
+        if root.is_empty() {
+            "/".into()
+        } else {
+            root.into()
+        }
+    } else {
+        format!("{root}/{rel}")
+    }
 }
 
 fn local_dir_mode(path: &Path) -> u32 {
-    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755)
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o755)
 }
 
 /// Flattens the plans into items, adding every directory on the way to an entry so each gets
@@ -90,7 +99,11 @@ fn items(plans: &[UploadPlan]) -> Vec<Item> {
             local: up.source.join(rel),
             kind: EntryKind::Dir,
             size: 0,
-            mode: up.mode.map(dir_mode).or(mode).unwrap_or_else(|| local_dir_mode(&up.source.join(rel))),
+            mode: up
+                .mode
+                .map(dir_mode)
+                .or(mode)
+                .unwrap_or_else(|| local_dir_mode(&up.source.join(rel))),
             owner: up.owner.clone(),
             sha256: None,
         };
@@ -109,7 +122,11 @@ fn items(plans: &[UploadPlan]) -> Vec<Item> {
                     local: up.source.join(&e.rel),
                     kind: e.kind.clone(),
                     size: e.size,
-                    mode: if matches!(e.kind, EntryKind::File) { up.mode.unwrap_or(e.mode) } else { 0o777 },
+                    mode: if matches!(e.kind, EntryKind::File) {
+                        up.mode.unwrap_or(e.mode)
+                    } else {
+                        0o777
+                    },
                     owner: up.owner.clone(),
                     sha256: e.sha256,
                 },
@@ -127,9 +144,16 @@ fn items(plans: &[UploadPlan]) -> Vec<Item> {
 /// `user[:group]` as tar header fields. Names are resolved by tar on the builder; numeric ids
 /// go in the numeric fields so they need no lookup.
 fn tar_owner(owner: Option<&str>) -> Owner {
-    let mut o = Owner { uid: 0, gid: 0, uname: "root".into(), gname: "root".into() };
+    let mut o = Owner {
+        uid: 0,
+        gid: 0,
+        uname: "root".into(),
+        gname: "root".into(),
+    };
     let Some(spec) = owner else { return o };
-    let (user, group) = spec.split_once(':').map_or((spec, None), |(u, g)| (u, Some(g)));
+    let (user, group) = spec
+        .split_once(':')
+        .map_or((spec, None), |(u, g)| (u, Some(g)));
     match user.parse::<u64>() {
         Ok(n) => (o.uid, o.uname) = (n, String::new()),
         Err(_) => o.uname = user.to_string(),
@@ -157,30 +181,48 @@ impl Progress {
     }
 }
 
-/// A chunk of the outgoing stream and how many file bytes it carries (for progress).
-type Chunk = Result<(Vec<u8>, u64), CommError>;
-
 fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
-    CommError::Upload { path: path.to_string(), reason: reason.to_string() }
+    CommError::Upload {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Appends exactly `size` bytes of `local` to `buf`, handing full chunks to `tx` as it goes.
-fn read_file(item: &Item, buf: &mut Vec<u8>, accounted: &mut u64, tx: &mpsc::Sender<Chunk>) -> Result<(), CommError> {
-    let file = std::fs::File::open(&item.local).map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
+fn read_file(
+    item: &Item,
+    buf: &mut Vec<u8>,
+    accounted: &mut u64,
+    tx: &mpsc::Sender<Chunk>,
+) -> Result<(), CommError> {
+    let file = std::fs::File::open(&item.local)
+        .map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
     let mut reader = file.take(item.size);
     let mut left = item.size;
     while left > 0 {
         if buf.len() >= CHUNK {
             let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
-            if tx.blocking_send(Ok((full, std::mem::take(accounted)))).is_err() {
+            if tx
+                .blocking_send(Ok((full, std::mem::take(accounted))))
+                .is_err()
+            {
                 return Err(upload_err(&item.dest, "transfer aborted"));
             }
         }
         // `read_to_end` fills spare capacity without zeroing it first: at a gigabyte that matters.
         let want = (CHUNK.saturating_sub(buf.len())).max(tarball::BLOCK) as u64;
-        let n = (&mut reader).take(want.min(left)).read_to_end(buf).map_err(|e| upload_err(&item.dest, e))?;
+        let n = (&mut reader)
+            .take(want.min(left))
+            .read_to_end(buf)
+            .map_err(|e| upload_err(&item.dest, e))?;
         if n == 0 {
-            return Err(upload_err(&item.dest, format!("{} changed while uploading (shorter than planned)", item.local.display())));
+            return Err(upload_err(
+                &item.dest,
+                format!(
+                    "{} changed while uploading (shorter than planned)",
+                    item.local.display()
+                ),
+            ));
         }
         left -= n as u64;
         *accounted += n as u64;
@@ -214,7 +256,10 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
         }
         if buf.len() >= CHUNK {
             let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
-            if tx.blocking_send(Ok((full, std::mem::take(&mut accounted)))).is_err() {
+            if tx
+                .blocking_send(Ok((full, std::mem::take(&mut accounted))))
+                .is_err()
+            {
                 return;
             }
         }
@@ -237,59 +282,30 @@ fn produce_raw(item: Item, tx: mpsc::Sender<Chunk>) {
     }
 }
 
-/// Runs `command` with the produced chunks as its stdin; returns what it printed. Stops
-/// feeding as soon as the command ends, so a remote failure never leaves us blocked on a
-/// flow-control window that will not reopen.
-async fn pipe(
+pub async fn upload(
     handle: &Handle<Client>,
-    command: &str,
-    mut rx: mpsc::Receiver<Chunk>,
-    progress: &Progress,
-) -> Result<Captured, CommError> {
-    let channel = handle.channel_open_session().await.map_err(|e| protocol("opening a channel", e))?;
-    channel.exec(true, command).await.map_err(|e| protocol("starting the upload", e))?;
-    let (mut read, write) = channel.split();
-    let feed = async {
-        while let Some(chunk) = rx.recv().await {
-            let (bytes, files) = chunk?;
-            write.data_bytes(bytes).await.map_err(|e| protocol("sending data", e))?;
-            progress.add(files);
-        }
-        write.eof().await.map_err(|e| protocol("ending the upload", e))?;
-        Ok::<(), CommError>(())
-    };
-    let collect = async {
-        let mut out = Captured { status: None, stdout: Vec::new(), stderr: Vec::new() };
-        while let Some(msg) = read.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                _ => {}
-            }
-        }
-        out
-    };
-    tokio::pin!(feed, collect);
-    tokio::select! {
-        fed = &mut feed => {
-            fed?;
-            Ok(collect.await)
-        }
-        out = &mut collect => Ok(out),
-    }
-}
-
-pub async fn upload(handle: &Handle<Client>, remote: &Remote, sink: &SharedSink, plans: &[UploadPlan]) -> Result<(), CommError> {
+    remote: &Remote,
+    sink: &SharedSink,
+    plans: &[UploadPlan],
+) -> Result<(), CommError> {
     let all = items(plans);
     if all.is_empty() {
         return Ok(());
     }
-    let total = all.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
-    let progress = Arc::new(Progress { sink: sink.clone(), done: AtomicU64::new(0), total });
+    let total = all
+        .iter()
+        .filter(|i| i.kind == EntryKind::File)
+        .map(|i| i.size)
+        .sum();
+    let progress = Arc::new(Progress {
+        sink: sink.clone(),
+        done: AtomicU64::new(0),
+        total,
+    });
     progress.add(0);
-    let (large, small): (Vec<Item>, Vec<Item>) =
-        all.into_iter().partition(|i| i.kind == EntryKind::File && i.size >= STREAM_THRESHOLD);
+    let (large, small): (Vec<Item>, Vec<Item>) = all
+        .into_iter()
+        .partition(|i| i.kind == EntryKind::File && i.size >= STREAM_THRESHOLD);
     // The tar goes first: it creates the directories large files may land in.
     if !small.is_empty() {
         upload_tar(handle, remote, &progress, small).await?;
@@ -301,10 +317,19 @@ pub async fn upload(handle: &Handle<Client>, remote: &Remote, sink: &SharedSink,
 }
 
 fn hasher(remote: &Remote) -> &'static str {
-    if remote.openssl { "openssl dgst -sha256 -r" } else { "sha256sum" }
+    if remote.openssl {
+        "openssl dgst -sha256 -r"
+    } else {
+        "sha256sum"
+    }
 }
 
-async fn upload_tar(handle: &Handle<Client>, remote: &Remote, progress: &Progress, items: Vec<Item>) -> Result<(), CommError> {
+async fn upload_tar(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    progress: &Progress,
+    items: Vec<Item>,
+) -> Result<(), CommError> {
     // Refuse unknown owners up front: tar would silently fall back to root.
     let mut script = String::from("set -e\numask 022\n");
     let mut users = BTreeSet::new();
@@ -330,17 +355,30 @@ async fn upload_tar(handle: &Handle<Client>, remote: &Remote, progress: &Progres
     script.push_str("exec tar -x -p --same-owner --no-overwrite-dir -C / -f -\n");
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
-    let files: Vec<(String, [u8; 32])> =
-        items.iter().filter_map(|i| i.sha256.filter(|_| i.kind == EntryKind::File).map(|h| (i.dest.clone(), h))).collect();
+    let files: Vec<(String, [u8; 32])> = items
+        .iter()
+        .filter_map(|i| {
+            i.sha256
+                .filter(|_| i.kind == EntryKind::File)
+                .map(|h| (i.dest.clone(), h))
+        })
+        .collect();
     let first = items.first().map(|i| i.dest.clone()).unwrap_or_default();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let producer = tokio::task::spawn_blocking(move || produce_tar(items, tx));
-    let out = pipe(handle, &command, rx, progress).await;
+    let out = pipe(handle, &command, rx, |n| progress.add(n)).await;
     producer.abort();
     let out = out?;
     if out.status != Some(0) {
-        let what = if files.len() == 1 { files[0].0.clone() } else { format!("{first} and {} more", files.len().saturating_sub(1)) };
-        return Err(upload_err(&what, format!("tar on the builder failed: {}", out.stderr_text())));
+        let what = if files.len() == 1 {
+            files[0].0.clone()
+        } else {
+            format!("{first} and {} more", files.len().saturating_sub(1))
+        };
+        return Err(upload_err(
+            &what,
+            format!("tar on the builder failed: {}", out.stderr_text()),
+        ));
     }
     if !files.is_empty() {
         verify(handle, remote, &files).await?;
@@ -349,13 +387,21 @@ async fn upload_tar(handle: &Handle<Client>, remote: &Remote, progress: &Progres
 }
 
 /// Hashes `files` on the builder in one command and compares with the local hashes.
-async fn verify(handle: &Handle<Client>, remote: &Remote, files: &[(String, [u8; 32])]) -> Result<(), CommError> {
+async fn verify(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    files: &[(String, [u8; 32])],
+) -> Result<(), CommError> {
     let mut list = Vec::new();
     for (path, _) in files {
         list.extend_from_slice(path.as_bytes());
         list.push(0);
     }
-    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&format!("xargs -0 -r {}", hasher(remote))));
+    let command = format!(
+        "{}sh -c {}",
+        remote.sudo,
+        shell_quote(&format!("xargs -0 -r {}", hasher(remote)))
+    );
     let out = capture(handle, &command, list).await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let remote_hashes = parse_hashes(&stdout);
@@ -363,11 +409,25 @@ async fn verify(handle: &Handle<Client>, remote: &Remote, files: &[(String, [u8;
         let local = hex::encode(local);
         match remote_hashes.get(path.as_str()) {
             Some(h) if *h == local => {}
-            Some(h) => return Err(CommError::Checksum { path: path.clone(), local, remote: h.clone() }),
+            Some(h) => {
+                return Err(CommError::Checksum {
+                    path: path.clone(),
+                    local,
+                    remote: h.clone(),
+                });
+            }
             None => {
                 let why = out.stderr_text();
-                let remote = if why.is_empty() { "not hashed".to_string() } else { format!("not hashed: {why}") };
-                return Err(CommError::Checksum { path: path.clone(), local, remote });
+                let remote = if why.is_empty() {
+                    "not hashed".to_string()
+                } else {
+                    format!("not hashed: {why}")
+                };
+                return Err(CommError::Checksum {
+                    path: path.clone(),
+                    local,
+                    remote,
+                });
             }
         }
     }
@@ -394,38 +454,63 @@ fn parse_hashes(text: &str) -> BTreeMap<&str, String> {
 
 /// Streams one large file into place, hashing it on the builder as it arrives; it is renamed
 /// over the destination only when the hash matches.
-async fn upload_raw(handle: &Handle<Client>, remote: &Remote, progress: &Progress, item: Item) -> Result<(), CommError> {
+async fn upload_raw(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    progress: &Progress,
+    item: Item,
+) -> Result<(), CommError> {
     let expected = item.sha256.map(hex::encode).unwrap_or_default();
     let dest = shell_quote(&item.dest);
-    let parent = shell_quote(item.dest.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }));
+    let parent = shell_quote(
+        item.dest
+            .rsplit_once('/')
+            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }),
+    );
     let mut script = format!(
         "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
          trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\nh=$({} \"$t\" | cut -c1-64)\n",
         hasher(remote)
     );
     if !expected.is_empty() {
-        script.push_str(&format!("[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"));
+        script.push_str(&format!(
+            "[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"
+        ));
     }
     if let Some(owner) = &item.owner {
         script.push_str(&format!("chown -- {} \"$t\"\n", shell_quote(owner)));
     }
-    script.push_str(&format!("chmod {:o} -- \"$t\"\nmv -f -- \"$t\" {dest}\n", item.mode & 0o7777));
+    script.push_str(&format!(
+        "chmod {:o} -- \"$t\"\nmv -f -- \"$t\" {dest}\n",
+        item.mode & 0o7777
+    ));
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
     let path = item.dest.clone();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let producer = tokio::task::spawn_blocking(move || produce_raw(item, tx));
-    let out = pipe(handle, &command, rx, progress).await;
+    let out = pipe(handle, &command, rx, |n| progress.add(n)).await;
     producer.abort();
     let out = out?;
     match out.status {
         Some(0) => Ok(()),
         Some(3) => {
             let err = out.stderr_text();
-            let got = err.lines().find_map(|l| l.strip_prefix("bake-sha256:")).unwrap_or("unknown").to_string();
-            Err(CommError::Checksum { path, local: expected, remote: got })
+            let got = err
+                .lines()
+                .find_map(|l| l.strip_prefix("bake-sha256:"))
+                .unwrap_or("unknown")
+                .to_string();
+            Err(CommError::Checksum {
+                path,
+                local: expected,
+                remote: got,
+            })
         }
-        _ => Err(upload_err(&path, format!("writing on the builder failed: {}", out.stderr_text()))),
+        _ => Err(upload_err(
+            &path,
+            format!("writing on the builder failed: {}", out.stderr_text()),
+        )),
     }
 }
 
@@ -448,7 +533,10 @@ mod tests {
         let o = tar_owner(Some("app:www"));
         assert_eq!((o.uname.as_str(), o.gname.as_str()), ("app", "www"));
         let o = tar_owner(Some("1001"));
-        assert_eq!((o.uid, o.uname.as_str(), o.gname.as_str()), (1001, "", "root"));
+        assert_eq!(
+            (o.uid, o.uname.as_str(), o.gname.as_str()),
+            (1001, "", "root")
+        );
         assert_eq!(dir_mode(0o640), 0o750);
     }
 }
