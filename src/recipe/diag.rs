@@ -195,24 +195,51 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Longest source line shown; longer lines are cut around the span, with `…` marking the cuts.
+const MAX_LINE: usize = 120;
+/// Characters kept before the span when a long line is cut.
+const LEAD: usize = 30;
+
 /// The source line holding `span.start` (without its newline), the whitespace to put before
 /// the carets (tabs kept so they line up) and the number of carets (at least one; a span
-/// running past the line end is cut there).
+/// running past the line end is cut there). Long lines are shown as a window around the span.
 fn snippet(src: &str, span: Range<usize>) -> (String, String, usize) {
     let start = floor_char_boundary(src, span.start.min(src.len()));
     let end = floor_char_boundary(src, span.end.min(src.len())).max(start);
     let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = src[start..].find('\n').map_or(src.len(), |i| start + i);
-    let text = src[line_start..line_end].trim_end_matches('\r').to_string();
-    let prefix: String = src[line_start..start]
-        .chars()
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
-        .collect();
-    let carets = src[start..end.min(line_end)]
+    let line: Vec<char> = src[line_start..line_end]
         .trim_end_matches('\r')
         .chars()
-        .count()
-        .max(1);
+        .collect();
+    let col = src[line_start..start].chars().count().min(line.len());
+    let span_chars = src[start..end.min(line_end)]
+        .trim_end_matches('\r')
+        .chars()
+        .count();
+    let (from, cut_left) = if line.len() > MAX_LINE && col > LEAD {
+        (col - LEAD, true)
+    } else {
+        (0, false)
+    };
+    let to = (from + MAX_LINE).min(line.len());
+    let cut_right = to < line.len();
+    let mut text = String::new();
+    let mut prefix = String::new();
+    if cut_left {
+        text.push('…');
+        prefix.push(' ');
+    }
+    text.extend(&line[from..to]);
+    if cut_right {
+        text.push('…');
+    }
+    prefix.extend(
+        line[from..col]
+            .iter()
+            .map(|&c| if c == '\t' { '\t' } else { ' ' }),
+    );
+    let carets = span_chars.min(to.saturating_sub(col)).max(1);
     (text, prefix, carets)
 }
 
@@ -252,6 +279,20 @@ mod tests {
 r.toml:3:2: error: unknown key `instnce_type` in [builder]\n  3 | \tinstnce_type = \"t3.micro\"\n    | \t^^^^^^^^^^^^\n  help: did you mean `instance_type`?\n\n\
 error: 2 problems in r.toml\n";
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn long_lines_are_cut_around_the_span() {
+        let src = format!("k = \"{}\" # {}", "v".repeat(300), "c".repeat(100));
+        let (text, prefix, n) = snippet(&src, 4..306);
+        assert_eq!(text.chars().count(), MAX_LINE + 1);
+        assert!(text.ends_with('…') && text.starts_with("k = \"v"));
+        assert_eq!((prefix.len(), n), (4, MAX_LINE - 4));
+        let at = src.find('#').unwrap();
+        let (text, prefix, n) = snippet(&src, at..at + 1);
+        assert!(text.starts_with('…') && text.ends_with('…'));
+        assert_eq!(text.chars().nth(prefix.chars().count()), Some('#'));
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -1508,7 +1508,7 @@ fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
         let found = source
             .as_ref()
             .and_then(|s| cx.existing_path("upload source", s));
-        let dest = cx.req_string(&t, "destination", "\"/opt/app/\"");
+        let dest = cx.req_string(&t, "destination", "\"/opt/app/app.tar.gz\"");
         let mut dest_ok = dest
             .as_ref()
             .is_some_and(|d| cx.absolute_remote(&t, "destination", d));
@@ -1777,15 +1777,6 @@ fn deploy(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Option<Deploy>> {
     }
     let min = cx.integer(&t, "min_healthy_percentage", 0, 100);
     let max = cx.integer(&t, "max_healthy_percentage", 100, 200);
-    if let (Some(lo), Some(hi)) = (&min, &max)
-        && lo.v > hi.v
-    {
-        cx.err(
-            Some(lo.span.clone()),
-            "min_healthy_percentage is above max_healthy_percentage",
-            "make min_healthy_percentage ≤ max_healthy_percentage",
-        );
-    }
     let instance_warmup = cx.duration(&t, "instance_warmup").map(|d| d.v);
     let skip_matching = cx.boolean(&t, "skip_matching");
     let mut checkpoints = Vec::new();
