@@ -597,6 +597,23 @@ async fn upload_directory_tree() {
         std::fs::symlink_metadata(dest2.join("link")).unwrap().uid(),
         65534
     );
+    let root = std::fs::metadata(&dest2).unwrap();
+    assert_eq!((root.mode() & 0o777, root.uid()), (0o750, 65534));
+
+    // An existing destination that is a symlink to a directory stays a symlink.
+    let real = sshd.scratch("remote/real-site");
+    let linked = sshd.scratch("remote").join("linked-site");
+    std::os::unix::fs::symlink(&real, &linked).unwrap();
+    comm.upload(&[plan(&src, linked.to_str().unwrap(), None, None)])
+        .await
+        .unwrap();
+    assert!(
+        std::fs::symlink_metadata(&linked)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(real.join("a/b/c.txt")).unwrap(), b"deep\n");
 }
 
 #[tokio::test]

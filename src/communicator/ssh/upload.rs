@@ -46,6 +46,9 @@ struct Item {
     mode: u32,
     owner: Option<String>,
     sha256: Option<[u8; 32]>,
+    /// The destination directory of a directory upload: created by the script (only if
+    /// missing), never by tar, so an existing directory or symlink there is left alone.
+    root: bool,
 }
 
 /// Directories get execute bits wherever they have read bits, so a file mode like 0644 still
@@ -89,6 +92,7 @@ fn items(plans: &[UploadPlan]) -> Vec<Item> {
                     mode: up.mode.unwrap_or(e.mode),
                     owner: up.owner.clone(),
                     sha256: e.sha256,
+                    root: false,
                 };
                 out.insert(item.dest.clone(), item);
             }
@@ -106,6 +110,7 @@ fn items(plans: &[UploadPlan]) -> Vec<Item> {
                 .unwrap_or_else(|| local_dir_mode(&up.source.join(rel))),
             owner: up.owner.clone(),
             sha256: None,
+            root: rel.is_empty(),
         };
         let mut dirs = BTreeSet::new();
         dirs.insert(String::new());
@@ -129,6 +134,7 @@ fn items(plans: &[UploadPlan]) -> Vec<Item> {
                     },
                     owner: up.owner.clone(),
                     sha256: e.sha256,
+                    root: false,
                 },
             };
             out.insert(item.dest.clone(), item);
@@ -351,8 +357,24 @@ async fn upload_tar(
         let q = shell_quote(g);
         script.push_str(&format!("getent group {q} >/dev/null || {{ echo \"no group {q} on the builder\" >&2; exit 1; }}\n"));
     }
-    // Existing directories keep their metadata: uploading into /usr/local/bin must not chmod it.
-    script.push_str("exec tar -x -p --same-owner --no-overwrite-dir -C / -f -\n");
+    for root in items.iter().filter(|i| i.root) {
+        let d = shell_quote(&root.dest);
+        script.push_str(&format!(
+            "if [ ! -e {d} ] && [ ! -L {d} ]; then mkdir -p -- {d}; chmod {:o} -- {d}",
+            root.mode & 0o7777
+        ));
+        if let Some(owner) = &root.owner {
+            script.push_str(&format!("; chown -- {} {d}", shell_quote(owner)));
+        }
+        script.push_str("; fi\n");
+    }
+    // Existing directories keep their metadata (uploading into /usr/local/bin must not chmod
+    // it), and existing symlinks to directories stay symlinks where tar supports that.
+    script.push_str(
+        "k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n\
+         exec tar -x -p --same-owner --no-overwrite-dir $k -C / -f -\n",
+    );
+    let items: Vec<Item> = items.into_iter().filter(|i| !i.root).collect();
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
     let files: Vec<(String, [u8; 32])> = items
@@ -481,7 +503,7 @@ async fn upload_raw(
         script.push_str(&format!("chown -- {} \"$t\"\n", shell_quote(owner)));
     }
     script.push_str(&format!(
-        "chmod {:o} -- \"$t\"\nmv -f -- \"$t\" {dest}\n",
+        "chmod {:o} -- \"$t\"\nmv -f -T -- \"$t\" {dest}\n",
         item.mode & 0o7777
     ));
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
