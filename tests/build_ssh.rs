@@ -301,3 +301,25 @@ fn host_key_mismatch_refuses_to_connect_and_cleans_up() {
     );
     assert_eq!(lab.leftovers(&name), Vec::<String>::new());
 }
+
+#[test]
+fn several_recipes_build_at_once_with_j() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (unique("ja-"), unique("jb-"));
+    let ra = small_recipe(tmp.path(), &a, "[[step]]\nname = \"a\"\nrun = \"echo built-a\"\n");
+    let rb = small_recipe(tmp.path(), &b, "[[step]]\nname = \"b\"\nrun = \"echo built-b\"\n");
+    let out = lab.bake(&tmp.path().join("cache")).args(["build", "-j", "2", "--plain", "--output", "json"]).arg(&ra).arg(&rb).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    let builds = v["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 2);
+    assert_eq!(builds[0]["recipe"], a.as_str());
+    assert_eq!(builds[1]["recipe"], b.as_str());
+    assert_ne!(builds[0]["ami_id"], builds[1]["ami_id"]);
+    // Lines of concurrent builds are told apart by recipe name.
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{a} |")) && err.contains(&format!("{b} |")), "{err}");
+    assert_eq!(lab.leftovers(&a), Vec::<String>::new());
+    assert_eq!(lab.leftovers(&b), Vec::<String>::new());
+}

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, report_error};
 use crate::aws::Clients;
-use crate::build::{self, BuildOptions, BuildResult, Cleanup};
+use crate::build::{self, BuildOptions, BuildResult, Cleanup, StageTime};
 use crate::recipe::model::Recipe;
 use crate::ui::{Output, Ui, fmt_duration};
 
@@ -48,6 +48,7 @@ pub async fn build(
     force: bool,
     manifest: Option<&Path>,
 ) -> u8 {
+    let started = std::time::Instant::now();
     let Some(clients) = load_clients(g).await else {
         return EXIT_FAILED;
     };
@@ -130,6 +131,14 @@ pub async fn build(
         }
     }
 
+    // The summary covers cleanup too: it is part of what a build costs.
+    for (o, u) in outcomes.iter_mut().zip(&uis) {
+        if let Outcome::Built(b) = o {
+            b.stages = aggregate(u.timings());
+            b.seconds = started.elapsed().as_secs_f64();
+        }
+    }
+
     let region = clients.region.clone();
     if let Some(m) = manifest {
         let built: Vec<&BuildResult> = outcomes
@@ -155,6 +164,18 @@ pub async fn build(
     } else {
         EXIT_FAILED
     }
+}
+
+/// Sums repeated stages (one per cleanup item, per retry) keeping first-seen order.
+fn aggregate(timings: Vec<(String, std::time::Duration)>) -> Vec<StageTime> {
+    let mut out: Vec<StageTime> = Vec::new();
+    for (name, d) in timings {
+        match out.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.seconds += d.as_secs_f64(),
+            None => out.push(StageTime { name, seconds: d.as_secs_f64() }),
+        }
+    }
+    out
 }
 
 fn print_results(
