@@ -6,7 +6,7 @@
 Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
     GET  /lab-api/status              sandboxes, images, layers (JSON)
     POST /lab-api/exec                {"instance_id", "command", "env"?, "timeout"?, "user"?}
-                                      -> {"code", "stdout", "stderr"}   (internal; future SSM)
+                                      -> {"code", "stdout", "stderr"}   (internal)
     GET  /lab-api/wait/<instance-id>  waits until the instance's sshd is up (or failed)
 """
 
@@ -70,6 +70,9 @@ def main() -> None:
     lab = Lab(lab_dir)
     lab.prepare()
     patches.install(lab, base_users, base_images)
+    from lab import ssm as lab_ssm
+
+    lab_ssm.install(lab)  # SSM Run Command executes in the sandboxes (lab/ssm.py)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
