@@ -323,3 +323,22 @@ fn several_recipes_build_at_once_with_j() {
     assert_eq!(lab.leftovers(&a), Vec::<String>::new());
     assert_eq!(lab.leftovers(&b), Vec::<String>::new());
 }
+
+#[test]
+fn reboot_step_reboots_the_builder_and_reconnects() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("reboot-");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[step]]\nname = \"before\"\nrun = \"echo x > /tmp/volatile; echo y > /var/tmp/kept\"\nreboot = true\n\
+         [[step]]\nname = \"after\"\nrun = \"test ! -e /tmp/volatile && test -e /var/tmp/kept && echo rebooted-ok\"\n",
+    );
+    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rebooted-ok"), "{err}");
+    assert!(err.contains("reconnected after reboot"), "{err}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+}

@@ -146,6 +146,8 @@ async fn reboot(
         .send()
         .await
         .ctx("RebootInstances", Some(&builder.instance_id))?;
+    comm.wait_disconnected(Duration::from_secs(300)).await?;
+    st.update("down; reconnecting");
     comm.reconnect().await?;
     st.finish("reconnected after reboot");
     Ok(())

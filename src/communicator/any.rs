@@ -22,6 +22,24 @@ impl Communicator {
         }
     }
 
+    /// Waits until the current session has dropped (the builder went down), so a reboot
+    /// requested through the API is not mistaken for done by talking to the old session.
+    pub async fn wait_disconnected(&self, timeout: std::time::Duration) -> Result<(), CommError> {
+        match self {
+            Communicator::Ssh(c) => {
+                let r = crate::retry::poll(crate::retry::Backoff::AWS.with_timeout(timeout).with_max(std::time::Duration::from_millis(500)), |_| async {
+                    if c.is_closed() {
+                        crate::retry::Poll::Ready(())
+                    } else {
+                        crate::retry::Poll::<(), std::convert::Infallible>::Pending("the builder has not gone down yet".into())
+                    }
+                })
+                .await;
+                r.map_err(|e| CommError::Protocol(format!("waiting for the builder to reboot: {e}")))
+            }
+        }
+    }
+
     /// Re-establishes the session after the builder rebooted.
     pub async fn reconnect(&mut self) -> Result<(), CommError> {
         match self {
