@@ -342,3 +342,29 @@ fn reboot_step_reboots_the_builder_and_reconnects() {
     assert!(err.contains("reconnected after reboot"), "{err}");
     assert_eq!(lab.leftovers(&name), Vec::<String>::new());
 }
+
+#[test]
+fn retries_rerun_a_failed_step_and_timeouts_stop_a_hung_one() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("retry-");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[step]]\nname = \"flaky\"\nretries = 1\nrun = \"if [ -e /tmp/once ]; then echo second-try-ok; else touch /tmp/once; exit 7; fi\"\n",
+    );
+    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("attempt 2/2") && err.contains("second-try-ok"), "{err}");
+
+    let name = unique("hang-");
+    let r = small_recipe(tmp.path(), &name, "[[step]]\nname = \"hangs\"\ntimeout = \"2s\"\nrun = \"sleep 60\"\n");
+    let start = std::time::Instant::now();
+    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hangs") && err.contains("timed out"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30), "timeout not enforced: {:?}", start.elapsed());
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+}
