@@ -417,3 +417,27 @@ keep_versions = 5
     assert_eq!(d.checkpoint_delay, Some(Duration::from_secs(600)));
     assert_eq!(d.keep_versions, Some(5));
 }
+
+/// Every prefix of every corpus file and example (cut at many places) loads or fails without
+/// panicking.
+#[test]
+fn truncated_recipes_never_panic() {
+    let mut files = corpus();
+    files.push(repo().join("recipes/web.toml"));
+    files.push(repo().join("recipes/minimal.toml"));
+    for path in files {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let mut cut = 0;
+        while cut < src.len() {
+            if src.is_char_boundary(cut) {
+                let r = std::panic::catch_unwind(|| {
+                    if let Err(e) = recipe::load_str(&src[..cut], &path, &[]) {
+                        e.render_plain();
+                    }
+                });
+                assert!(r.is_ok(), "{} cut at byte {cut} panicked", path.display());
+            }
+            cut += 11;
+        }
+    }
+}

@@ -330,7 +330,7 @@ pub fn check_tag(key: &str, value: &str) -> Vec<(bool, Problem)> {
             ),
         ));
     }
-    if key.len() >= 4 && key[..4].eq_ignore_ascii_case("aws:") {
+    if key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
         out.push((
             true,
             Problem::new(
@@ -340,7 +340,10 @@ pub fn check_tag(key: &str, value: &str) -> Vec<(bool, Problem)> {
             ),
         ));
     }
-    if key.len() >= 5 && key.is_char_boundary(5) && key[..5].eq_ignore_ascii_case("bake:") {
+    if key
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bake:"))
+    {
         out.push((
             true,
             Problem::new(
@@ -585,6 +588,8 @@ mod tests {
         );
         assert!(check_tag(&"k".repeat(128), &"v".repeat(256)).is_empty());
         assert!(!check_tag("k", &"v".repeat(257))[0].0);
+        assert!(check_tag("ab€", "ü").is_empty());
+        assert!(check_tag("a€", "x").is_empty());
         assert!(check_tag_count(45).is_ok());
         assert!(check_tag_count(46).is_err());
     }
