@@ -13,11 +13,17 @@ use common::*;
 
 /// Writes a small recipe named `name` into `dir` with the given extra TOML appended.
 fn small_recipe(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    small_recipe_with(dir, name, "", extra)
+}
+
+/// Like [`small_recipe`], with `head` (top-level keys and tables) placed before `[source]`.
+fn small_recipe_with(dir: &Path, name: &str, head: &str, extra: &str) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(
         &p,
         format!(
             r#"name = "{name}"
+{head}
 [source.filter]
 owners = ["136693071363"]
 name = "debian-12-amd64-*"
@@ -366,5 +372,25 @@ fn retries_rerun_a_failed_step_and_timeouts_stop_a_hung_one() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("hangs") && err.contains("timed out"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(30), "timeout not enforced: {:?}", start.elapsed());
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn sensitive_variables_never_reach_the_output() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("secret-");
+    let r = small_recipe_with(
+        tmp.path(),
+        &name,
+        "sensitive = [\"token\"]\n[variables]\ntoken = \"placeholder\"\n",
+        "[[step]]\nname = \"uses-secret\"\nenv = { TOKEN = \"{var.token}\" }\nrun = \"echo token is $TOKEN; echo again {var.token} >&2; exit 4\"\n",
+    );
+    let secret = "s3cr3t-Value-42";
+    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain", "--output", "json", "--var"]).arg(format!("token={secret}")).arg(&r).output().unwrap();
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{se}");
+    assert!(se.contains("token is [redacted]"), "{se}");
+    assert!(!so.contains(secret) && !se.contains(secret), "secret leaked:\n{so}\n{se}");
     assert_eq!(lab.leftovers(&name), Vec::<String>::new());
 }
