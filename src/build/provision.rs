@@ -124,7 +124,7 @@ async fn run_step(
             }
         }
         if attempt < attempts {
-            tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+            tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
         }
     }
     Err(last.expect("at least one attempt"))
