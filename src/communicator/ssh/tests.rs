@@ -616,6 +616,40 @@ async fn upload_directory_tree() {
     assert_eq!(std::fs::read(real.join("a/b/c.txt")).unwrap(), b"deep\n");
 }
 
+/// The paths a non-root login without openssl takes: everything through `sudo -n`, hashes by
+/// `sha256sum`.
+#[tokio::test]
+async fn sudo_and_sha256sum_fallback() {
+    let sshd = Sshd::started();
+    let local = sshd.scratch("local/tree");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("sub/a.txt"), b"a").unwrap();
+    std::fs::write(local.join("big.bin"), vec![1u8; 17 * 1024 * 1024]).unwrap();
+    let dest = sshd.scratch("remote").join("tree");
+    let (mut comm, _sink) = connected(&sshd).await;
+    comm.remote.sudo = "sudo -n ";
+    comm.remote.openssl = false;
+    comm.upload(&[plan(&local, dest.to_str().unwrap(), Some(0o600), None)])
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dest.join("sub/a.txt")).unwrap(), b"a");
+    assert_eq!(
+        std::fs::metadata(dest.join("big.bin")).unwrap().len(),
+        17 << 20
+    );
+    let mut p = plan(&local, dest.to_str().unwrap(), None, None);
+    for e in &mut p.entries {
+        if e.rel == "sub/a.txt" {
+            e.sha256 = Some([1u8; 32]);
+        }
+    }
+    let err = comm.upload(&[p]).await.unwrap_err();
+    assert!(
+        matches!(&err, CommError::Checksum { path, .. } if path.ends_with("sub/a.txt")),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn checksum_mismatch_is_detected() {
     let sshd = Sshd::started();
