@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::{StreamExt, TryStreamExt};
 use russh::client::Handle;
 use tokio::sync::mpsc;
 
@@ -312,13 +313,26 @@ pub async fn upload(
     let (large, small): (Vec<Item>, Vec<Item>) = all
         .into_iter()
         .partition(|i| i.kind == EntryKind::File && i.size >= STREAM_THRESHOLD);
-    // The tar goes first: it creates the directories large files may land in.
-    if !small.is_empty() {
-        upload_tar(handle, remote, &progress, small).await?;
-    }
-    for item in large {
-        upload_raw(handle, remote, &progress, item).await?;
-    }
+    // The tar goes first: it creates the directories large files may land in. Then the
+    // builder hashes the small files while the large ones stream in; two large files overlap
+    // so one's remote hashing runs during the next one's transfer.
+    let small_files = if small.is_empty() {
+        Vec::new()
+    } else {
+        upload_tar(handle, remote, &progress, small).await?
+    };
+    let verify_small = async {
+        if small_files.is_empty() {
+            Ok(())
+        } else {
+            verify(handle, remote, &small_files).await
+        }
+    };
+    let send_large = futures::stream::iter(large)
+        .map(|item| upload_raw(handle, remote, &progress, item))
+        .buffer_unordered(2)
+        .try_collect::<Vec<()>>();
+    tokio::try_join!(verify_small, send_large)?;
     Ok(())
 }
 
@@ -335,7 +349,7 @@ async fn upload_tar(
     remote: &Remote,
     progress: &Progress,
     items: Vec<Item>,
-) -> Result<(), CommError> {
+) -> Result<Vec<(String, [u8; 32])>, CommError> {
     // Refuse unknown owners up front: tar would silently fall back to root.
     let mut script = String::from("set -e\numask 022\n");
     let mut users = BTreeSet::new();
@@ -402,10 +416,7 @@ async fn upload_tar(
             format!("tar on the builder failed: {}", out.stderr_text()),
         ));
     }
-    if !files.is_empty() {
-        verify(handle, remote, &files).await?;
-    }
-    Ok(())
+    Ok(files)
 }
 
 /// Hashes `files` on the builder in one command and compares with the local hashes.
