@@ -80,6 +80,16 @@ def _debian_ssm_parameters(base_images: list[dict[str, Any]]) -> dict[str, str]:
     return params
 
 
+def _port22_taken(ip: str) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((ip, 22), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, Any]] | None = None) -> None:
     lab.base_users.update(base_users)
 
@@ -160,7 +170,8 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
     def get_available_subnet_ip(orig, self, instance):
         for _ in range(100000):
             ip = orig(self, instance)
-            if is_lab_ip(ip) and lab.reserve_ip(ip):
+            # skip addresses where something already listens on :22 (another lab on this machine)
+            if is_lab_ip(ip) and not _port22_taken(ip) and lab.reserve_ip(ip):
                 return ip
         raise EC2ClientError(
             "InsufficientFreeAddressesInSubnet", f"No free loopback addresses in subnet {self.id}"
@@ -174,7 +185,7 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
                     "InvalidParameterValue",
                     f"Address {ip} is not allowed in the bake lab (loopback only, not 127.0.0.0/24).",
                 )
-            if not lab.reserve_ip(ip):
+            if _port22_taken(ip) or not lab.reserve_ip(ip):
                 raise EC2ClientError("InvalidIPAddress.InUse", f"Address {ip} is in use.")
         return orig(self, ip, instance)
 
