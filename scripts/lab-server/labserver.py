@@ -8,6 +8,8 @@ Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
     POST /lab-api/exec                {"instance_id", "command", "env"?, "timeout"?, "user"?}
                                       -> {"code", "stdout", "stderr"}   (internal)
     GET  /lab-api/wait/<instance-id>  waits until the instance's sshd is up (or failed)
+    POST /lab-api/unhealthy-image     {"image_id", "unhealthy"?: true} instances from it fail
+                                      instance-refresh health checks (lab/refresh.py)
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def main() -> None:
     from lab import ssm as lab_ssm
 
     lab_ssm.install(lab)  # SSM Run Command executes in the sandboxes (lab/ssm.py)
+    from lab import refresh
+
+    refresh.install(lab)  # Auto Scaling instance refresh, DeleteLaunchTemplateVersions
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 

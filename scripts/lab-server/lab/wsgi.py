@@ -58,4 +58,9 @@ class LabApp:
                 "stdout": out.decode("utf-8", "replace"),
                 "stderr": err.decode("utf-8", "replace"),
             }
+        if route == "unhealthy-image" and method == "POST":
+            # instances launched from this image fail instance-refresh health checks
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+            req = json.loads(environ["wsgi.input"].read(n) or b"{}")
+            return 200, self.lab.refreshes.set_unhealthy(req["image_id"], bool(req.get("unhealthy", True)))
         return 404, {"error": f"no such lab endpoint: {method} /lab-api/{route}"}
