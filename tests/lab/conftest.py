@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB_DIR = ROOT / ".lab"
+LAB_DIR = Path(os.environ.get("LAB_DIR") or ROOT / ".lab")  # LAB_DIR: a second lab (as scripts/lab)
 LAB_CMD = ROOT / "scripts" / "lab"
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
