@@ -75,3 +75,22 @@ def test_image_attributes_and_tags_like_ec2(ec2, res, debian_ami):
     ec2.deregister_image(ImageId=ami)
     res.images.remove(ami)
     ec2.delete_snapshot(SnapshotId=snap)
+
+
+def test_register_image_uses_the_given_snapshot(ec2, res, debian_ami):
+    img = ec2.describe_images(ImageIds=[debian_ami])["Images"][0]
+    snap = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    before = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    reg = ec2.register_image(
+        Name=res.name("registered"),
+        RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap}}],
+    )["ImageId"]
+    try:
+        got = ec2.describe_images(ImageIds=[reg])["Images"][0]
+        assert got["RootDeviceName"] == "/dev/xvda"
+        assert got["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snap
+        after = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+        assert after == before, "RegisterImage invented a snapshot"
+    finally:
+        ec2.deregister_image(ImageId=reg)

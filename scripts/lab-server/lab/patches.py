@@ -356,6 +356,31 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
         lab.register_image(ami.id)
         return ami
 
+    # moto: RegisterImage ignores BlockDeviceMappings and RootDeviceName and invents a fresh
+    # snapshot. EC2 registers the image on the given snapshot (so two images can share one,
+    # which snapshot-aware deregistration must respect) and the disk is that snapshot's.
+    from moto.ec2.responses import amis as r_amis
+
+    @_wrap(r_amis.AmisResponse, "register_image")
+    def register_image_response(orig, self):
+        result = orig(self)
+        mappings = self._get_param("BlockDeviceMappings", []) or []
+        root_name = self._get_param("RootDeviceName")
+        root = next((m for m in mappings if m.get("DeviceName") == root_name), mappings[0] if mappings else None)
+        snap_id = ((root or {}).get("Ebs") or {}).get("SnapshotId")
+        ami = self.ec2_backend.amis.get(result.result["ImageId"]) if hasattr(result, "result") else None
+        if ami is not None and snap_id:
+            snap = self.ec2_backend.get_snapshot(snap_id)  # InvalidSnapshot.NotFound like EC2
+            invented = ami.ebs_snapshot
+            ami.ebs_snapshot = snap
+            self.ec2_backend.snapshots.pop(invented.id, None)  # never existed on EC2
+            if root_name:
+                ami.root_device_name = root_name
+            ami.root_device_type = "ebs"
+            if snap.from_ami and snap.from_ami in self.ec2_backend.amis:
+                lab.copy_image(snap.from_ami, ami.id)
+        return result
+
     @_wrap(m_amis.AmiBackend, "deregister_image")
     def deregister_image(orig, self, ami_id):
         ret = orig(self, ami_id)
