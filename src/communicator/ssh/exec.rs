@@ -36,8 +36,20 @@ pub struct Captured {
 }
 
 impl Captured {
+    /// The end of stderr, for error messages: a failure on thousands of files must not turn
+    /// into a megabyte-long error.
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).trim().to_string()
+        const KEEP: usize = 2000;
+        let text = String::from_utf8_lossy(&self.stderr);
+        let text = text.trim();
+        if text.len() <= KEEP {
+            return text.to_string();
+        }
+        let mut cut = text.len() - KEEP;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        format!("…{}", &text[cut..])
     }
 }
 

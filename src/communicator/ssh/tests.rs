@@ -828,6 +828,55 @@ async fn throughput() {
     let theirs = t.elapsed().as_secs_f64();
     assert!(st.success());
     println!("2000 x 2 KiB: bake {ours:.2} s (verified), sftp put -r {theirs:.2} s");
+
+    // Packer's file provisioner (null builder, same sshd), if installed. Its start-up and
+    // connect time is measured with a one-file upload and subtracted.
+    if std::process::Command::new("packer")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        println!("packer not installed: skipping the Packer comparison");
+        return;
+    }
+    let packer = |source: &Path, dest: &Path| {
+        let template = serde_json::json!({
+            "builders": [{
+                "type": "null", "communicator": "ssh", "ssh_host": "127.0.0.1",
+                "ssh_port": sshd.port, "ssh_username": whoami(),
+                "ssh_private_key_file": key.to_str().unwrap(),
+            }],
+            "provisioners": [{
+                "type": "file", "source": source.to_str().unwrap(),
+                "destination": dest.to_str().unwrap(),
+            }],
+        });
+        let path = sshd.dir.path().join("packer.json");
+        std::fs::write(&path, template.to_string()).unwrap();
+        let t = Instant::now();
+        let out = std::process::Command::new("packer")
+            .args(["build", "-machine-readable"])
+            .arg(&path)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("PACKER_CONFIG_DIR", sshd.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        t.elapsed().as_secs_f64()
+    };
+    let one = local.join("one.txt");
+    std::fs::write(&one, b"x").unwrap();
+    let base = packer(&one, &remote.join("one.txt"));
+    let tree_src = PathBuf::from(format!("{}/", tree.display()));
+    let tree_time = packer(&tree_src, &remote.join("packer-tree")) - base;
+    let big_time = packer(&big, &remote.join("packer-big.bin")) - base;
+    println!(
+        "packer (minus {base:.2} s start-up): 2000 x 2 KiB {tree_time:.2} s, 1 GiB {big_time:.2} s (unverified)"
+    );
 }
 
 /// The pipeline runs steps and uploads from spawned tasks: the futures must be `Send`.

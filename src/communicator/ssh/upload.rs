@@ -29,12 +29,13 @@ use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_qu
 /// per-file cost of a channel outweighs the extra read for verification.
 const STREAM_THRESHOLD: u64 = 16 * 1024 * 1024;
 
-/// Read size and unit of work handed to the SSH session. Large enough that per-chunk overhead
-/// vanishes, small enough that progress moves smoothly.
-const CHUNK: usize = 1024 * 1024;
+/// Read size and unit of work handed to the SSH session. Small enough that the builder's
+/// `tar` starts on the first files early and progress moves smoothly; large enough that
+/// per-chunk overhead vanishes next to per-packet work.
+const CHUNK: usize = 256 * 1024;
 
 /// Chunks read ahead of the network, so disk reads overlap encryption.
-const READ_AHEAD: usize = 8;
+const READ_AHEAD: usize = 16;
 
 /// One thing to create on the builder.
 #[derive(Debug, Clone)]
