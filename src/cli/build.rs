@@ -129,6 +129,7 @@ pub async fn build(
         for l in &left {
             ui.line(&format!("  - {l}"));
         }
+        ui.line("every one carries the tag bake:build-id; e.g. aws ec2 describe-instances --filters Name=tag:bake:build-id,Values=<id>");
     }
 
     // The summary covers cleanup too: it is part of what a build costs.
