@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""bake vs Packer 1.6.6 vs OpenSSH on the lab (issue 7). Run through `benches/run`.
+
+Every workload is defined once (WORKLOADS) and turned into both a bake recipe and a Packer
+template (benches/packer/gen-template.py), so both tools launch the same base image, upload to
+the same destinations and run the same steps. Tools alternate A B A B over rounds (the order
+flips every round); the table reports medians and ratios from the same run.
+
+Expects the lab environment (AWS_ENDPOINT_URL, ...) in os.environ and scripts/lab's LAB_* vars.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ROOT / "benches"
+GEN = BENCHES / "packer" / "gen-template.py"
+DEST = "/opt/bench"          # where both tools (and sftp) put uploads
+MiB = 1024 * 1024
+
+# One definition per workload; both tools get the same thing.
+WORKLOADS = {
+    "empty": dict(steps=0, upload_dir=False, big=False, title="1. empty recipe (launch, image, tags, cleanup)"),
+    "steps30": dict(steps=30, upload_dir=False, big=False, title="2. 30 trivial shell steps"),
+    "files2000": dict(steps=0, upload_dir=True, big=False, title="3. directory of 2000 x 2 KiB files"),
+    "big": dict(steps=0, upload_dir=False, big=True, title="4. one big file"),
+}
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def rand_suffix(n=6):
+    return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+def make_inputs(work: Path, big_bytes: int, n_files=2000, file_size=2048):
+    d = work / "inputs" / "files2000"
+    if not d.is_dir() or sum(len(fs) for _, _, fs in os.walk(d)) != n_files:
+        log(f"creating {n_files} files of {file_size} B in {d}")
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        rng = random.Random(7)
+        for i in range(n_files):
+            sub = d / f"d{i % 20:02d}"
+            sub.mkdir(exist_ok=True)
+            (sub / f"f{i:04d}.dat").write_bytes(rng.randbytes(file_size))
+    big = work / "inputs" / f"big-{big_bytes // MiB}M.bin"
+    if not big.exists() or big.stat().st_size != big_bytes:
+        log(f"creating {big} ({big_bytes // MiB} MiB of random bytes)")
+        tmp = big.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            left = big_bytes
+            while left:
+                n = min(left, 16 * MiB)
+                f.write(os.urandom(n))
+                left -= n
+        tmp.rename(big)
+    return d, big
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe and template generation from one workload definition
+
+def toml_str(s):
+    return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+
+def bake_recipe(name, w, files_dir, big):
+    lines = [
+        f"name = {toml_str(name)}",
+        'description = "bake benchmark workload"',
+        "",
+        "[source.filter]",
+        'owners = ["136693071363"]',
+        'name = "debian-12-amd64-*"',
+        'architecture = "x86_64"',
+        'filters = { "virtualization-type" = ["hvm"], "root-device-type" = ["ebs"] }',
+        "",
+        "[builder]",
+        'instance_type = "t3.micro"',
+        'run_tags = { Name = "bake-builder", bake-bench = "bake" }',
+        "",
+        "[ssh]",
+        'username = "admin"',
+        'interface = "private_ip"',
+        'timeout = "2m"',
+        "",
+    ]
+    if w["upload_dir"]:
+        lines += ["[[upload]]", f"source = {toml_str(str(files_dir))}",
+                  f'destination = "{DEST}/upload"', 'mode = "0644"', ""]
+    if w["big"]:
+        lines += ["[[upload]]", f"source = {toml_str(str(big))}",
+                  f'destination = "{DEST}/big"', 'mode = "0644"', ""]
+    for i in range(w["steps"]):
+        lines += ["[[step]]", f'name = "s{i:02d}"', 'run = "true"', ""]
+    lines += [
+        "[image]",
+        'name = "{recipe}-{timestamp}-{short_hash}"',
+        'description = "bake benchmark (bake)"',
+        'tags = { Name = "bake-bench", bake-bench = "bake" }',
+        'snapshot_tags = { bake-bench = "bake" }',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def packer_template(ami_name, w, files_dir, big):
+    cmd = [sys.executable, str(GEN), "--no-baseline", "--ami-name", ami_name,
+           "--shell-steps", str(w["steps"]), "--direct-dest", DEST]
+    if w["upload_dir"]:
+        cmd += ["--upload-dir", str(files_dir)]
+    if w["big"]:
+        cmd += ["--big-file", str(big)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a tool: wall time, /usr/bin/time's peak RSS, optionally the process tree's PSS
+
+def _children_map():
+    kids = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])
+            kids.setdefault(ppid, []).append(int(p))
+        except (OSError, ValueError):
+            pass
+    return kids
+
+
+def _tree_pss_kib(root_pid):
+    kids = _children_map()
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += kids.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+class Run:
+    def __init__(self, wall, rc, rss_kib=None, tree_pss_kib=None, stdout="", log_path=None):
+        self.wall, self.rc, self.rss_kib, self.tree_pss_kib = wall, rc, rss_kib, tree_pss_kib
+        self.stdout, self.log_path = stdout, log_path
+
+
+def run_tool(cmd, log_path, env=None, cwd=None, sample_tree=False):
+    """Runs cmd under /usr/bin/time -f %M; stdout captured, stderr to log_path."""
+    tf = tempfile.NamedTemporaryFile(prefix="bench-time-", delete=False)
+    tf.close()
+    full = ["/usr/bin/time", "-f", "%M", "-o", tf.name] + [str(c) for c in cmd]
+    peak = [0]
+    with open(log_path, "w") as errf:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=errf, env=env, cwd=cwd, text=True)
+        stop = threading.Event()
+        th = None
+        if sample_tree:
+            def sampler():
+                while not stop.wait(0.1):
+                    peak[0] = max(peak[0], _tree_pss_kib(p.pid))
+            th = threading.Thread(target=sampler, daemon=True)
+            th.start()
+        out, _ = p.communicate()
+        wall = time.perf_counter() - t0
+        stop.set()
+        if th:
+            th.join()
+    rss = None
+    try:
+        txt = Path(tf.name).read_text().split()
+        rss = int(txt[-1]) if txt else None
+    except (OSError, ValueError):
+        pass
+    os.unlink(tf.name)
+    return Run(wall, p.returncode, rss, peak[0] or None, out, log_path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.bake = Path(a.bake).resolve()
+        self.out = BENCHES / "out"
+        self.work = self.out / "work"
+        self.logs = self.out / "logs"
+        for d in (self.work, self.logs, self.work / "recipes", self.work / "templates", self.work / "cache"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.samples = {}      # key -> list of values
+        self.stages = {}       # workload -> stage -> [seconds]
+        self.failures = []
+        self.ref = None        # (instance id, ip) of the OpenSSH reference host
+        self.key = self.work / "ref_ed25519"
+        self.ec2 = None
+
+    def add(self, key, value):
+        self.samples.setdefault(key, []).append(value)
+
+    def fail(self, what, run):
+        tail = ""
+        try:
+            tail = "\n".join(Path(run.log_path).read_text().splitlines()[-15:])
+        except OSError:
+            pass
+        self.failures.append(f"{what}: exit {run.rc} (log {run.log_path})")
+        log(f"FAILED {what}: exit {run.rc}; last lines of {run.log_path}:\n{tail}")
+
+    # -- lab --------------------------------------------------------------------------------
+    def lab_reset(self):
+        subprocess.run([str(ROOT / "scripts" / "lab"), "reset"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ref = None
+
+    def boto(self):
+        if self.ec2 is None:
+            import boto3
+            self.ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                                    region_name=os.environ.get("AWS_REGION", "us-east-1"))
+        return self.ec2
+
+    def ssh_opts(self):
+        return ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+
+    def ensure_ref_host(self):
+        """A lab instance of the same base image, reached with OpenSSH: the physical reference."""
+        if self.ref:
+            return self.ref
+        if not self.key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        ec2 = self.boto()
+        kn = "bench-openssh-ref"
+        try:
+            ec2.delete_key_pair(KeyName=kn)
+        except Exception:
+            pass
+        ec2.import_key_pair(KeyName=kn, PublicKeyMaterial=(self.key.with_suffix(".pub")).read_bytes())
+        imgs = ec2.describe_images(Owners=["136693071363"], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}])
+        ami = max(imgs["Images"], key=lambda i: i["CreationDate"])["ImageId"]
+        r = ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=kn)
+        inst = r["Instances"][0]
+        iid, ip = inst["InstanceId"], inst["PrivateIpAddress"]
+        assert ip.startswith("127."), ip
+        for _ in range(100):
+            if subprocess.run(["ssh", *self.ssh_opts(), f"admin@{ip}",
+                               f"sudo install -d -o admin -m 0755 {DEST}"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"cannot reach the OpenSSH reference host {iid} at {ip}")
+        self.ref = (iid, ip)
+        return self.ref
+
+    # -- one run of each tool ---------------------------------------------------------------
+    def bake_build(self, wl, rnd, files_dir, big, sample_tree=False):
+        name = f"bench-{wl}-r{rnd}-{rand_suffix()}"
+        recipe = self.work / "recipes" / f"{name}.toml"
+        recipe.write_text(bake_recipe(name, WORKLOADS[wl], files_dir, big))
+        cache = self.work / "cache" / name      # fresh hash cache: every run really hashes
+        env = dict(os.environ, BAKE_CACHE_DIR=str(cache))
+        r = run_tool([self.bake, "build", "--output", "json", "--plain", recipe],
+                     self.logs / f"{name}.log", env=env, sample_tree=sample_tree)
+        shutil.rmtree(cache, ignore_errors=True)
+        if r.rc != 0:
+            self.fail(f"bake {wl} round {rnd}", r)
+            return None
+        res = json.loads(r.stdout)
+        assert res["cached"] is False, f"bake {wl}: unexpected cache hit"
+        st = self.stages.setdefault(wl, {})
+        for s in res["stages"]:
+            st.setdefault(s["name"], []).append(s["seconds"])
+        st.setdefault("(process wall)", []).append(r.wall)
+        st.setdefault("(bake's own total)", []).append(res["seconds"])
+        r.result = res
+        return r
+
+    def packer_build(self, wl, rnd, files_dir, big, sample_tree=False):
+        name = f"packer-{wl}-r{rnd}-{rand_suffix()}"
+        tpl = self.work / "templates" / f"{name}.json"
+        tpl.write_text(packer_template(name, WORKLOADS[wl], files_dir, big))
+        r = run_tool(["packer", "build", "-color=false", tpl], self.logs / f"{name}.log",
+                     cwd=self.work, sample_tree=sample_tree)
+        if r.rc != 0:
+            self.fail(f"packer {wl} round {rnd}", r)
+            return None
+        # Packer writes its progress on stdout; keep it with the log.
+        with open(r.log_path, "a") as f:
+            f.write(r.stdout)
+        return r
+
+    def sftp_put(self, rnd, big):
+        iid, ip = self.ensure_ref_host()
+        batch = self.work / "sftp.batch"
+        batch.write_text(f"put {big} {DEST}/big\n")
+        r = run_tool(["sftp", "-q", *self.ssh_opts(), "-b", batch, f"admin@{ip}"],
+                     self.logs / f"sftp-r{rnd}.log", sample_tree=True)
+        subprocess.run(["ssh", *self.ssh_opts(), f"admin@{ip}", f"rm -f {DEST}/big"], capture_output=True)
+        if r.rc != 0:
+            self.fail(f"sftp round {rnd}", r)
+            return None
+        return r
+
+    # -- the suite ----------------------------------------------------------------------------
+    def run(self):
+        a = self.a
+        big_bytes = (64 if a.quick else a.big_mib) * MiB
+        files_dir, big = make_inputs(self.work, big_bytes)
+        self.big_bytes = big_bytes
+        only = set(a.only.split(",")) if a.only else None
+        want = lambda k: only is None or k in only
+        # Warm the page cache for the big file so no tool pays the first disk read.
+        subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)
+
+        for rnd in range(1, a.rounds + 1):
+            self.lab_reset()
+            bake_first = rnd % 2 == 1
+            log(f"round {rnd}/{a.rounds} ({'bake' if bake_first else 'Packer'} first)")
+            for wl in WORKLOADS:
+                if not want(wl):
+                    continue
+                is_big = wl == "big"
+                order = ["bake", "packer"] if bake_first else ["packer", "bake"]
+                if is_big:
+                    order = order + ["sftp"] if bake_first else ["sftp"] + order
+                for tool in order:
+                    if tool == "bake":
+                        r = self.bake_build(wl, rnd, files_dir, big, sample_tree=is_big)
+                        if r:
+                            self.add((wl, "bake"), r.wall)
+                            if is_big:
+                                self.add(("rss", "bake"), r.rss_kib)
+                                self.add(("pss", "bake"), r.tree_pss_kib)
+                                up = [s["seconds"] for s in r.result["stages"] if s["name"] == "upload"]
+                                self.add(("upload", "bake"), up[0] if up else None)
+                    elif tool == "packer":
+                        r = self.packer_build(wl, rnd, files_dir, big, sample_tree=is_big)
+                        if r:
+                            self.add((wl, "packer"), r.wall)
+                            if is_big:
+                                self.add(("rss", "packer"), r.rss_kib)
+                                self.add(("pss", "packer"), r.tree_pss_kib)
+                    else:
+                        r = self.sftp_put(rnd, big)
+                        if r:
+                            self.add(("big", "openssh"), r.wall)
+                            self.add(("upload", "openssh"), r.wall)
+                            self.add(("rss", "openssh"), r.rss_kib)
+                            self.add(("pss", "openssh"), r.tree_pss_kib)
+                    log(f"  {wl:<10} {tool:<6} " + (f"{r.wall:7.3f} s" if r else "failed")
+                        + (f"  rss {r.rss_kib / 1024:.0f} MiB" if r and is_big and r.rss_kib else ""))
+            if want("rebuild"):
+                self.rebuild_round(rnd, files_dir, big)
+        if want("micro"):
+            self.micro(big)
+        return self.report()
+
+    def rebuild_round(self, rnd, files_dir, big):
+        """Workload 5: build once (untimed), then time unchanged rebuilds (the cache hit)."""
+        name = f"bench-rebuild-r{rnd}-{rand_suffix()}"
+        recipe = self.work / "recipes" / f"{name}.toml"
+        recipe.write_text(bake_recipe(name, WORKLOADS["big"], files_dir, big))
+        cache = self.work / "cache" / name
+        env = dict(os.environ, BAKE_CACHE_DIR=str(cache))
+        cmd = [self.bake, "build", "--output", "json", "--plain", recipe]
+        r = run_tool(cmd, self.logs / f"{name}-prime.log", env=env)
+        if r.rc != 0:
+            self.fail(f"bake rebuild prime round {rnd}", r)
+            return
+        for i in range(3):
+            r = run_tool(cmd, self.logs / f"{name}-{i}.log", env=env)
+            if r.rc != 0:
+                self.fail(f"bake rebuild round {rnd}", r)
+                continue
+            res = json.loads(r.stdout)
+            if not res["cached"]:
+                self.failures.append(f"bake rebuild round {rnd}: not a cache hit")
+                continue
+            self.add(("rebuild", "bake"), r.wall)
+            log(f"  rebuild    bake   {r.wall:7.3f} s (cached)")
+        shutil.rmtree(cache, ignore_errors=True)
+
+    def micro(self, big):
+        a = self.a
+        web = ROOT / "recipes" / "web.toml"
+        n = 10 if a.quick else 40
+        log(f"micro: bake validate recipes/web.toml x{n}")
+        for _ in range(n):
+            t0 = time.perf_counter()
+            p = subprocess.run([self.bake, "validate", web], capture_output=True)
+            self.add(("validate", "bake"), time.perf_counter() - t0)
+            if p.returncode != 0:
+                self.failures.append(f"bake validate exit {p.returncode}: {p.stderr[-300:]!r}")
+                break
+        # Hash throughput: `bake plan` cold (empty hash cache: reads and hashes the big file)
+        # minus warm (cached: the same AWS calls, no hashing), vs sha256sum, alternating.
+        name = f"bench-hash-{rand_suffix()}"
+        recipe = self.work / "recipes" / f"{name}.toml"
+        recipe.write_text(bake_recipe(name, WORKLOADS["big"], None, big))
+        log("micro: hash throughput (bake plan cold - warm) vs sha256sum")
+        for i in range(1 if a.quick else 3):
+            t0 = time.perf_counter()
+            subprocess.run(["sha256sum", str(big)], check=True, capture_output=True)
+            self.add(("hash", "sha256sum"), time.perf_counter() - t0)
+            cache = self.work / "cache" / f"{name}-{i}"
+            env = dict(os.environ, BAKE_CACHE_DIR=str(cache))
+            for kind in ("cold", "warm"):
+                t0 = time.perf_counter()
+                p = subprocess.run([self.bake, "plan", recipe], capture_output=True, env=env)
+                self.add((f"plan-{kind}", "bake"), time.perf_counter() - t0)
+                if p.returncode not in (0,):
+                    self.failures.append(f"bake plan exit {p.returncode}: {p.stderr[-300:]!r}")
+            shutil.rmtree(cache, ignore_errors=True)
+
+    # -- report ---------------------------------------------------------------------------------
+    def report(self):
+        m = lambda k, t: median(self.samples.get((k, t), []))
+        rows = []
+
+        def row(name, bake, packer, openssh, ratio, target, ok, unit="s", note=""):
+            rows.append(dict(workload=name, bake=bake, packer=packer, openssh=openssh, ratio=ratio,
+                             target=target, pass_=ok, unit=unit, note=note))
+
+        def ratio(x, y):
+            return x / y if x is not None and y else None
+
+        def check(v, limit):
+            return None if v is None else v <= limit
+
+        big_label = f"{self.big_bytes // MiB} MiB" if self.big_bytes < 1024 * MiB else f"{self.big_bytes // (1024 * MiB)} GiB"
+        for wl, limit, tgt in (("empty", 1 / 3, "<= 1/3 Packer"), ("steps30", 1 / 5, "<= 1/5 Packer"),
+                               ("files2000", 1 / 5, "<= 1/5 Packer")):
+            b, p = m(wl, "bake"), m(wl, "packer")
+            row(WORKLOADS[wl]["title"], b, p, None, ratio(b, p), tgt, check(ratio(b, p), limit))
+        b, p, o = m("big", "bake"), m("big", "packer"), m("big", "openssh")
+        row(f"4. {big_label} file, whole build", b, p, o, ratio(b, o), "<= 1.2 x sftp put", check(ratio(b, o), 1.2),
+            note=f"bake/Packer {ratio(b, p):.2f}" if ratio(b, p) else "")
+        bu = m("upload", "bake")
+        row(f"4. {big_label} file, bake upload stage only", bu, None, o, ratio(bu, o), "(diagnostic)", None)
+        r5 = m("rebuild", "bake")
+        row(f"5. unchanged rebuild ({big_label} input)", r5, p, None, ratio(r5, p), "<= 0.2 s",
+            check(r5, 0.2), note="Packer: full rebuild = its workload 4 build")
+        kib = lambda v: v / 1024 if v is not None else None
+        br, pr, orr = m("rss", "bake"), m("rss", "packer"), m("rss", "openssh")
+        row("6. peak RSS during 4 (largest process, time %M)", kib(br), kib(pr), kib(orr), ratio(br, pr),
+            "<= 1/2 Packer", check(ratio(br, pr), 0.5), unit="MiB")
+        bp, pp, op = m("pss", "bake"), m("pss", "packer"), m("pss", "openssh")
+        row("6. peak PSS during 4 (whole process tree)", kib(bp), kib(pp), kib(op), ratio(bp, pp),
+            "<= 1/2 Packer", check(ratio(bp, pp), 0.5), unit="MiB")
+        v = m("validate", "bake")
+        row("micro: bake validate recipes/web.toml", v * 1000 if v else None, None, None, None, "<= 20 ms",
+            check(v, 0.020), unit="ms")
+        cold, warm, sha = m("plan-cold", "bake"), m("plan-warm", "bake"), m("hash", "sha256sum")
+        mibs = lambda t: (self.big_bytes / MiB) / t if t and t > 0 else None
+        hb = mibs(cold - warm) if cold is not None and warm is not None else None
+        row("micro: hash throughput (plan cold-warm vs sha256sum)", hb, None, mibs(sha),
+            ratio(mibs(sha), hb) if hb else None, "(info; time ratio)", None, unit="MiB/s",
+            note=f"plan cold {cold:.3f} s, warm {warm:.3f} s" if cold and warm else "")
+
+        table = format_table(rows)
+        print(table)
+        if self.failures:
+            print("\nFAILURES:\n  " + "\n  ".join(self.failures))
+        stage_tbl = format_stages(self.stages)
+        print(stage_tbl)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        result = dict(
+            when=stamp, rounds=self.a.rounds, quick=self.a.quick, big_bytes=self.big_bytes,
+            bake=str(self.bake), packer=subprocess.run(["packer", "version"], capture_output=True, text=True).stdout.strip(),
+            openssh=subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
+            rows=[{**r, "pass": r.pop("pass_")} for r in rows],
+            samples={f"{k[0]}/{k[1]}": v for k, v in self.samples.items()},
+            bake_stages=self.stages, failures=self.failures, table=table, stage_table=stage_tbl,
+        )
+        out = self.out / f"results-{stamp}.json"
+        out.write_text(json.dumps(result, indent=1))
+        (self.out / "latest.json").write_text(json.dumps(result, indent=1))
+        print(f"\nresults: {out}")
+        missed = [r["workload"] for r in result["rows"] if r["pass"] is False]
+        return 1 if self.failures else 0
+
+
+def fmt(v, unit):
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v:.3f} s"
+    if unit == "ms":
+        return f"{v:.1f} ms"
+    return f"{v:.0f} {unit}"
+
+
+def format_table(rows):
+    head = ["workload", "bake", "Packer", "OpenSSH", "ratio", "target", "pass"]
+    body = []
+    for r in rows:
+        ok = {True: "PASS", False: "FAIL", None: "-"}[r["pass_"]]
+        body.append([r["workload"], fmt(r["bake"], r["unit"]), fmt(r["packer"], r["unit"]),
+                     fmt(r["openssh"], r["unit"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                     r["target"], ok + (f"  ({r['note']})" if r["note"] else "")])
+    w = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(cells)) + " |"
+    sep = "|" + "|".join("-" * (x + 2) for x in w) + "|"
+    return "\n".join([line(head), sep] + [line(b) for b in body])
+
+
+def format_stages(stages):
+    if not stages:
+        return ""
+    names = []
+    for st in stages.values():
+        for n in st:
+            if not n.startswith("step ") and n not in names:
+                names.append(n)
+    out = ["", "bake stage medians (s; `steps` = sum of all step stages)"]
+    wls = list(stages)
+    head = ["stage"] + wls
+    rows = []
+    for n in names + ["steps"]:
+        cells = [n]
+        for wl in wls:
+            st = stages[wl]
+            if n == "steps":
+                per_run = [sum(v[i] for k, v in st.items() if k.startswith("step ") and i < len(v))
+                           for i in range(max((len(v) for k, v in st.items() if k.startswith("step ")), default=0))]
+                val = median(per_run)
+            else:
+                val = median(st.get(n, []))
+            cells.append("-" if val is None else f"{val:.3f}")
+        rows.append(cells)
+    w = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(cells)) + " |"
+    sep = "|" + "|".join("-" * (x + 2) for x in w) + "|"
+    return "\n".join(out + [line(head), sep] + [line(r) for r in rows])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bake", required=True, help="the bake binary (release build)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="1 round, 64 MiB big file, fewer micro runs")
+    ap.add_argument("--big-mib", type=int, default=1024, help="size of the big file (default 1024 = 1 GiB)")
+    ap.add_argument("--only", help="comma list of: empty,steps30,files2000,big,rebuild,micro")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds = 1
+    for k in ("AWS_ENDPOINT_URL", "BAKE_LAB_API"):
+        if k not in os.environ:
+            sys.exit(f"bench.py: {k} not set: run through benches/run (or source the lab's env)")
+    sys.exit(Bench(a).run())
+
+
+if __name__ == "__main__":
+    main()
