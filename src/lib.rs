@@ -8,6 +8,7 @@ pub mod aws;
 pub mod build;
 pub mod cli;
 pub mod communicator;
+pub mod deploy;
 pub mod fingerprint;
 pub mod images;
 pub mod recipe;

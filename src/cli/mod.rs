@@ -2,6 +2,7 @@
 //! user sees and to exit codes (0 ok, 1 failed, 2 bad input, 130 interrupted).
 
 mod build;
+mod deploy;
 mod images;
 
 use std::path::PathBuf;
@@ -94,6 +95,8 @@ pub enum Cmd {
     /// List, prune and remove images bake made.
     #[command(subcommand)]
     Images(images::ImagesCmd),
+    /// Roll an image out to an Auto Scaling group (instance refresh); status, cancel, rollback.
+    Deploy(deploy::DeployArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -131,6 +134,7 @@ async fn run(cli: Cli) -> u8 {
             build::plan(loaded, &g).await
         }
         Cmd::Images(cmd) => images::run(cmd, &g).await,
+        Cmd::Deploy(args) => deploy::run(args, &g).await,
     }
 }
 
