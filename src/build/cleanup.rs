@@ -39,6 +39,12 @@ pub enum Undo {
         name: String,
         build_id: String,
     },
+    /// Every S3 object under `prefix` (the SSM communicator's staged uploads and command
+    /// output; the prefix ends in the build id).
+    DeleteStagedObjects {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl std::fmt::Display for Undo {
@@ -51,6 +57,9 @@ impl std::fmt::Display for Undo {
             Undo::DeleteSecurityGroup { name, .. } => write!(f, "security group {name}"),
             Undo::DeregisterImage { name } => write!(f, "image named {name} and its snapshots"),
             Undo::ReleaseLock { name, .. } => write!(f, "build lock {name}"),
+            Undo::DeleteStagedObjects { bucket, prefix } => {
+                write!(f, "staged objects s3://{bucket}/{prefix}")
+            }
         }
     }
 }
@@ -201,6 +210,7 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
             Ok(format!("deleted security group {id}"))
         }
         Undo::ReleaseLock { name, build_id } => super::lock::release(c, name, build_id).await,
+        Undo::DeleteStagedObjects { bucket, prefix } => delete_staged(c, bucket, prefix).await,
         Undo::DeregisterImage { name } => {
             let imgs = ec2::own_images(&c.ec2, vec![filter("name", [name.as_str()])]).await?;
             let mut done = Vec::new();
@@ -218,6 +228,51 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
             }
         }
     }
+}
+
+/// Deletes every object under `prefix` (page by page; a missing bucket means nothing to do).
+async fn delete_staged(c: &Clients, bucket: &str, prefix: &str) -> Result<String, AwsError> {
+    let what = format!("s3://{bucket}/{prefix}");
+    let mut deleted = 0usize;
+    loop {
+        let page = match c
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .ctx("ListObjectsV2", Some(&what))
+        {
+            Ok(p) => p,
+            Err(e) if e.code_is(&["NoSuchBucket"]) => {
+                return Ok(format!("bucket {bucket} does not exist: nothing staged"));
+            }
+            Err(e) => return Err(e),
+        };
+        let keys: Vec<String> = page
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        for key in &keys {
+            c.s3.delete_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .ctx("DeleteObject", Some(key))?;
+        }
+        deleted += keys.len();
+    }
+    Ok(if deleted == 0 {
+        format!("nothing staged under {what}")
+    } else {
+        format!("deleted {deleted} object(s) under {what}")
+    })
 }
 
 #[cfg(test)]

@@ -171,7 +171,10 @@ pub async fn run(
     }
 
     let builder = launch::launch(clients, recipe, &source, ui, cleanup, build_id).await?;
-    provision::provision(recipe, &builder, &plans, &scripts, ui, clients).await?;
+    provision::provision(
+        recipe, &builder, &plans, &scripts, ui, clients, cleanup, build_id,
+    )
+    .await?;
     let made = image::make_image(
         clients, recipe, &builder, &fp, &source, ui, cleanup, build_id,
     )

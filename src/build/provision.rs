@@ -5,14 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::BuildError;
+use super::cleanup::{Cleanup, Undo};
 use super::launch::Builder;
 use crate::aws::{Clients, Ctx};
 use crate::communicator::any::Communicator;
 use crate::communicator::ssh::{SshCommunicator, SshTarget};
+use crate::communicator::ssm::{self, SsmCommunicator};
 use crate::communicator::{SharedSink, UploadPlan};
-use crate::recipe::model::{Recipe, Step};
+use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 use crate::ui::{Ui, fmt_bytes};
 
+#[allow(clippy::too_many_arguments)]
 pub async fn provision(
     recipe: &Recipe,
     builder: &Builder,
@@ -20,8 +23,89 @@ pub async fn provision(
     scripts: &[String],
     ui: &Ui,
     clients: &Clients,
+    cleanup: &Cleanup,
+    build_id: &str,
 ) -> Result<(), BuildError> {
     let sink: SharedSink = Arc::new(ui.clone());
+    let mut comm = match recipe.communicator {
+        CommunicatorKind::Ssh => connect_ssh(recipe, builder, ui, sink).await?,
+        CommunicatorKind::Ssm => {
+            connect_ssm(recipe, builder, ui, sink, clients, cleanup, build_id).await?
+        }
+    };
+    provision_with(&mut comm, recipe, builder, plans, scripts, ui, clients).await?;
+    comm.close().await;
+    Ok(())
+}
+
+/// SSM: no session, no inbound port. The staged objects' undo goes on the stack before the
+/// first object can exist.
+async fn connect_ssm(
+    recipe: &Recipe,
+    builder: &Builder,
+    ui: &Ui,
+    sink: SharedSink,
+    clients: &Clients,
+    cleanup: &Cleanup,
+    build_id: &str,
+) -> Result<Communicator, BuildError> {
+    let settings = recipe
+        .ssm
+        .clone()
+        .ok_or_else(|| BuildError::Config("communicator \"ssm\" needs an [ssm] section".into()))?;
+    let prefix = ssm::build_prefix(&settings, build_id);
+    cleanup.push(Undo::DeleteStagedObjects {
+        bucket: settings.bucket.clone(),
+        prefix: prefix.clone(),
+    });
+    if let Some(out) = settings
+        .output_bucket
+        .as_ref()
+        .filter(|b| **b != settings.bucket)
+    {
+        cleanup.push(Undo::DeleteStagedObjects {
+            bucket: out.clone(),
+            prefix,
+        });
+    }
+    let st = ui.stage(
+        "connect",
+        &format!(
+            "waiting for {} to come online with Systems Manager",
+            builder.instance_id
+        ),
+    );
+    let user = recipe.ssh.username.clone();
+    match SsmCommunicator::connect(
+        clients.clone(),
+        &builder.instance_id,
+        settings,
+        &user,
+        sink,
+        build_id,
+    )
+    .await
+    {
+        Ok(c) => {
+            st.finish(&format!(
+                "{} online with Systems Manager (no inbound port)",
+                builder.instance_id
+            ));
+            Ok(Communicator::Ssm(c))
+        }
+        Err(e) => {
+            st.fail(&e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+async fn connect_ssh(
+    recipe: &Recipe,
+    builder: &Builder,
+    ui: &Ui,
+    sink: SharedSink,
+) -> Result<Communicator, BuildError> {
     let st = ui.stage(
         "connect",
         &format!("waiting for SSH on {}:{}", builder.addr, recipe.ssh.port),
@@ -34,7 +118,7 @@ pub async fn provision(
         host_key: builder.host_key.clone(),
         timeout: recipe.ssh.timeout,
     };
-    let mut comm = match SshCommunicator::connect(target, sink.clone()).await {
+    let comm = match SshCommunicator::connect(target, sink).await {
         Ok(c) => Communicator::Ssh(c),
         Err(e) => {
             st.fail(&e.to_string());
@@ -45,7 +129,19 @@ pub async fn provision(
         "connected as {} (host key pinned)",
         recipe.ssh.username
     ));
+    Ok(comm)
+}
 
+/// Uploads and steps: the same whatever the communicator.
+async fn provision_with(
+    comm: &mut Communicator,
+    recipe: &Recipe,
+    builder: &Builder,
+    plans: &[UploadPlan],
+    scripts: &[String],
+    ui: &Ui,
+    clients: &Clients,
+) -> Result<(), BuildError> {
     if !plans.is_empty() {
         let files: usize = plans.iter().map(|p| p.entries.len()).sum();
         let bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
@@ -61,9 +157,8 @@ pub async fn provision(
     }
 
     for (step, script) in recipe.steps.iter().zip(scripts) {
-        run_step(&mut comm, step, script, ui, clients, builder).await?;
+        run_step(comm, step, script, ui, clients, builder).await?;
     }
-    comm.close().await;
     Ok(())
 }
 

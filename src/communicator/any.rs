@@ -2,23 +2,27 @@
 //! than a trait object: there are exactly two transports and async methods stay plain.
 
 use super::ssh::SshCommunicator;
+use super::ssm::SsmCommunicator;
 use super::{CommError, StepOutcome, UploadPlan};
 use crate::recipe::model::Step;
 
 pub enum Communicator {
     Ssh(SshCommunicator),
+    Ssm(SsmCommunicator),
 }
 
 impl Communicator {
     pub async fn upload(&self, plans: &[UploadPlan]) -> Result<(), CommError> {
         match self {
             Communicator::Ssh(c) => c.upload(plans).await,
+            Communicator::Ssm(c) => c.upload(plans).await,
         }
     }
 
     pub async fn run(&self, step: &Step, script: &str) -> Result<StepOutcome, CommError> {
         match self {
             Communicator::Ssh(c) => c.run(step, script).await,
+            Communicator::Ssm(c) => c.run(step, script).await,
         }
     }
 
@@ -37,6 +41,7 @@ impl Communicator {
                 .await;
                 r.map_err(|e| CommError::Protocol(format!("waiting for the builder to reboot: {e}")))
             }
+            Communicator::Ssm(c) => c.wait_rebooted(timeout).await,
         }
     }
 
@@ -44,12 +49,14 @@ impl Communicator {
     pub async fn reconnect(&mut self) -> Result<(), CommError> {
         match self {
             Communicator::Ssh(c) => c.reconnect().await,
+            Communicator::Ssm(c) => c.reconnect().await,
         }
     }
 
     pub async fn close(self) {
         match self {
             Communicator::Ssh(c) => c.close().await,
+            Communicator::Ssm(c) => c.close().await,
         }
     }
 }

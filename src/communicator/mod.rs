@@ -6,6 +6,7 @@
 
 pub mod any;
 pub mod ssh;
+pub mod ssm;
 
 use std::sync::Arc;
 use std::time::Duration;

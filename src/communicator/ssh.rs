@@ -17,7 +17,7 @@
 
 mod connect;
 mod exec;
-mod tarball;
+pub(crate) mod tarball; // also builds the SSM upload bundle
 mod upload;
 
 #[cfg(test)]
