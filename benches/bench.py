@@ -222,6 +222,7 @@ class Bench:
         self.samples = {}      # key -> list of values
         self.stages = {}       # workload -> stage -> [seconds]
         self.failures = []
+        self.floor = {}        # api floor: phase -> [seconds]
         self.ref = None        # (instance id, ip) of the OpenSSH reference host
         self.key = self.work / "ref_ed25519"
         self.ec2 = None
@@ -333,6 +334,94 @@ class Bench:
             return None
         return r
 
+    def openssh_ref(self, wl, rnd, files_dir):
+        """The physical floor of a workload, done by hand with boto3 and OpenSSH:
+        empty: the same EC2 calls a build makes, serially, plus one `ssh true`;
+        steps30: one multiplexed OpenSSH connection running `true` 30 times;
+        files2000: `tar c | ssh sudo tar x` of the directory."""
+        if wl == "empty":
+            return self.api_floor(rnd)
+        iid, ip = self.ensure_ref_host()
+        t0 = time.perf_counter()
+        if wl == "steps30":
+            ctl = self.work / f"ctl-{rand_suffix()}"
+            mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={ctl}", "-o", "ControlPersist=30"]
+            ok = True
+            for i in range(WORKLOADS[wl]["steps"]):
+                ok &= subprocess.run(["ssh", *self.ssh_opts(), *mux, f"admin@{ip}", "true"]).returncode == 0
+            wall = time.perf_counter() - t0
+            subprocess.run(["ssh", *self.ssh_opts(), *mux, "-O", "exit", f"admin@{ip}"], capture_output=True)
+        else:  # files2000
+            p = subprocess.run(f"tar -C {files_dir} -cf - . | ssh {' '.join(self.ssh_opts())} admin@{ip} "
+                               f"'sudo mkdir -p {DEST}/upload && sudo tar -C {DEST}/upload -xf -'", shell=True)
+            ok = p.returncode == 0
+            wall = time.perf_counter() - t0
+            subprocess.run(["ssh", *self.ssh_opts(), f"admin@{ip}", f"sudo rm -rf {DEST}/upload"], capture_output=True)
+        if not ok:
+            self.failures.append(f"openssh reference {wl} round {rnd} failed")
+            return None
+        return Run(wall, 0)
+
+    def api_floor(self, rnd):
+        """The lab's own cost of an empty build: DescribeImages, ImportKeyPair, CreateSecurityGroup,
+        AuthorizeSecurityGroupIngress, RunInstances (returns when sshd answers), DescribeInstances,
+        `ssh true`, StopInstances, DescribeInstances, CreateImage (tagged), DescribeImages,
+        TerminateInstances, DescribeInstances, DeleteSecurityGroup, DeleteKeyPair; one at a time."""
+        ec2 = self.boto()
+        if not self.key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        n = f"floor-{rand_suffix()}"
+        laps = {}
+        t0 = last = time.perf_counter()
+
+        def lap(what):
+            nonlocal last
+            now = time.perf_counter()
+            laps[what] = laps.get(what, 0) + now - last
+            last = now
+
+        imgs = ec2.describe_images(Owners=["136693071363"], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}])
+        ami = max(imgs["Images"], key=lambda i: i["CreationDate"])["ImageId"]
+        lap("resolve")
+        ec2.import_key_pair(KeyName=n, PublicKeyMaterial=self.key.with_suffix(".pub").read_bytes())
+        vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+        sg = ec2.create_security_group(GroupName=n, Description=n, VpcId=vpc["VpcId"])["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                                                                          "IpRanges": [{"CidrIp": vpc["CidrBlock"]}]}])
+        lap("prepare")
+        iid = ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=n,
+                                SecurityGroupIds=[sg])["Instances"][0]["InstanceId"]
+        lap("launch (RunInstances)")
+        ip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+        lap("launch (DescribeInstances)")
+        ok = subprocess.run(["ssh", *self.ssh_opts(), f"admin@{ip}", "true"]).returncode == 0
+        lap("connect (ssh true)")
+        ec2.stop_instances(InstanceIds=[iid])
+        while ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"] != "stopped":
+            time.sleep(0.05)
+        lap("stop")
+        tags = [{"Key": "bake-bench", "Value": "floor"}]
+        img = ec2.create_image(InstanceId=iid, Name=n, NoReboot=True,
+                               TagSpecifications=[{"ResourceType": "image", "Tags": tags},
+                                                  {"ResourceType": "snapshot", "Tags": tags}])["ImageId"]
+        while ec2.describe_images(ImageIds=[img])["Images"][0]["State"] != "available":
+            time.sleep(0.05)
+        lap("image")
+        ec2.terminate_instances(InstanceIds=[iid])
+        while ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"] != "terminated":
+            time.sleep(0.05)
+        lap("cleanup (terminate)")
+        ec2.delete_security_group(GroupId=sg)
+        ec2.delete_key_pair(KeyName=n)
+        lap("cleanup (sg, key)")
+        for k, v in laps.items():
+            self.floor.setdefault(k, []).append(v)
+        wall = time.perf_counter() - t0
+        if not ok:
+            self.failures.append(f"api floor round {rnd}: ssh failed")
+            return None
+        return Run(wall, 0)
+
     # -- the suite ----------------------------------------------------------------------------
     def run(self):
         a = self.a
@@ -352,9 +441,9 @@ class Bench:
                 if not want(wl):
                     continue
                 is_big = wl == "big"
-                order = ["bake", "packer"] if bake_first else ["packer", "bake"]
-                if is_big:
-                    order = order + ["sftp"] if bake_first else ["sftp"] + order
+                order = ["bake", "packer", "sftp" if is_big else "openssh"]
+                if not bake_first:
+                    order.reverse()
                 for tool in order:
                     if tool == "bake":
                         r = self.bake_build(wl, rnd, files_dir, big, sample_tree=is_big)
@@ -372,6 +461,10 @@ class Bench:
                             if is_big:
                                 self.add(("rss", "packer"), r.rss_kib)
                                 self.add(("pss", "packer"), r.tree_pss_kib)
+                    elif tool == "openssh":
+                        r = self.openssh_ref(wl, rnd, files_dir)
+                        if r:
+                            self.add((wl, "openssh"), r.wall)
                     else:
                         r = self.sftp_put(rnd, big)
                         if r:
@@ -462,8 +555,8 @@ class Bench:
         big_label = f"{self.big_bytes // MiB} MiB" if self.big_bytes < 1024 * MiB else f"{self.big_bytes // (1024 * MiB)} GiB"
         for wl, limit, tgt in (("empty", 1 / 3, "<= 1/3 Packer"), ("steps30", 1 / 5, "<= 1/5 Packer"),
                                ("files2000", 1 / 5, "<= 1/5 Packer")):
-            b, p = m(wl, "bake"), m(wl, "packer")
-            row(WORKLOADS[wl]["title"], b, p, None, ratio(b, p), tgt, check(ratio(b, p), limit))
+            b, p, o = m(wl, "bake"), m(wl, "packer"), m(wl, "openssh")
+            row(WORKLOADS[wl]["title"], b, p, o, ratio(b, p), tgt, check(ratio(b, p), limit))
         b, p, o = m("big", "bake"), m("big", "packer"), m("big", "openssh")
         row(f"4. {big_label} file, whole build", b, p, o, ratio(b, o), "<= 1.2 x sftp put", check(ratio(b, o), 1.2),
             note=f"bake/Packer {ratio(b, p):.2f}" if ratio(b, p) else "")
@@ -494,6 +587,9 @@ class Bench:
         if self.failures:
             print("\nFAILURES:\n  " + "\n  ".join(self.failures))
         stage_tbl = format_stages(self.stages)
+        if self.floor:
+            stage_tbl += "\n\nlab floor of an empty build (boto3 + OpenSSH, serial; medians, s): " + ", ".join(
+                f"{k} {median(v):.3f}" for k, v in self.floor.items())
         print(stage_tbl)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         result = dict(
@@ -502,7 +598,7 @@ class Bench:
             openssh=subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
             rows=[{**r, "pass": r.pop("pass_")} for r in rows],
             samples={f"{k[0]}/{k[1]}": v for k, v in self.samples.items()},
-            bake_stages=self.stages, failures=self.failures, table=table, stage_table=stage_tbl,
+            bake_stages=self.stages, api_floor=self.floor, failures=self.failures, table=table, stage_table=stage_tbl,
         )
         out = self.out / f"results-{stamp}.json"
         out.write_text(json.dumps(result, indent=1))
