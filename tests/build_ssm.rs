@@ -531,3 +531,92 @@ name = "{recipe}-{short_hash}"
         stderr(&out)
     );
 }
+
+#[test]
+fn step_timeout_is_enforced_on_the_builder() {
+    let lab = Lab::new();
+    let tag = unique("");
+    let fx = SsmFixture::new(&lab, &tag, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("ssmslow-{tag}");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        &fx,
+        "",
+        "[[step]]\nname = \"slow\"\ntimeout = \"2s\"\nrun = \"sleep 60\"\n",
+    );
+    let start = Instant::now();
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("slow") && err.contains("timed out"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    assert_eq!(fx.objects(&lab), Vec::<String>::new());
+    fx.remove(&lab);
+}
+
+#[test]
+fn sigint_during_an_ssm_step_cleans_up_ec2_and_s3() {
+    use std::io::{BufRead, BufReader};
+    let lab = Lab::new();
+    let tag = unique("");
+    let fx = SsmFixture::new(&lab, &tag, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("ssmint-{tag}");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        &fx,
+        &format!("output_bucket = \"{}\"", fx.bucket),
+        "[[upload]]\nsource = \"f.txt\"\ndestination = \"/opt/f.txt\"\n\
+         [[step]]\nname = \"long\"\nrun = \"sleep 60\"\n",
+    );
+    std::fs::write(tmp.path().join("f.txt"), "staged\n").unwrap();
+    let mut child = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain"])
+        .arg(&r)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut all = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        all.push_str(&line);
+        all.push('\n');
+        if line.contains("running long") {
+            break;
+        }
+    }
+    // The upload is staged by now: the interrupt must remove it too.
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc_kill(child.id() as i32, 2) };
+    for line in lines {
+        all.push_str(&line.unwrap());
+        all.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{all}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{all}");
+    assert_eq!(fx.objects(&lab), Vec::<String>::new(), "{all}");
+    assert!(lab.images_of(&name).is_empty());
+    fx.remove(&lab);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

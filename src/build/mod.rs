@@ -170,11 +170,9 @@ pub async fn run(
         }
     }
 
+    provision::register_staging_cleanup(recipe, cleanup, build_id);
     let builder = launch::launch(clients, recipe, &source, ui, cleanup, build_id).await?;
-    provision::provision(
-        recipe, &builder, &plans, &scripts, ui, clients, cleanup, build_id,
-    )
-    .await?;
+    provision::provision(recipe, &builder, &plans, &scripts, ui, clients, build_id).await?;
     let made = image::make_image(
         clients, recipe, &builder, &fp, &source, ui, cleanup, build_id,
     )

@@ -15,7 +15,6 @@ use crate::communicator::{SharedSink, UploadPlan};
 use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 use crate::ui::{Ui, fmt_bytes};
 
-#[allow(clippy::too_many_arguments)]
 pub async fn provision(
     recipe: &Recipe,
     builder: &Builder,
@@ -23,37 +22,30 @@ pub async fn provision(
     scripts: &[String],
     ui: &Ui,
     clients: &Clients,
-    cleanup: &Cleanup,
     build_id: &str,
 ) -> Result<(), BuildError> {
     let sink: SharedSink = Arc::new(ui.clone());
     let mut comm = match recipe.communicator {
         CommunicatorKind::Ssh => connect_ssh(recipe, builder, ui, sink).await?,
-        CommunicatorKind::Ssm => {
-            connect_ssm(recipe, builder, ui, sink, clients, cleanup, build_id).await?
-        }
+        CommunicatorKind::Ssm => connect_ssm(recipe, builder, ui, sink, clients, build_id).await?,
     };
     provision_with(&mut comm, recipe, builder, plans, scripts, ui, clients).await?;
     comm.close().await;
     Ok(())
 }
 
-/// SSM: no session, no inbound port. The staged objects' undo goes on the stack before the
-/// first object can exist.
-async fn connect_ssm(
-    recipe: &Recipe,
-    builder: &Builder,
-    ui: &Ui,
-    sink: SharedSink,
-    clients: &Clients,
-    cleanup: &Cleanup,
-    build_id: &str,
-) -> Result<Communicator, BuildError> {
-    let settings = recipe
+/// SSM: the build's S3 objects (staged uploads, command output) are removed by the undo stack.
+/// Registered before the builder is launched, so on cleanup they go *after* the builder is
+/// terminated: an agent finishing an interrupted command cannot write output behind our back.
+pub fn register_staging_cleanup(recipe: &Recipe, cleanup: &Cleanup, build_id: &str) {
+    let Some(settings) = recipe
         .ssm
-        .clone()
-        .ok_or_else(|| BuildError::Config("communicator \"ssm\" needs an [ssm] section".into()))?;
-    let prefix = ssm::build_prefix(&settings, build_id);
+        .as_ref()
+        .filter(|_| recipe.communicator == CommunicatorKind::Ssm)
+    else {
+        return;
+    };
+    let prefix = ssm::build_prefix(settings, build_id);
     cleanup.push(Undo::DeleteStagedObjects {
         bucket: settings.bucket.clone(),
         prefix: prefix.clone(),
@@ -68,6 +60,21 @@ async fn connect_ssm(
             prefix,
         });
     }
+}
+
+/// SSM: no session, no inbound port.
+async fn connect_ssm(
+    recipe: &Recipe,
+    builder: &Builder,
+    ui: &Ui,
+    sink: SharedSink,
+    clients: &Clients,
+    build_id: &str,
+) -> Result<Communicator, BuildError> {
+    let settings = recipe
+        .ssm
+        .clone()
+        .ok_or_else(|| BuildError::Config("communicator \"ssm\" needs an [ssm] section".into()))?;
     let st = ui.stage(
         "connect",
         &format!(

@@ -20,7 +20,8 @@ executing nothing, and has no DescribeInstanceInformation / CancelCommand. The l
   `executionTimeout` seconds (default 3600) → `Success` (exit 0), `Failed` (ResponseCode =
   exit code), `TimedOut` (`ExecutionTimedOut`, process group killed), `Cancelled`
   (CancelCommand). An instance that stops or reboots under a running command → `Failed`,
-  ResponseCode -1. `StandardOutputContent` holds the first 24,000 characters of stdout,
+  ResponseCode -1 (its output is not written to S3: the agent went down with it).
+  `StandardOutputContent` holds the first 24,000 characters of stdout,
   `StandardErrorContent` the first 8,000 of stderr (as the API); with `OutputS3BucketName`
   the full streams go to `s3://bucket/<prefix>/<command>/<instance>/awsrunShellScript/
   0.awsrunShellScript/{stdout,stderr}` like the agent (stderr only when non-empty), and the
@@ -281,15 +282,16 @@ class Ssm:
             elif timed_out:
                 self._finish(inv, "TimedOut", "ExecutionTimedOut", 124, out, err, backend)
             elif went_down:
+                # the agent went down with it: no output upload to S3
                 self._finish(inv, "Failed", "Failed", -1, out,
-                             err + b"\nlab: the instance stopped or rebooted during the command\n", backend)
+                             err + b"\nlab: the instance stopped or rebooted during the command\n", upload=False)
             elif code == 0:
                 self._finish(inv, "Success", "Success", 0, out, err, backend)
             else:
                 self._finish(inv, "Failed", "Failed", code if code > 0 else 128 - code, out, err, backend)
 
     def _finish(self, inv: Invocation, status: str, details: str, code: int, out: bytes, err: bytes,
-                backend: Any = None) -> None:
+                backend: Any = None, upload: bool = True) -> None:
         """Final state (caller holds inv.lock)."""
         end = _now()
         start_s = inv.data.get("ExecutionStartDateTime") or ""
@@ -304,7 +306,7 @@ class Ssm:
             started = datetime.datetime.strptime(start_s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
             inv.data["ExecutionElapsedTime"] = f"PT{(end - started).total_seconds():.3f}S"
         inv.proc = None
-        if inv.cmd.output_s3_bucket_name and start_s:
+        if inv.cmd.output_s3_bucket_name and start_s and upload:
             self._write_s3(inv, out, err)
         # the command's overall status: the worst of its invocations once all are done
         statuses = [d["Status"] for d in inv.cmd.invocations]
