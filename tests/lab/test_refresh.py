@@ -1,65 +1,18 @@
 """Instance refresh in the lab (lab/refresh.py): Start/Describe/Cancel/RollbackInstanceRefresh
 really replace a group's instances, health failures, checkpoints, DeleteLaunchTemplateVersions.
 
-Uses the lab named by BAKE_LAB_DIR when set (a second lab, e.g. LAB_DIR=/work/lab-deploy),
-else the default one (conftest).
+Like every lab test, against the lab LAB_DIR names (default .lab), e.g.
+`LAB_DIR=/work/lab-deploy LAB_PORT=4611 LAB_VPC_CIDR=127.61.0.0/16 scripts/lab test tests/lab/test_refresh.py`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
-import urllib.request
-from pathlib import Path
 
-import boto3
 import botocore.exceptions
 import pytest
 
-from conftest import assert_loopback, lab_up, ssh, wait_state
-
-
-def _env_of(lab_dir: Path) -> dict[str, str]:
-    env = {}
-    for line in (lab_dir / "env").read_text().splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export "):].partition("=")
-            env[k] = v
-    return env
-
-
-@pytest.fixture(scope="module")
-def lab_env() -> dict[str, str]:
-    if os.environ.get("BAKE_LAB_DIR"):
-        env = _env_of(Path(os.environ["BAKE_LAB_DIR"]))
-        os.environ.update(env)
-        return env
-    return lab_up()
-
-
-@pytest.fixture(scope="module")
-def ec2(lab_env):
-    return boto3.client("ec2", region_name="us-east-1", endpoint_url=lab_env["AWS_ENDPOINT_URL"])
-
-
-@pytest.fixture(scope="module")
-def autoscaling(lab_env):
-    return boto3.client("autoscaling", region_name="us-east-1", endpoint_url=lab_env["AWS_ENDPOINT_URL"])
-
-
-@pytest.fixture(scope="module")
-def debian_ami(ec2) -> str:
-    imgs = ec2.describe_images(
-        Owners=["136693071363"], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}]
-    )["Images"]
-    return max(imgs, key=lambda i: i["CreationDate"])["ImageId"]
-
-
-def api(lab_env, path: str, body: dict) -> dict:
-    req = urllib.request.Request(f"{lab_env['BAKE_LAB_API']}/{path}", data=json.dumps(body).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
+from conftest import assert_loopback, lab_api, ssh, wait_state
 
 
 def baked_image(ec2, res, debian_ami, key_name, key, marker: str) -> str:
@@ -173,7 +126,7 @@ def test_refresh_replaces_instances_with_the_new_image(ec2, autoscaling, res, de
     assert [x["InstanceRefreshId"] for x in listed] == [rid2, rid], "newest first"
 
 
-def test_unhealthy_image_fails_and_auto_rollback_restores(ec2, autoscaling, res, debian_ami, lab_env):
+def test_unhealthy_image_fails_and_auto_rollback_restores(ec2, autoscaling, res, debian_ami):
     key_name, key = res.keypair("import")
     bad_ami = baked_image(ec2, res, debian_ami, key_name, key, "bad")
     ec2.create_tags(Resources=[bad_ami], Tags=[{"Key": "lab:health", "Value": "fail"}])  # way 1: a tag
@@ -196,8 +149,8 @@ def test_unhealthy_image_fails_and_auto_rollback_restores(ec2, autoscaling, res,
 
     # way 2: the lab API
     ec2.delete_tags(Resources=[bad_ami], Tags=[{"Key": "lab:health"}])
-    api(lab_env, "unhealthy-image", {"image_id": bad_ami})
-    res.cleanups.append(lambda: api(lab_env, "unhealthy-image", {"image_id": bad_ami, "unhealthy": False}))
+    lab_api("unhealthy-image", {"image_id": bad_ami})
+    res.cleanups.append(lambda: lab_api("unhealthy-image", {"image_id": bad_ami, "unhealthy": False}))
     # with AutoRollback: RollbackInProgress -> RollbackSuccessful, group on the previous image
     rid = autoscaling.start_instance_refresh(
         AutoScalingGroupName=asg, DesiredConfiguration=desired,

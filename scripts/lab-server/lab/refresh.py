@@ -415,7 +415,7 @@ class Refreshes:
         warmup = float(prefs.get("InstanceWarmup") or 0)
         t0 = time.monotonic()
         for inst in new:
-            if not _healthy(inst.private_ip_address, t0 + max(warmup, HEALTH_GRACE)):
+            if not _healthy(self.lab, inst.id, inst.private_ip_address, t0 + max(warmup, HEALTH_GRACE)):
                 bad.append(inst)
         if bad:
             for s in group.instance_states:
@@ -532,15 +532,21 @@ def _launch(backend: Any, group: Any, target: tuple[str, int], count: int) -> li
     return list(reservation.instances)
 
 
-def _healthy(ip: str | None, deadline: float) -> bool:
+def _healthy(lab: Lab, instance_id: str, ip: str | None, deadline: float) -> bool:
+    """The instance's own sandbox is up and its sshd accepts a TCP connection. (A bare TCP
+    probe is not enough: labs share loopback, so once our sandbox is gone another lab may hand
+    out the same address to an instance of its own.)"""
     if not is_lab_ip(ip):
         return False
     while True:
-        try:
-            with socket.create_connection((ip, 22), timeout=0.5):
-                return True
-        except OSError:
-            pass
+        sb = lab.sandboxes.get(instance_id)
+        alive = sb is not None and sb.state == "running" and sb.proc is not None and sb.proc.poll() is None
+        if alive:
+            try:
+                with socket.create_connection((ip, 22), timeout=0.5):
+                    return True
+            except OSError:
+                pass
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
