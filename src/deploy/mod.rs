@@ -695,3 +695,75 @@ pub async fn retain(
         refused,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(status: &str) -> RefreshView {
+        RefreshView {
+            id: "r-1".into(),
+            status: status.into(),
+            status_reason: None,
+            percentage_complete: Some(50),
+            instances_to_update: Some(1),
+            desired_version: Some("3".into()),
+            rollback_reason: None,
+            rollback_percentage_complete: None,
+            start_time: None,
+            end_time: None,
+        }
+    }
+
+    #[test]
+    fn progress_line_says_status_percentage_and_reason() {
+        let mut r = view("InProgress");
+        assert_eq!(
+            r.progress(),
+            "InProgress 50% complete, 1 instance(s) to update"
+        );
+        r.status_reason = Some("Checkpoint 50% reached".into());
+        assert!(r.progress().ends_with(" — Checkpoint 50% reached"));
+        assert!(r.is_active());
+        let mut r = view("RollbackInProgress");
+        r.rollback_percentage_complete = Some(100);
+        assert_eq!(r.progress(), "RollbackInProgress (rollback 100% complete)");
+        for s in [
+            "Successful",
+            "Failed",
+            "Cancelled",
+            "RollbackSuccessful",
+            "RollbackFailed",
+        ] {
+            assert!(!view(s).is_active(), "{s}");
+        }
+        for s in [
+            "Pending",
+            "InProgress",
+            "Cancelling",
+            "RollbackInProgress",
+            "Baking",
+        ] {
+            assert!(view(s).is_active(), "{s}");
+        }
+    }
+
+    #[test]
+    fn group_now_counts_instances_per_image() {
+        let g = GroupNow {
+            asg: "web".into(),
+            launch_template_id: "lt-1".into(),
+            version: "4".into(),
+            version_number: 4,
+            image_id: "ami-a".into(),
+            instances: [("i-1", "ami-a"), ("i-2", "ami-b"), ("i-3", "ami-a")]
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        assert_eq!(
+            g.describe(),
+            "ami-a (launch template lt-1 version 4; instances: 2 × ami-a, 1 × ami-b)"
+        );
+    }
+}
