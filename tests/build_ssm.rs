@@ -620,3 +620,54 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn large_files_are_staged_as_their_own_objects_and_verified() {
+    let lab = Lab::new();
+    let tag = unique("");
+    let fx = SsmFixture::new(&lab, &tag, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("ssmbig-{tag}");
+    // 20 MiB of non-repeating bytes: above the 16 MiB own-object threshold.
+    let mut data = Vec::with_capacity(20 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < 20 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(tmp.path().join("big.bin"), &data).unwrap();
+    let local = std::process::Command::new("sha256sum")
+        .arg(tmp.path().join("big.bin"))
+        .output()
+        .unwrap();
+    let hash = stdout(&local)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        &fx,
+        "",
+        &format!(
+            "[[upload]]\nsource = \"big.bin\"\ndestination = \"/opt/data/big.bin\"\nmode = \"0600\"\nowner = \"admin:admin\"\n\
+             [[step]]\nname = \"check\"\nsudo = true\n\
+             run = \"test \\\"$(stat -c '%s %a %U' /opt/data/big.bin)\\\" = '20971520 600 admin' && sha256sum /opt/data/big.bin | grep -q {hash} && echo big-ok\"\n"
+        ),
+    );
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("big-ok"), "{err}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    assert_eq!(fx.objects(&lab), Vec::<String>::new());
+    fx.remove(&lab);
+}

@@ -8,7 +8,7 @@
 //! - [`SsmCommunicator::run`]: one SendCommand per step with `executionTimeout` = the step's
 //!   timeout, then GetCommandInvocation polled with backoff. The API hands out output only at
 //!   the end (stdout cut at 24,000 characters, stderr at 8,000): it is printed line by line
-//!   then; with `ssm.output_bucket` the agent also writes the full streams to S3 and bake reads
+//!   then (a long step says every 30 s that it is still running); with `ssm.output_bucket` the agent also writes the full streams to S3 and bake reads
 //!   them from there whenever the API's copy was cut, otherwise it says that output was cut.
 //! - Sudo semantics: the agent runs everything as root. A `sudo = true` step runs as root with
 //!   `HOME=/root`; any other step runs as the recipe's `ssh.username` (through `runuser`), or as
@@ -42,6 +42,8 @@ pub const DEFAULT_USER: &str = "ssm-user";
 const DOCUMENT: &str = "AWS-RunShellScript";
 /// How long a command may wait for delivery (the node rebooting, the agent restarting).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a long step says it is still running.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// The key prefix of one build's objects: `<prefix><build-id>/` (staged uploads under
 /// `upload/`, command output under `output/`).
@@ -347,6 +349,9 @@ impl SsmCommunicator {
             factor: 1.5,
             timeout: timeout + DELIVERY_TIMEOUT + Duration::from_secs(60),
         };
+        // The API has no live output: say now and then that the step is still going.
+        let started = Instant::now();
+        let last_note = std::sync::Mutex::new(started);
         let polled = retry::poll(backoff, |_| async {
             let out = match self
                 .clients
@@ -371,10 +376,18 @@ impl SsmCommunicator {
                 | Some(CommandInvocationStatus::Pending)
                 | Some(CommandInvocationStatus::InProgress)
                 | Some(CommandInvocationStatus::Delayed)
-                | Some(CommandInvocationStatus::Cancelling) => Poll::Pending(format!(
-                    "command {cid} {}",
-                    out.status().map(|s| s.as_str()).unwrap_or("pending")
-                )),
+                | Some(CommandInvocationStatus::Cancelling) => {
+                    let state = out.status().map(|s| s.as_str()).unwrap_or("Pending");
+                    let mut last = last_note.lock().unwrap();
+                    if last.elapsed() >= PROGRESS_EVERY {
+                        *last = Instant::now();
+                        self.sink.note(&format!(
+                            "{what}: {state} on {id} for {}s (output comes when it ends)",
+                            started.elapsed().as_secs()
+                        ));
+                    }
+                    Poll::Pending(format!("command {cid} {state}"))
+                }
                 Some(_) => Poll::Ready(out),
             }
         })
