@@ -671,3 +671,47 @@ fn large_files_are_staged_as_their_own_objects_and_verified() {
     assert_eq!(fx.objects(&lab), Vec::<String>::new());
     fx.remove(&lab);
 }
+
+#[test]
+fn large_scripts_and_many_files_go_through_s3_too() {
+    let lab = Lab::new();
+    let tag = unique("");
+    let fx = SsmFixture::new(&lab, &tag, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("ssmmany-{tag}");
+    // 400 files: their checksum list alone is beyond what is sent inline.
+    let tree = tmp.path().join("many");
+    for i in 0..400 {
+        let d = tree.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("file-{i:04}.txt")), format!("{i}\n")).unwrap();
+    }
+    // A 40 KB step script.
+    let mut script = String::from("#!/bin/sh\nset -e\n");
+    for i in 0..1000 {
+        script.push_str(&format!("# padding line {i:04} to make the script large\n"));
+    }
+    script.push_str("test \"$(find /opt/many -type f | wc -l)\" = 400\n");
+    script.push_str("test \"$(cat /opt/many/d3/file-0003.txt)\" = 3\necho big-script-ok\n");
+    std::fs::write(tmp.path().join("big.sh"), &script).unwrap();
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        &fx,
+        "",
+        "[[upload]]\nsource = \"many\"\ndestination = \"/opt/many\"\n\
+         [[step]]\nname = \"big\"\nsudo = true\nscript = \"big.sh\"\n",
+    );
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("big-script-ok"), "{err}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    assert_eq!(fx.objects(&lab), Vec::<String>::new());
+    fx.remove(&lab);
+}

@@ -18,6 +18,8 @@
 //! - [`upload`]: files staged in `s3://<bucket>/<prefix><build-id>/` with their sha256 as
 //!   `ChecksumSHA256` (S3 verifies the bytes it received), fetched on the builder by presigned
 //!   GET URLs (curl, wget or python3: no AWS CLI needed), verified with `sha256sum -c` in place.
+//!   Commands over 8 KiB (big step scripts, the checksum list of many files) are staged the
+//!   same way and fetched by a short command: SendCommand's parameters are limited in size.
 //!   Removing the staged objects is the build's undo stack's job (registered before the first
 //!   put), so it also happens on failure and Ctrl-C.
 
@@ -42,6 +44,9 @@ pub const DEFAULT_USER: &str = "ssm-user";
 const DOCUMENT: &str = "AWS-RunShellScript";
 /// How long a command may wait for delivery (the node rebooting, the agent restarting).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Commands above this size are staged in S3 and fetched by a short command (SendCommand's
+/// parameters are limited in size).
+const INLINE_LIMIT: usize = 8 * 1024;
 /// How often a long step says it is still running.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
@@ -290,6 +295,13 @@ impl SsmCommunicator {
         timeout: Duration,
         comment: &str,
     ) -> Result<Invocation, CommError> {
+        let staged;
+        let body = if body.len() > INLINE_LIMIT {
+            staged = self.stage_script(what, body).await?;
+            staged.as_str()
+        } else {
+            body
+        };
         let id = self.instance_id.as_str();
         let exec_secs = timeout.as_secs().clamp(1, 172_800);
         let out_prefix = format!("{}output", self.prefix);
@@ -477,6 +489,31 @@ impl SsmCommunicator {
             stderr,
             cut,
         })
+    }
+
+    /// A script too large to send inline: staged in S3 like an upload, and a short command that
+    /// fetches it, checks its sha256 and runs it.
+    async fn stage_script(&self, what: &str, body: &str) -> Result<String, CommError> {
+        use sha2::{Digest, Sha256};
+        let hash: [u8; 32] = Sha256::digest(body.as_bytes()).into();
+        let hex = hex::encode(hash);
+        let key = format!("{}scripts/{}.sh", self.prefix, &hex[..16]);
+        let url = upload::put(
+            self,
+            &self.settings.bucket,
+            &key,
+            aws_sdk_s3::primitives::ByteStream::from(body.as_bytes().to_vec()),
+            &hash,
+            DELIVERY_TIMEOUT + Duration::from_secs(300),
+            &format!("the script of {what}"),
+        )
+        .await?;
+        Ok(format!(
+            "set -e\n{}f=$(mktemp /tmp/bake-script.XXXXXXXX)\ntrap 'rm -f \"$f\"' EXIT\n\
+             fetch {} \"$f\"\ncheck {hex} \"$f\" 'staged script'\nsh \"$f\"\n",
+            upload::FETCH,
+            shell_quote(&url),
+        ))
     }
 
     async fn cancel(&self, cid: &str) {

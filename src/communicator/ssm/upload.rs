@@ -201,7 +201,7 @@ fn build_tar(items: &[Item]) -> Result<(Vec<u8>, [u8; 32]), CommError> {
 }
 
 /// The download helper every staged object goes through on the builder.
-const FETCH: &str = r#"fetch() {
+pub(super) const FETCH: &str = r#"fetch() {
   if command -v curl >/dev/null 2>&1; then curl -fsS --retry 3 -o "$2" "$1"
   elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
   elif command -v python3 >/dev/null 2>&1; then python3 -c 'import shutil, sys, urllib.request
@@ -390,7 +390,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
 }
 
 /// Stages one object with its sha256 and returns a presigned GET URL for it.
-async fn put(
+pub(super) async fn put(
     c: &SsmCommunicator,
     bucket: &str,
     key: &str,
