@@ -369,9 +369,13 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
             "error: {asg}: instance refresh {refresh_id} {what} ({}): {reason}\n  the group now runs {runs}",
             refresh.status
         );
-        if refresh.status == "Failed" || refresh.status == "Cancelled" {
+        let replaced = now
+            .as_ref()
+            .map(|n| n.instances.values().filter(|i| **i == ami).count())
+            .unwrap_or(0);
+        if (refresh.status == "Failed" || refresh.status == "Cancelled") && replaced > 0 {
             eprintln!(
-                "  instances already replaced keep {ami}; to put the group back on {previous_image}, run `bake deploy --asg {asg} --ami {previous_image}`"
+                "  {replaced} instance(s) already replaced keep {ami}; to put the group back on {previous_image}, run `bake deploy --asg {asg} --ami {previous_image}`"
             );
         }
         EXIT_FAILED

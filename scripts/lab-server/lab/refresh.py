@@ -325,7 +325,7 @@ class Refreshes:
             ok, reason = self._replace(backend, group, chunk, r.target, prefs, launch_first=prefs["MaxHealthyPercentage"] > 100)
             if not ok:
                 if prefs.get("AutoRollback"):
-                    self._begin_rollback(r, f"{reason}; rolling back (AutoRollback)")
+                    self._begin_rollback(r, f"{reason} Rolling back (AutoRollback).")
                 else:
                     with self.lock:
                         r.to_update = len(todo) + len(chunk)
