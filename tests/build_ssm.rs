@@ -256,6 +256,20 @@ fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
     assert!(out.status.success(), "SSH build failed:\n{}", stderr(&out));
     let ssh_ami = json(&out)["ami_id"].as_str().unwrap().to_string();
 
+    // The communicator is not part of the fingerprint: web.toml under the SSM build's name
+    // finds the SSM image and launches nothing.
+    let same = example(&tmp.path().join("same"), "web.toml", &ssm_name, None);
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain", "--output", "json"])
+        .arg(&same)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hit = json(&out);
+    assert_eq!(hit["cached"], true, "{}", stderr(&out));
+    assert_eq!(hit["ami_id"].as_str(), Some(ssm_ami.as_str()));
+
     let via_ssm = manifest_of(&lab, &ssm_ami, &ssm_dir);
     let via_ssh = manifest_of(&lab, &ssh_ami, &ssh_dir);
     assert!(
