@@ -6,7 +6,8 @@
 //! per file. Large files skip tar: they stream raw into a temp file next to the destination,
 //! are hashed there and renamed into place only if the hash matches. (Hashing while receiving,
 //! `tee | openssl`, measured twice as slow: tee's 8 KiB pipe hops cost more than re-reading
-//! from the page cache.)
+//! from the page cache.) Splitting the tar into batches, each extracted while the previous one
+//! is hashed, also measured slower: on the builder both compete for the same filesystem.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
