@@ -1,5 +1,5 @@
-//! Uploads: a tar stream for directories and small files, raw streams with an overlapped remote
-//! hash for large files, and sha256 verification of every file on the builder.
+//! Uploads: a tar stream for directories and small files, a raw stream per large file, and
+//! sha256 verification of every file on the builder.
 //!
 //! Why not SFTP: SFTP pays a request/response per open, write batch, setstat and close, which is
 //! what makes Packer slow on many small files; a tar stream is one channel and zero round trips
