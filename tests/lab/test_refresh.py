@@ -233,3 +233,44 @@ def test_delete_launch_template_versions(ec2, res, debian_ami):
     assert v["LaunchTemplateVersion"]["VersionNumber"] == 5, "version numbers are never reused"
     d = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["3"])["LaunchTemplateVersions"][0]
     assert d["LaunchTemplateData"]["UserData"] == "IyEvYmluL3NoCnRydWUK"
+
+
+def test_launch_before_terminate_above_100_percent(ec2, autoscaling, res, debian_ami):
+    """MaxHealthyPercentage 200 / Min 100: the whole batch is launched (and healthy) before
+    any old instance goes; capacity never drops below desired."""
+    key_name, key = res.keypair("import")
+    new_ami = baked_image(ec2, res, debian_ami, key_name, key, "v3")
+    asg, lt_id = group_with_template(ec2, autoscaling, res, debian_ami, key_name)
+    before = {i["InstanceId"] for i in group_instances(ec2, autoscaling, asg)}
+    res.instances.extend(before)
+    v = new_version(ec2, lt_id, new_ami, key_name)
+    rid = autoscaling.start_instance_refresh(
+        AutoScalingGroupName=asg,
+        DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateId": lt_id, "Version": str(v)}},
+        Preferences={"MinHealthyPercentage": 100, "MaxHealthyPercentage": 200, "InstanceWarmup": 1},
+    )["InstanceRefreshId"]
+    peak = 0
+    deadline = time.monotonic() + 60
+    while True:
+        insts = group_instances(ec2, autoscaling, asg)
+        assert len(insts) >= 2, "capacity dropped below desired"
+        peak = max(peak, len(insts))
+        r = autoscaling.describe_instance_refreshes(AutoScalingGroupName=asg)["InstanceRefreshes"][0]
+        if r["Status"] not in ("Pending", "InProgress"):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert r["Status"] == "Successful", r
+    assert peak == 4, f"expected 2 extra instances during the warm-up, saw at most {peak}"
+    insts = group_instances(ec2, autoscaling, asg)
+    res.instances.extend(i["InstanceId"] for i in insts)
+    assert len(insts) == 2 and {i["ImageId"] for i in insts} == {new_ami}
+
+
+def test_refresh_errors(autoscaling):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        autoscaling.start_instance_refresh(AutoScalingGroupName="no-such-group-for-refresh")
+    assert e.value.response["Error"]["Code"] == "ValidationError"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        autoscaling.rollback_instance_refresh(AutoScalingGroupName="no-such-group-for-refresh")
+    assert e.value.response["Error"]["Code"] == "ValidationError"
