@@ -23,7 +23,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// single argv string to 128 KiB), so the script is shipped as a file first.
 const MAX_INLINE_COMMAND: usize = 64 * 1024;
 
-/// First stderr line of every step: the PID of the login shell that `exec`s the step. sshd
+/// Printed to stderr before every step: the PID of the login shell that `exec`s the step. sshd
 /// makes that process a session leader, so the PID names the step's whole process tree and a
 /// timeout can kill all of it.
 const PID_MARKER: &str = "bake-step-pid:";
@@ -137,16 +137,24 @@ pub async fn pipe(
 pub async fn probe(handle: &Handle<Client>) -> Result<Remote, CommError> {
     let out = capture(
         handle,
-        "id -u; command -v openssl >/dev/null 2>&1 && echo openssl; true",
+        "echo \"bake-uid:$(id -u)\"; command -v openssl >/dev/null 2>&1 && echo bake-openssl; true",
         Vec::new(),
     )
     .await?;
+    // Tagged lines, because shell start-up files may print their own chatter to stdout.
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let uid = lines.next().unwrap_or("").trim().to_string();
-    let openssl = lines.any(|l| l.trim() == "openssl");
+    let uid = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bake-uid:"));
+    let openssl = text.lines().any(|l| l.trim() == "bake-openssl");
+    if uid.is_none() {
+        return Err(CommError::Protocol(format!(
+            "the builder did not run a basic shell command: {}",
+            out.stderr_text()
+        )));
+    }
     Ok(Remote {
-        sudo: if uid == "0" { "" } else { "sudo -n " },
+        sudo: if uid == Some("0") { "" } else { "sudo -n " },
         openssl,
     })
 }
@@ -157,7 +165,7 @@ struct Lines<'a> {
     step: &'a str,
     partial: [Vec<u8>; 2],
     tail: VecDeque<String>,
-    /// The PID marker is expected as the very first stderr line.
+    /// The PID marker is the first stderr line of ours (shell start-up files may print before).
     want_marker: bool,
     pid: Option<u32>,
 }
@@ -181,8 +189,8 @@ impl Lines<'_> {
         let text = String::from_utf8_lossy(raw);
         let line = text.strip_suffix('\r').unwrap_or(&text);
         if stream == Stream::Stderr && self.want_marker {
-            self.want_marker = false;
             if let Some(pid) = line.strip_prefix(PID_MARKER) {
+                self.want_marker = false;
                 self.pid = pid.trim().parse().ok();
                 return;
             }
