@@ -171,7 +171,8 @@ name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
 const MANIFEST: &str = "sudo sh -c 'cd / && find opt/web etc/web etc/systemd/system/web.service \
      etc/systemd/system/multi-user.target.wants/web.service -printf \"%p %y %m %u %g %l\\n\" | sort; \
      find opt/web etc/web/web.conf etc/systemd/system/web.service -type f | sort | xargs sha256sum; \
-     getent passwd web | cut -d: -f1,6,7; getent group web | cut -d: -f1'";
+     getent passwd web | cut -d: -f1,6,7; getent group web | cut -d: -f1; \
+     echo agent-scripts=$(ls -d /var/lib/amazon/ssm/*/document/orchestration/* 2>/dev/null | wc -l)'";
 
 fn manifest_of(lab: &Lab, ami: &str, dir: &Path) -> String {
     let (id, ip, key) = lab.launch_for_check(ami, dir);
@@ -283,6 +284,10 @@ fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
     assert!(
         via_ssm.contains("web:/var/lib/web:/usr/sbin/nologin"),
         "{via_ssm}"
+    );
+    assert!(
+        via_ssm.contains("agent-scripts=0"),
+        "step scripts left on the image: {via_ssm}"
     );
     assert_eq!(via_ssm, via_ssh, "the SSM and SSH images differ");
     fx.remove(&lab);

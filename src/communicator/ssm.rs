@@ -232,7 +232,22 @@ impl SsmCommunicator {
         self.mark_boot().await
     }
 
-    pub async fn close(self) {}
+    /// The agent keeps every command's script on the node (its orchestration directory), and
+    /// step scripts may carry secrets: removed before the image is made. Best effort.
+    pub async fn close(self) {
+        let dir = format!(
+            "/var/lib/amazon/ssm/{}/document/orchestration",
+            self.instance_id
+        );
+        let _ = self
+            .execute(
+                "tidy",
+                &format!("rm -rf -- {}", shell_quote(&dir)),
+                Duration::from_secs(60),
+                "tidy",
+            )
+            .await;
+    }
 
     /// The shell script the agent runs for a step (as root): become the step's user, go to
     /// its home, run [`step_command`] without `sudo` (root needs none, and the image may lack it).
