@@ -394,3 +394,16 @@ fn sensitive_variables_never_reach_the_output() {
     assert!(!so.contains(secret) && !se.contains(secret), "secret leaked:\n{so}\n{se}");
     assert_eq!(lab.leftovers(&name), Vec::<String>::new());
 }
+
+#[test]
+fn script_steps_with_an_interpreter_line_run_through_it() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("shebang-");
+    std::fs::write(tmp.path().join("hello.py"), "#!/usr/bin/env python3\nimport sys\nprint('python says', sys.version_info[0])\n").unwrap();
+    let r = small_recipe(tmp.path(), &name, "[[step]]\nname = \"py\"\nscript = \"hello.py\"\nsudo = true\n");
+    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("python says 3"), "{err}");
+}

@@ -110,7 +110,7 @@ pub fn step_command(step: &Step, script: &str) -> String {
     if let Some(dir) = &step.workdir {
         cmd.push_str(&format!("cd {} || exit 1\n", shell_quote(dir)));
     }
-    cmd.push_str(script);
+    cmd.push_str(&script_body(script));
     if !cmd.ends_with('\n') {
         cmd.push('\n');
     }
@@ -122,9 +122,46 @@ pub fn step_command(step: &Step, script: &str) -> String {
     }
 }
 
+/// The shell text that runs a step's script. A script with its own interpreter line
+/// (`#!/usr/bin/env python3`) runs as an executable file, as it would under Packer's shell
+/// provisioner; anything else runs in the step's `sh -e`. The heredoc delimiter embeds the
+/// script's own hash, so no line of the script can end it early.
+pub fn script_body(script: &str) -> String {
+    use sha2::Digest;
+    let Some(interp) = script.strip_prefix("#!").and_then(|r| r.lines().next()).map(str::trim) else {
+        return script.to_string();
+    };
+    let delim = format!("BAKE_SCRIPT_{}", &hex::encode(sha2::Sha256::digest(script.as_bytes()))[..20]);
+    let nl = if script.ends_with('\n') { "" } else { "\n" };
+    // Run through the named interpreter rather than executing the file, so a noexec /tmp on a
+    // hardened image does not matter.
+    format!(
+        "__bake_f=$(mktemp)\ncat > \"$__bake_f\" <<'{delim}'\n{script}{nl}{delim}\n\
+         __bake_rc=0\n{interp} \"$__bake_f\" || __bake_rc=$?\nrm -f \"$__bake_f\"\nexit $__bake_rc\n"
+    )
+}
+
 /// Single-quotes `s` for POSIX sh.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 pub type SharedSink = Arc<dyn Sink>;
+
+#[cfg(test)]
+mod script_tests {
+    use super::*;
+
+    #[test]
+    fn plain_scripts_pass_through_and_shebang_scripts_run_their_interpreter() {
+        assert_eq!(script_body("echo hi\n"), "echo hi\n");
+        let body = script_body("#!/usr/bin/env python3\nprint('hi')\n");
+        assert!(body.contains("/usr/bin/env python3 \"$__bake_f\""), "{body}");
+        assert!(body.contains("print('hi')\nBAKE_SCRIPT_"), "{body}");
+        let out = std::process::Command::new("sh").arg("-ec").arg(&body).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+        let failing = script_body("#!/bin/sh\nexit 5");
+        let st = std::process::Command::new("sh").arg("-ec").arg(&failing).status().unwrap();
+        assert_eq!(st.code(), Some(5));
+    }
+}

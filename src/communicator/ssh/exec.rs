@@ -241,7 +241,7 @@ pub async fn run(
     let start = Instant::now();
     let mut rendered = step_command(step, script);
     if rendered.len() > MAX_INLINE_COMMAND {
-        let stub = stage_script(handle, script).await?;
+        let stub = stage_script(handle, &crate::communicator::script_body(script)).await?;
         rendered = step_command(step, &stub);
     }
     let command = format!("printf '{PID_MARKER}%s\\n' \"$$\" >&2; exec {rendered}");
