@@ -734,3 +734,66 @@ fn large_scripts_and_many_files_go_through_s3_too() {
     assert_eq!(fx.objects(&lab), Vec::<String>::new());
     fx.remove(&lab);
 }
+
+#[test]
+fn sensitive_values_never_reach_the_ssm_command_history() {
+    let lab = Lab::new();
+    let tag = unique("");
+    let fx = SsmFixture::new(&lab, &tag, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("ssmsecret-{tag}");
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        &fx,
+        "",
+        "[[step]]\nname = \"uses-secret\"\nenv = { TOKEN = \"{var.token}\" }\nrun = \"echo token is $TOKEN\"\n",
+    );
+    let text = std::fs::read_to_string(&r).unwrap();
+    std::fs::write(
+        &r,
+        format!("sensitive = [\"token\"]\n{text}\n[variables]\ntoken = \"placeholder\"\n"),
+    )
+    .unwrap();
+    let secret = format!("s3cr3t-{tag}");
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "--plain", "--var"])
+        .arg(format!("token={secret}"))
+        .arg(&r)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("token is [redacted]"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
+    // Every command SSM recorded, with its parameters.
+    let history = Command::new(lab_python())
+        .arg("-c")
+        .arg(
+            "import json, os, boto3\n\
+             c = boto3.client('ssm', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             print(json.dumps([x['Parameters'] for x in c.list_commands()['Commands']]))",
+        )
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&lab.env)
+        .output()
+        .unwrap();
+    assert!(history.status.success(), "{}", stderr(&history));
+    let h = stdout(&history);
+    // The step went by a staged script (a presigned URL, expired and deleted by now).
+    let ours = format!("/{}/bake/", fx.bucket);
+    assert!(
+        h.split(ours.as_str()).skip(1).any(|rest| rest
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .contains("/scripts/")),
+        "this build's step was not staged: {h}"
+    );
+    assert!(!h.contains(&secret), "secret in the SSM command history");
+    assert_eq!(fx.objects(&lab), Vec::<String>::new());
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    fx.remove(&lab);
+}

@@ -94,6 +94,7 @@ async fn connect_ssm(
     .await
     {
         Ok(c) => {
+            let c = c.with_secrets(&recipe.secrets);
             st.finish(&format!(
                 "{} online with Systems Manager (no inbound port)",
                 builder.instance_id

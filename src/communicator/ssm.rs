@@ -19,7 +19,8 @@
 //!   `ChecksumSHA256` (S3 verifies the bytes it received), fetched on the builder by presigned
 //!   GET URLs (curl, wget or python3: no AWS CLI needed), verified with `sha256sum -c` in place.
 //!   Commands over 8 KiB (big step scripts, the checksum list of many files) are staged the
-//!   same way and fetched by a short command: SendCommand's parameters are limited in size.
+//!   same way and fetched by a short command: SendCommand's parameters are limited in size. So
+//!   are commands containing a sensitive value: SSM keeps command parameters in its history.
 //!   Removing the staged objects is the build's undo stack's job (registered before the first
 //!   put), so it also happens on failure and Ctrl-C.
 
@@ -71,6 +72,9 @@ pub struct SsmCommunicator {
     user: String,
     sink: SharedSink,
     build_id: String,
+    /// Values that must not be stored by Systems Manager: a command containing one is staged
+    /// in S3 (gone after the build) instead of sent inline (kept in the command history).
+    secrets: Vec<String>,
 }
 
 fn aws(e: AwsError) -> CommError {
@@ -100,10 +104,18 @@ impl SsmCommunicator {
             },
             sink,
             build_id: build_id.to_string(),
+            secrets: Vec::new(),
         };
         c.wait_online().await?;
         c.mark_boot().await?;
         Ok(c)
+    }
+
+    /// Values (sensitive variables) never to send inline: SSM keeps command parameters in its
+    /// history (ListCommands) for weeks.
+    pub fn with_secrets(mut self, secrets: &[String]) -> Self {
+        self.secrets = secrets.iter().filter(|s| !s.is_empty()).cloned().collect();
+        self
     }
 
     /// The marker that tells this boot from the next: a file on `/run` (a tmpfs, empty after
@@ -311,7 +323,8 @@ impl SsmCommunicator {
         comment: &str,
     ) -> Result<Invocation, CommError> {
         let staged;
-        let body = if body.len() > INLINE_LIMIT {
+        let secret = self.secrets.iter().any(|s| body.contains(s.as_str()));
+        let body = if body.len() > INLINE_LIMIT || secret {
             staged = self.stage_script(what, body).await?;
             staged.as_str()
         } else {
