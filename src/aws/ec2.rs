@@ -67,6 +67,39 @@ pub async fn describe_image(ec2: &Client, id: &str) -> Result<Option<Image>, Aws
     }
 }
 
+/// A key pair by name, or None if there is none.
+pub async fn describe_key_pair(
+    ec2: &Client,
+    name: &str,
+) -> Result<Option<aws_sdk_ec2::types::KeyPairInfo>, AwsError> {
+    match ec2
+        .describe_key_pairs()
+        .key_names(name)
+        .send()
+        .await
+        .ctx("DescribeKeyPairs", Some(name))
+    {
+        Ok(out) => Ok(out.key_pairs().first().cloned()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a key pair; false if it was already gone.
+pub async fn delete_key_pair(ec2: &Client, name: &str) -> Result<bool, AwsError> {
+    match ec2
+        .delete_key_pair()
+        .key_name(name)
+        .send()
+        .await
+        .ctx("DeleteKeyPair", Some(name))
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Turns an AWS error inside a poll attempt into throttling (retry harder) or failure.
 fn poll_err<T>(e: AwsError) -> Poll<T, AwsError> {
     if e.is_throttling() {
@@ -225,16 +258,12 @@ pub async fn deregister_with_snapshots(
     Ok(deleted)
 }
 
-/// Instances (not terminated) carrying tag `key=value`.
-pub async fn instances_tagged(
-    ec2: &Client,
-    key: &str,
-    value: &str,
-) -> Result<Vec<Instance>, AwsError> {
+/// Instances that are not terminated, matching `filters`, every page.
+pub async fn live_instances(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<Instance>, AwsError> {
     let mut out = Vec::new();
     let mut pages = ec2
         .describe_instances()
-        .filters(filter(&format!("tag:{key}"), [value]))
+        .set_filters(Some(filters))
         .filters(filter(
             "instance-state-name",
             ["pending", "running", "stopping", "stopped", "shutting-down"],
@@ -242,7 +271,7 @@ pub async fn instances_tagged(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.ctx("DescribeInstances", Some(&format!("tag {key}={value}")))?;
+        let page = page.ctx("DescribeInstances", None)?;
         out.extend(
             page.reservations()
                 .iter()
@@ -251,6 +280,15 @@ pub async fn instances_tagged(
         );
     }
     Ok(out)
+}
+
+/// Instances (not terminated) carrying tag `key=value`.
+pub async fn instances_tagged(
+    ec2: &Client,
+    key: &str,
+    value: &str,
+) -> Result<Vec<Instance>, AwsError> {
+    live_instances(ec2, vec![filter(&format!("tag:{key}"), [value])]).await
 }
 
 /// All images owned by this account matching the filters, every page.

@@ -154,18 +154,11 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
             }
             Ok(format!("terminated {}", ids.join(", ")))
         }
-        Undo::DeleteKeyPair { name } => match c
-            .ec2
-            .delete_key_pair()
-            .key_name(name)
-            .send()
-            .await
-            .ctx("DeleteKeyPair", Some(name))
-        {
-            Ok(_) => Ok(format!("deleted key pair {name}")),
-            Err(e) if e.is_not_found() => Ok(format!("key pair {name} already gone")),
-            Err(e) => Err(e),
-        },
+        Undo::DeleteKeyPair { name } => Ok(if ec2::delete_key_pair(&c.ec2, name).await? {
+            format!("deleted key pair {name}")
+        } else {
+            format!("key pair {name} already gone")
+        }),
         Undo::DeleteSecurityGroup { name, build_id } => {
             let groups = c
                 .ec2

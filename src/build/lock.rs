@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::ResourceType;
 use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
 use super::image::find_by_fingerprint;
-use crate::aws::ec2::{tag_map, tag_spec};
+use crate::aws::ec2::{delete_key_pair, describe_key_pair, tag_map, tag_spec};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::retry::{self, Backoff, Poll};
 use crate::ui::Ui;
@@ -87,7 +87,7 @@ pub async fn acquire(
             match holder(clients, name).await {
                 Ok(Some((holder, age))) if age > STALE_AFTER => {
                     ui.line(&format!("lock {name} of build {holder} is {}s old: taking it over", age.as_secs()));
-                    let _ = ec2.delete_key_pair().key_name(name).send().await;
+                    let _ = delete_key_pair(ec2, name).await;
                     Poll::Pending("took over a stale lock".into())
                 }
                 Ok(Some((holder, _))) => {
@@ -107,66 +107,36 @@ pub async fn acquire(
 
 /// Who holds the lock and for how long.
 async fn holder(clients: &Clients, name: &str) -> Result<Option<(String, Duration)>, AwsError> {
-    match clients
-        .ec2
-        .describe_key_pairs()
-        .key_names(name)
-        .send()
-        .await
-        .ctx("DescribeKeyPairs", Some(name))
-    {
-        Ok(out) => Ok(out.key_pairs().first().map(|k| {
-            let who = tag_map(k.tags())
-                .get("bake:build-id")
-                .cloned()
-                .unwrap_or_else(|| "unknown".into());
-            let age = k
-                .create_time()
-                .and_then(|t| {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .ok()?
-                        .as_secs() as i64;
-                    Some(Duration::from_secs((now - t.secs()).max(0) as u64))
-                })
-                .unwrap_or_default();
-            (who, age)
-        })),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(describe_key_pair(&clients.ec2, name).await?.map(|k| {
+        let who = tag_map(k.tags())
+            .get("bake:build-id")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        let age = k
+            .create_time()
+            .and_then(|t| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs() as i64;
+                Some(Duration::from_secs((now - t.secs()).max(0) as u64))
+            })
+            .unwrap_or_default();
+        (who, age)
+    }))
 }
 
 /// Releases the lock only if this build holds it.
 pub async fn release(clients: &Clients, name: &str, build_id: &str) -> Result<String, AwsError> {
-    let out = match clients
-        .ec2
-        .describe_key_pairs()
-        .key_names(name)
-        .send()
-        .await
-        .ctx("DescribeKeyPairs", Some(name))
-    {
-        Ok(o) => o,
-        Err(e) if e.is_not_found() => return Ok(format!("lock {name} not held")),
-        Err(e) => return Err(e),
+    let Some(k) = describe_key_pair(&clients.ec2, name).await? else {
+        return Ok(format!("lock {name} not held"));
     };
-    let mine = out.key_pairs().first().is_some_and(|k| {
-        tag_map(k.tags()).get("bake:build-id").map(String::as_str) == Some(build_id)
-    });
-    if !mine {
+    if tag_map(k.tags()).get("bake:build-id").map(String::as_str) != Some(build_id) {
         return Ok(format!("lock {name} held by another build; left alone"));
     }
-    match clients
-        .ec2
-        .delete_key_pair()
-        .key_name(name)
-        .send()
-        .await
-        .ctx("DeleteKeyPair", Some(name))
-    {
-        Ok(_) => Ok(format!("released lock {name}")),
-        Err(e) if e.is_not_found() => Ok(format!("lock {name} already gone")),
-        Err(e) => Err(e),
-    }
+    Ok(if delete_key_pair(&clients.ec2, name).await? {
+        format!("released lock {name}")
+    } else {
+        format!("lock {name} already gone")
+    })
 }

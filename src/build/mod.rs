@@ -99,22 +99,13 @@ pub async fn run(
     let started = Instant::now();
     ui.add_secrets(&recipe.secrets);
 
-    // Hash uploads (blocking I/O) while the source AMI is resolved.
     let st = ui.stage("resolve", "resolving source image and hashing inputs");
-    let uploads = recipe.uploads.clone();
-    let hashing = tokio::task::spawn_blocking(move || {
-        let cache = HashCache::default_path()
-            .map(HashCache::open)
-            .unwrap_or_else(HashCache::disabled);
-        fingerprint::plan_uploads(&uploads, &cache)
-    });
-    let source = source::resolve(&clients.ec2, &recipe.source).await;
-    let plans = hashing
-        .await
-        .map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
-    let source = source?;
-    let scripts = fingerprint::read_scripts(recipe)?;
-    let fp = fingerprint::compute(recipe, &source.id, &plans, &scripts);
+    let Inputs {
+        fp,
+        source,
+        plans,
+        scripts,
+    } = inputs(clients, recipe).await?;
     let total_bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
     st.finish(&format!(
         "{} ({}), fingerprint {}, {} to upload",
@@ -211,11 +202,18 @@ fn stage_times(ui: &Ui) -> Vec<StageTime> {
         .collect()
 }
 
-/// The fingerprint of a recipe without building anything (for `bake plan`).
-pub async fn fingerprint_of(
-    clients: &Clients,
-    recipe: &Recipe,
-) -> Result<(Fingerprint, source::SourceImage), BuildError> {
+/// Everything a build is made from: the resolved source, the hashed uploads, the step scripts,
+/// and the fingerprint over them.
+pub struct Inputs {
+    pub fp: Fingerprint,
+    pub source: source::SourceImage,
+    pub plans: Vec<crate::communicator::UploadPlan>,
+    pub scripts: Vec<String>,
+}
+
+/// Resolves the source AMI while hashing the uploads (blocking I/O on its own thread), then
+/// computes the fingerprint. `bake build` and `bake plan` both start here.
+pub async fn inputs(clients: &Clients, recipe: &Recipe) -> Result<Inputs, BuildError> {
     let uploads = recipe.uploads.clone();
     let hashing = tokio::task::spawn_blocking(move || {
         let cache = HashCache::default_path()
@@ -229,8 +227,11 @@ pub async fn fingerprint_of(
         .map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
     let source = source?;
     let scripts = fingerprint::read_scripts(recipe)?;
-    Ok((
-        fingerprint::compute(recipe, &source.id, &plans, &scripts),
+    let fp = fingerprint::compute(recipe, &source.id, &plans, &scripts);
+    Ok(Inputs {
+        fp,
         source,
-    ))
+        plans,
+        scripts,
+    })
 }

@@ -29,7 +29,7 @@ pub struct PlanRow {
 }
 
 pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, BuildError> {
-    let (fp, source) = build::fingerprint_of(clients, recipe).await?;
+    let build::Inputs { fp, source, .. } = build::inputs(clients, recipe).await?;
     let mine = ec2::own_images(
         &clients.ec2,
         vec![filter("tag:bake:recipe", [recipe.name.as_str()])],

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::aws::ec2::filter;
 use crate::aws::{AwsError, Clients, Ctx};
 
 /// Image id → human descriptions of its users.
@@ -40,29 +39,17 @@ struct LtVersion {
 pub async fn collect(c: &Clients) -> Result<Usage, AwsError> {
     let mut usage = Usage::default();
 
-    let mut pages = c
-        .ec2
-        .describe_instances()
-        .filters(filter(
-            "instance-state-name",
-            ["pending", "running", "stopping", "stopped", "shutting-down"],
-        ))
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.ctx("DescribeInstances", None)?;
-        for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            if let Some(ami) = i.image_id() {
-                let state = i
-                    .state()
-                    .and_then(|s| s.name())
-                    .map(|s| s.as_str())
-                    .unwrap_or("?");
-                usage.add(
-                    ami,
-                    format!("instance {} ({state})", i.instance_id().unwrap_or_default()),
-                );
-            }
+    for i in crate::aws::ec2::live_instances(&c.ec2, vec![]).await? {
+        if let Some(ami) = i.image_id() {
+            let state = i
+                .state()
+                .and_then(|s| s.name())
+                .map(|s| s.as_str())
+                .unwrap_or("?");
+            usage.add(
+                ami,
+                format!("instance {} ({state})", i.instance_id().unwrap_or_default()),
+            );
         }
     }
 
