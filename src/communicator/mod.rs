@@ -7,6 +7,7 @@
 pub mod any;
 pub mod ssh;
 pub mod ssm;
+mod staging;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,10 +9,8 @@
 //! from the page cache.) Splitting the tar into batches, each extracted while the previous one
 //! is hashed, also measured slower: on the builder both compete for the same filesystem.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +21,11 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use super::exec::{Chunk, capture, pipe};
-use super::tarball::{self, Kind, Owner};
+use super::tarball;
+use crate::communicator::staging::{
+    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
+    tar_mtime, upload_err,
+};
 use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
 
 /// Files at least this large get their own raw stream with the hash overlapped; below it the
@@ -38,144 +40,6 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks read ahead of the network, so disk reads overlap encryption.
 const READ_AHEAD: usize = 16;
 
-/// One thing to create on the builder.
-#[derive(Debug, Clone)]
-struct Item {
-    /// Absolute path on the builder.
-    dest: String,
-    local: PathBuf,
-    kind: EntryKind,
-    size: u64,
-    mode: u32,
-    owner: Option<String>,
-    sha256: Option<[u8; 32]>,
-    /// The destination directory of a directory upload: created by the script (only if
-    /// missing), never by tar, so an existing directory or symlink there is left alone.
-    root: bool,
-}
-
-/// Directories get execute bits wherever they have read bits, so a file mode like 0644 still
-/// yields traversable directories.
-fn dir_mode(mode: u32) -> u32 {
-    mode | ((mode & 0o444) >> 2)
-}
-
-fn join(root: &str, rel: &str) -> String {
-    let root = root.trim_end_matches('/');
-    if rel.is_empty() {
-        if root.is_empty() {
-            "/".into()
-        } else {
-            root.into()
-        }
-    } else {
-        format!("{root}/{rel}")
-    }
-}
-
-fn local_dir_mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o755)
-}
-
-/// Flattens the plans into items, adding every directory on the way to an entry so each gets
-/// the recipe's mode rather than whatever `tar` would invent.
-fn items(plans: &[UploadPlan]) -> Vec<Item> {
-    let mut out = BTreeMap::new();
-    for plan in plans {
-        let up = &plan.upload;
-        if !up.is_dir {
-            for e in &plan.entries {
-                let item = Item {
-                    dest: up.destination.clone(),
-                    local: up.source.clone(),
-                    kind: e.kind.clone(),
-                    size: e.size,
-                    mode: up.mode.unwrap_or(e.mode),
-                    owner: up.owner.clone(),
-                    sha256: e.sha256,
-                    root: false,
-                };
-                out.insert(item.dest.clone(), item);
-            }
-            continue;
-        }
-        let dir_item = |rel: &str, mode: Option<u32>| Item {
-            dest: join(&up.destination, rel),
-            local: up.source.join(rel),
-            kind: EntryKind::Dir,
-            size: 0,
-            mode: up
-                .mode
-                .map(dir_mode)
-                .or(mode)
-                .unwrap_or_else(|| local_dir_mode(&up.source.join(rel))),
-            owner: up.owner.clone(),
-            sha256: None,
-            root: rel.is_empty(),
-        };
-        let mut dirs = BTreeSet::new();
-        dirs.insert(String::new());
-        for e in &plan.entries {
-            let mut parent = e.rel.as_str();
-            while let Some((p, _)) = parent.rsplit_once('/') {
-                dirs.insert(p.to_string());
-                parent = p;
-            }
-            let item = match &e.kind {
-                EntryKind::Dir => dir_item(&e.rel, Some(e.mode)),
-                _ => Item {
-                    dest: join(&up.destination, &e.rel),
-                    local: up.source.join(&e.rel),
-                    kind: e.kind.clone(),
-                    size: e.size,
-                    mode: if matches!(e.kind, EntryKind::File) {
-                        up.mode.unwrap_or(e.mode)
-                    } else {
-                        0o777
-                    },
-                    owner: up.owner.clone(),
-                    sha256: e.sha256,
-                    root: false,
-                },
-            };
-            out.insert(item.dest.clone(), item);
-        }
-        for d in dirs {
-            let item = dir_item(&d, None);
-            out.entry(item.dest.clone()).or_insert(item);
-        }
-    }
-    out.into_values().collect()
-}
-
-/// `user[:group]` as tar header fields. Names are resolved by tar on the builder; numeric ids
-/// go in the numeric fields so they need no lookup.
-fn tar_owner(owner: Option<&str>) -> Owner {
-    let mut o = Owner {
-        uid: 0,
-        gid: 0,
-        uname: "root".into(),
-        gname: "root".into(),
-    };
-    let Some(spec) = owner else { return o };
-    let (user, group) = spec
-        .split_once(':')
-        .map_or((spec, None), |(u, g)| (u, Some(g)));
-    match user.parse::<u64>() {
-        Ok(n) => (o.uid, o.uname) = (n, String::new()),
-        Err(_) => o.uname = user.to_string(),
-    }
-    if let Some(g) = group.filter(|g| !g.is_empty()) {
-        match g.parse::<u64>() {
-            Ok(n) => (o.gid, o.gname) = (n, String::new()),
-            Err(_) => o.gname = g.to_string(),
-        }
-    }
-    o
-}
-
 /// Shared progress over all uploads of one call.
 struct Progress {
     sink: SharedSink,
@@ -187,13 +51,6 @@ impl Progress {
     fn add(&self, n: u64) {
         let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
         self.sink.upload_progress(done, self.total);
-    }
-}
-
-fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
-    CommError::Upload {
-        path: path.to_string(),
-        reason: reason.to_string(),
     }
 }
 
@@ -241,21 +98,11 @@ fn read_file(
 
 /// Produces the tar stream for `items` on a blocking thread.
 fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mtime = tar_mtime();
     let mut buf = Vec::with_capacity(CHUNK + tarball::BLOCK * 4);
     let mut accounted = 0u64;
     for item in &items {
-        let owner = tar_owner(item.owner.as_deref());
-        let name = item.dest.trim_start_matches('/');
-        let kind = match &item.kind {
-            EntryKind::File => Kind::File { size: item.size },
-            EntryKind::Dir => Kind::Dir,
-            EntryKind::Symlink(t) => Kind::Symlink { target: t },
-        };
-        tarball::header(&mut buf, name, &kind, item.mode, &owner, mtime);
+        tar_header(&mut buf, item, mtime);
         if item.kind == EntryKind::File {
             if let Err(e) = read_file(item, &mut buf, &mut accounted, &tx) {
                 let _ = tx.blocking_send(Err(e));
@@ -301,11 +148,7 @@ pub async fn upload(
     if all.is_empty() {
         return Ok(());
     }
-    let total = all
-        .iter()
-        .filter(|i| i.kind == EntryKind::File)
-        .map(|i| i.size)
-        .sum();
+    let total = file_bytes(&all);
     let progress = Arc::new(Progress {
         sink: sink.clone(),
         done: AtomicU64::new(0),
@@ -352,55 +195,18 @@ async fn upload_tar(
     progress: &Progress,
     items: Vec<Item>,
 ) -> Result<Vec<(String, [u8; 32])>, CommError> {
-    // Refuse unknown owners up front: tar would silently fall back to root.
-    let mut script = String::from("set -e\numask 022\n");
-    let mut users = BTreeSet::new();
-    let mut groups = BTreeSet::new();
-    for item in &items {
-        let o = tar_owner(item.owner.as_deref());
-        if !o.uname.is_empty() && o.uname != "root" {
-            users.insert(o.uname);
-        }
-        if !o.gname.is_empty() && o.gname != "root" {
-            groups.insert(o.gname);
-        }
-    }
-    for u in &users {
-        let q = shell_quote(u);
-        script.push_str(&format!("id -u -- {q} >/dev/null 2>&1 || {{ echo \"no user {q} on the builder\" >&2; exit 1; }}\n"));
-    }
-    for g in &groups {
-        let q = shell_quote(g);
-        script.push_str(&format!("getent group {q} >/dev/null || {{ echo \"no group {q} on the builder\" >&2; exit 1; }}\n"));
-    }
-    for root in items.iter().filter(|i| i.root) {
-        let d = shell_quote(&root.dest);
-        script.push_str(&format!(
-            "if [ ! -e {d} ] && [ ! -L {d} ]; then mkdir -p -- {d}; chmod {:o} -- {d}",
-            root.mode & 0o7777
-        ));
-        if let Some(owner) = &root.owner {
-            script.push_str(&format!("; chown -- {} {d}", shell_quote(owner)));
-        }
-        script.push_str("; fi\n");
-    }
-    // Existing directories keep their metadata (uploading into /usr/local/bin must not chmod
-    // it), and existing symlinks to directories stay symlinks where tar supports that.
-    script.push_str(
-        "k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n\
+    // Refuse unknown owners up front: tar would silently fall back to root. Existing
+    // directories keep their metadata (uploading into /usr/local/bin must not chmod it), and
+    // existing symlinks to directories stay symlinks where tar supports that.
+    let script = format!(
+        "set -e\numask 022\n{}{TAR_KEEP_SYMLINKS}\
          exec tar -x -p --same-owner --no-overwrite-dir $k -C / -f -\n",
+        owners_and_roots(&items, &items)
     );
     let items: Vec<Item> = items.into_iter().filter(|i| !i.root).collect();
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
-    let files: Vec<(String, [u8; 32])> = items
-        .iter()
-        .filter_map(|i| {
-            i.sha256
-                .filter(|_| i.kind == EntryKind::File)
-                .map(|h| (i.dest.clone(), h))
-        })
-        .collect();
+    let files = file_hashes(&items);
     let first = items.first().map(|i| i.dest.clone()).unwrap_or_default();
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let producer = tokio::task::spawn_blocking(move || produce_tar(items, tx));
@@ -561,17 +367,5 @@ mod tests {
         assert_eq!(m.get("/opt/x y"), Some(&h));
         assert_eq!(m.get("/opt/z"), Some(&h));
         assert_eq!(m.len(), 3);
-    }
-
-    #[test]
-    fn owner_fields() {
-        let o = tar_owner(Some("app:www"));
-        assert_eq!((o.uname.as_str(), o.gname.as_str()), ("app", "www"));
-        let o = tar_owner(Some("1001"));
-        assert_eq!(
-            (o.uid, o.uname.as_str(), o.gname.as_str()),
-            (1001, "", "root")
-        );
-        assert_eq!(dir_mode(0o640), 0o750);
     }
 }

@@ -9,10 +9,7 @@
 //! file's sha256 where it landed (`sha256sum -c`). The objects are removed by the build's undo
 //! stack (`Undo::DeleteStagedObjects`), success or not.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -21,164 +18,23 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Done, SsmCommunicator};
-use crate::communicator::ssh::tarball::{self, Kind, Owner};
+use crate::communicator::ssh::tarball;
+use crate::communicator::staging::{
+    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
+    tar_mtime, upload_err,
+};
 use crate::communicator::{CommError, EntryKind, UploadPlan, shell_quote};
 
 /// Files at least this large are staged as objects of their own (streamed from disk); smaller
 /// ones go into the tar object, built in memory.
 const OWN_OBJECT: u64 = 16 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
-struct Item {
-    dest: String,
-    local: PathBuf,
-    kind: EntryKind,
-    size: u64,
-    mode: u32,
-    owner: Option<String>,
-    sha256: Option<[u8; 32]>,
-    /// The destination directory of a directory upload: created by the script if missing,
-    /// never by tar, so an existing directory (or symlink) there keeps its metadata.
-    root: bool,
-}
-
-fn dir_mode(mode: u32) -> u32 {
-    mode | ((mode & 0o444) >> 2)
-}
-
-fn join(root: &str, rel: &str) -> String {
-    let root = root.trim_end_matches('/');
-    match (rel.is_empty(), root.is_empty()) {
-        (true, true) => "/".into(),
-        (true, false) => root.into(),
-        (false, _) => format!("{root}/{rel}"),
-    }
-}
-
-fn local_mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o755)
-}
-
-/// The plans as things to create, every directory on the way included (same rules as SSH).
-fn items(plans: &[UploadPlan]) -> Vec<Item> {
-    let mut out = BTreeMap::new();
-    for plan in plans {
-        let up = &plan.upload;
-        if !up.is_dir {
-            for e in &plan.entries {
-                out.insert(
-                    up.destination.clone(),
-                    Item {
-                        dest: up.destination.clone(),
-                        local: up.source.clone(),
-                        kind: e.kind.clone(),
-                        size: e.size,
-                        mode: up.mode.unwrap_or(e.mode),
-                        owner: up.owner.clone(),
-                        sha256: e.sha256,
-                        root: false,
-                    },
-                );
-            }
-            continue;
-        }
-        let dir_item = |rel: &str, mode: Option<u32>| Item {
-            dest: join(&up.destination, rel),
-            local: up.source.join(rel),
-            kind: EntryKind::Dir,
-            size: 0,
-            mode: up
-                .mode
-                .map(dir_mode)
-                .or(mode)
-                .unwrap_or_else(|| local_mode(&up.source.join(rel))),
-            owner: up.owner.clone(),
-            sha256: None,
-            root: rel.is_empty(),
-        };
-        let mut dirs = BTreeSet::from([String::new()]);
-        for e in &plan.entries {
-            let mut parent = e.rel.as_str();
-            while let Some((p, _)) = parent.rsplit_once('/') {
-                dirs.insert(p.to_string());
-                parent = p;
-            }
-            let item = match &e.kind {
-                EntryKind::Dir => dir_item(&e.rel, Some(e.mode)),
-                kind => Item {
-                    dest: join(&up.destination, &e.rel),
-                    local: up.source.join(&e.rel),
-                    kind: kind.clone(),
-                    size: e.size,
-                    mode: if *kind == EntryKind::File {
-                        up.mode.unwrap_or(e.mode)
-                    } else {
-                        0o777
-                    },
-                    owner: up.owner.clone(),
-                    sha256: e.sha256,
-                    root: false,
-                },
-            };
-            out.insert(item.dest.clone(), item);
-        }
-        for d in dirs {
-            let item = dir_item(&d, None);
-            out.entry(item.dest.clone()).or_insert(item);
-        }
-    }
-    out.into_values().collect()
-}
-
-fn tar_owner(owner: Option<&str>) -> Owner {
-    let mut o = Owner {
-        uid: 0,
-        gid: 0,
-        uname: "root".into(),
-        gname: "root".into(),
-    };
-    let Some(spec) = owner else { return o };
-    let (user, group) = spec
-        .split_once(':')
-        .map_or((spec, None), |(u, g)| (u, Some(g)));
-    match user.parse::<u64>() {
-        Ok(n) => (o.uid, o.uname) = (n, String::new()),
-        Err(_) => o.uname = user.to_string(),
-    }
-    if let Some(g) = group.filter(|g| !g.is_empty()) {
-        match g.parse::<u64>() {
-            Ok(n) => (o.gid, o.gname) = (n, String::new()),
-            Err(_) => o.gname = g.to_string(),
-        }
-    }
-    o
-}
-
-fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
-    CommError::Upload {
-        path: path.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 /// The tar object for `items` (no root directories) and its sha256.
 fn build_tar(items: &[Item]) -> Result<(Vec<u8>, [u8; 32]), CommError> {
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mtime = tar_mtime();
     let mut buf = Vec::new();
     for item in items {
-        let owner = tar_owner(item.owner.as_deref());
-        let name = item.dest.trim_start_matches('/');
-        let kind = match &item.kind {
-            EntryKind::File => Kind::File { size: item.size },
-            EntryKind::Dir => Kind::Dir,
-            EntryKind::Symlink(t) => Kind::Symlink { target: t },
-        };
-        tarball::header(&mut buf, name, &kind, item.mode, &owner, mtime);
+        tar_header(&mut buf, item, mtime);
         if item.kind == EntryKind::File {
             let f = std::fs::File::open(&item.local)
                 .map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
@@ -217,11 +73,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
     if all.is_empty() {
         return Ok(());
     }
-    let total: u64 = all
-        .iter()
-        .filter(|i| i.kind == EntryKind::File)
-        .map(|i| i.size)
-        .sum();
+    let total = file_bytes(&all);
     c.sink.upload_progress(0, total);
     let (large, small): (Vec<Item>, Vec<Item>) = all
         .into_iter()
@@ -235,52 +87,14 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
     let mut script = String::from("set -e\numask 022\n");
     script.push_str(FETCH);
     // Unknown owners fail up front (tar would quietly fall back to root).
-    let mut users = BTreeSet::new();
-    let mut groups = BTreeSet::new();
-    for item in small.iter().chain(&large) {
-        let o = tar_owner(item.owner.as_deref());
-        if !o.uname.is_empty() && o.uname != "root" {
-            users.insert(o.uname);
-        }
-        if !o.gname.is_empty() && o.gname != "root" {
-            groups.insert(o.gname);
-        }
-    }
-    for u in &users {
-        let q = shell_quote(u);
-        script.push_str(&format!("id -u -- {q} >/dev/null 2>&1 || {{ echo \"no user {q} on the builder\" >&2; exit 1; }}\n"));
-    }
-    for g in &groups {
-        let q = shell_quote(g);
-        script.push_str(&format!("getent group {q} >/dev/null || {{ echo \"no group {q} on the builder\" >&2; exit 1; }}\n"));
-    }
-    for root in small.iter().filter(|i| i.root) {
-        let d = shell_quote(&root.dest);
-        script.push_str(&format!(
-            "if [ ! -e {d} ] && [ ! -L {d} ]; then mkdir -p -- {d}; chmod {:o} -- {d}",
-            root.mode & 0o7777
-        ));
-        if let Some(owner) = &root.owner {
-            script.push_str(&format!("; chown -- {} {d}", shell_quote(owner)));
-        }
-        script.push_str("; fi\n");
-    }
+    script.push_str(&owners_and_roots(small.iter().chain(&large), &small));
     script.push_str("T=$(mktemp -d /tmp/bake-upload.XXXXXXXX)\ntrap 'rm -rf \"$T\"' EXIT\n");
 
-    let files: Vec<(String, [u8; 32])> = small
-        .iter()
-        .chain(&large)
-        .filter(|i| i.kind == EntryKind::File)
-        .filter_map(|i| i.sha256.map(|h| (i.dest.clone(), h)))
-        .collect();
+    let files = file_hashes(small.iter().chain(&large));
 
     let tar_items: Vec<Item> = small.into_iter().filter(|i| !i.root).collect();
     if !tar_items.is_empty() {
-        let small_bytes: u64 = tar_items
-            .iter()
-            .filter(|i| i.kind == EntryKind::File)
-            .map(|i| i.size)
-            .sum();
+        let small_bytes = file_bytes(&tar_items);
         let (tar, hash) = tokio::task::spawn_blocking(move || build_tar(&tar_items))
             .await
             .map_err(|e| CommError::Protocol(format!("building the upload bundle: {e}")))??;
@@ -299,7 +113,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
         c.sink.upload_progress(done, total);
         script.push_str(&format!(
             "fetch {} \"$T/bundle.tar\"\ncheck {} \"$T/bundle.tar\" 'upload bundle'\n\
-             k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n\
+             {TAR_KEEP_SYMLINKS}\
              tar -x -p --same-owner --no-overwrite-dir $k -C / -f \"$T/bundle.tar\"\nrm -f \"$T/bundle.tar\"\n",
             shell_quote(&url),
             hex::encode(hash)
@@ -426,45 +240,4 @@ pub(super) async fn put(
         .await
         .map_err(|e| upload_err(what, format!("presigning s3://{bucket}/{key}: {e}")))?;
     Ok(req.uri().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::communicator::PlannedEntry;
-    use crate::recipe::model::Upload;
-
-    #[test]
-    fn directory_items_include_parents_and_root() {
-        let plan = UploadPlan {
-            upload: Upload {
-                source: "/src".into(),
-                is_dir: true,
-                destination: "/opt/app".into(),
-                mode: Some(0o644),
-                owner: None,
-            },
-            entries: vec![PlannedEntry {
-                rel: "a/b/c.txt".into(),
-                kind: EntryKind::File,
-                size: 3,
-                mode: 0o600,
-                sha256: Some([1; 32]),
-            }],
-        };
-        let it = items(&[plan]);
-        let dests: Vec<_> = it
-            .iter()
-            .map(|i| (i.dest.as_str(), i.mode, i.root))
-            .collect();
-        assert_eq!(
-            dests,
-            vec![
-                ("/opt/app", 0o755, true),
-                ("/opt/app/a", 0o755, false),
-                ("/opt/app/a/b", 0o755, false),
-                ("/opt/app/a/b/c.txt", 0o644, false),
-            ]
-        );
-    }
 }

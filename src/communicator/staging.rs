@@ -1,0 +1,290 @@
+//! What the SSH and SSM uploads share: the plans flattened into things to create on the
+//! builder, tar headers for them, and the shell that checks owners and creates the
+//! destination directories of directory uploads before a tar is unpacked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::ssh::tarball::{self, Kind, Owner};
+use super::{CommError, EntryKind, UploadPlan, shell_quote};
+
+/// One thing to create on the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    /// Absolute path on the builder.
+    pub dest: String,
+    pub local: PathBuf,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub sha256: Option<[u8; 32]>,
+    /// The destination directory of a directory upload: created by the script (only if
+    /// missing), never by tar, so an existing directory or symlink there is left alone.
+    pub root: bool,
+}
+
+/// Directories get execute bits wherever they have read bits, so a file mode like 0644 still
+/// yields traversable directories.
+pub(crate) fn dir_mode(mode: u32) -> u32 {
+    mode | ((mode & 0o444) >> 2)
+}
+
+fn join(root: &str, rel: &str) -> String {
+    let root = root.trim_end_matches('/');
+    match (rel.is_empty(), root.is_empty()) {
+        (true, true) => "/".into(),
+        (true, false) => root.into(),
+        (false, _) => format!("{root}/{rel}"),
+    }
+}
+
+fn local_dir_mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o755)
+}
+
+/// Flattens the plans into items, adding every directory on the way to an entry so each gets
+/// the recipe's mode rather than whatever `tar` would invent.
+pub(crate) fn items(plans: &[UploadPlan]) -> Vec<Item> {
+    let mut out = BTreeMap::new();
+    for plan in plans {
+        let up = &plan.upload;
+        if !up.is_dir {
+            for e in &plan.entries {
+                let item = Item {
+                    dest: up.destination.clone(),
+                    local: up.source.clone(),
+                    kind: e.kind.clone(),
+                    size: e.size,
+                    mode: up.mode.unwrap_or(e.mode),
+                    owner: up.owner.clone(),
+                    sha256: e.sha256,
+                    root: false,
+                };
+                out.insert(item.dest.clone(), item);
+            }
+            continue;
+        }
+        let dir_item = |rel: &str, mode: Option<u32>| Item {
+            dest: join(&up.destination, rel),
+            local: up.source.join(rel),
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: up
+                .mode
+                .map(dir_mode)
+                .or(mode)
+                .unwrap_or_else(|| local_dir_mode(&up.source.join(rel))),
+            owner: up.owner.clone(),
+            sha256: None,
+            root: rel.is_empty(),
+        };
+        let mut dirs = BTreeSet::from([String::new()]);
+        for e in &plan.entries {
+            let mut parent = e.rel.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                dirs.insert(p.to_string());
+                parent = p;
+            }
+            let item = match &e.kind {
+                EntryKind::Dir => dir_item(&e.rel, Some(e.mode)),
+                kind => Item {
+                    dest: join(&up.destination, &e.rel),
+                    local: up.source.join(&e.rel),
+                    kind: kind.clone(),
+                    size: e.size,
+                    mode: if *kind == EntryKind::File {
+                        up.mode.unwrap_or(e.mode)
+                    } else {
+                        0o777
+                    },
+                    owner: up.owner.clone(),
+                    sha256: e.sha256,
+                    root: false,
+                },
+            };
+            out.insert(item.dest.clone(), item);
+        }
+        for d in dirs {
+            let item = dir_item(&d, None);
+            out.entry(item.dest.clone()).or_insert(item);
+        }
+    }
+    out.into_values().collect()
+}
+
+/// Bytes of regular files among `items` (what upload progress counts).
+pub(crate) fn file_bytes<'a>(items: impl IntoIterator<Item = &'a Item>) -> u64 {
+    items
+        .into_iter()
+        .filter(|i| i.kind == EntryKind::File)
+        .map(|i| i.size)
+        .sum()
+}
+
+/// Destination and local sha256 of every regular file among `items`, to verify on the builder.
+pub(crate) fn file_hashes<'a>(
+    items: impl IntoIterator<Item = &'a Item>,
+) -> Vec<(String, [u8; 32])> {
+    items
+        .into_iter()
+        .filter(|i| i.kind == EntryKind::File)
+        .filter_map(|i| i.sha256.map(|h| (i.dest.clone(), h)))
+        .collect()
+}
+
+/// `user[:group]` as tar header fields. Names are resolved by tar on the builder; numeric ids
+/// go in the numeric fields so they need no lookup.
+pub(crate) fn tar_owner(owner: Option<&str>) -> Owner {
+    let mut o = Owner {
+        uid: 0,
+        gid: 0,
+        uname: "root".into(),
+        gname: "root".into(),
+    };
+    let Some(spec) = owner else { return o };
+    let (user, group) = spec
+        .split_once(':')
+        .map_or((spec, None), |(u, g)| (u, Some(g)));
+    match user.parse::<u64>() {
+        Ok(n) => (o.uid, o.uname) = (n, String::new()),
+        Err(_) => o.uname = user.to_string(),
+    }
+    if let Some(g) = group.filter(|g| !g.is_empty()) {
+        match g.parse::<u64>() {
+            Ok(n) => (o.gid, o.gname) = (n, String::new()),
+            Err(_) => o.gname = g.to_string(),
+        }
+    }
+    o
+}
+
+/// Seconds since the epoch, the mtime every tar entry of one upload gets.
+pub(crate) fn tar_mtime() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Appends the tar header(s) of `item` to `buf`; a file's bytes and padding are the caller's.
+pub(crate) fn tar_header(buf: &mut Vec<u8>, item: &Item, mtime: u64) {
+    let owner = tar_owner(item.owner.as_deref());
+    let name = item.dest.trim_start_matches('/');
+    let kind = match &item.kind {
+        EntryKind::File => Kind::File { size: item.size },
+        EntryKind::Dir => Kind::Dir,
+        EntryKind::Symlink(t) => Kind::Symlink { target: t },
+    };
+    tarball::header(buf, name, &kind, item.mode, &owner, mtime);
+}
+
+/// Shell that fails up front on owners of `owned` the builder does not know (tar would
+/// quietly fall back to root), then creates the missing root directories among `items` with
+/// their mode and owner.
+pub(crate) fn owners_and_roots<'a>(
+    owned: impl IntoIterator<Item = &'a Item>,
+    items: &[Item],
+) -> String {
+    let mut script = String::new();
+    let mut users = BTreeSet::new();
+    let mut groups = BTreeSet::new();
+    for item in owned {
+        let o = tar_owner(item.owner.as_deref());
+        if !o.uname.is_empty() && o.uname != "root" {
+            users.insert(o.uname);
+        }
+        if !o.gname.is_empty() && o.gname != "root" {
+            groups.insert(o.gname);
+        }
+    }
+    for u in &users {
+        let q = shell_quote(u);
+        script.push_str(&format!("id -u -- {q} >/dev/null 2>&1 || {{ echo \"no user {q} on the builder\" >&2; exit 1; }}\n"));
+    }
+    for g in &groups {
+        let q = shell_quote(g);
+        script.push_str(&format!("getent group {q} >/dev/null || {{ echo \"no group {q} on the builder\" >&2; exit 1; }}\n"));
+    }
+    for root in items.iter().filter(|i| i.root) {
+        let d = shell_quote(&root.dest);
+        script.push_str(&format!(
+            "if [ ! -e {d} ] && [ ! -L {d} ]; then mkdir -p -- {d}; chmod {:o} -- {d}",
+            root.mode & 0o7777
+        ));
+        if let Some(owner) = &root.owner {
+            script.push_str(&format!("; chown -- {} {d}", shell_quote(owner)));
+        }
+        script.push_str("; fi\n");
+    }
+    script
+}
+
+/// Sets `$k` to tar's `--keep-directory-symlink` where the builder's tar has it, so existing
+/// symlinks to directories stay symlinks. Unpack with
+/// `tar -x -p --same-owner --no-overwrite-dir $k -C /`: existing directories keep their
+/// metadata (uploading into /usr/local/bin must not chmod it).
+pub(crate) const TAR_KEEP_SYMLINKS: &str = "k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n";
+
+pub(crate) fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
+    CommError::Upload {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::communicator::PlannedEntry;
+    use crate::recipe::model::Upload;
+
+    #[test]
+    fn owner_fields() {
+        let o = tar_owner(Some("app:www"));
+        assert_eq!((o.uname.as_str(), o.gname.as_str()), ("app", "www"));
+        let o = tar_owner(Some("1001"));
+        assert_eq!(
+            (o.uid, o.uname.as_str(), o.gname.as_str()),
+            (1001, "", "root")
+        );
+        assert_eq!(dir_mode(0o640), 0o750);
+    }
+
+    #[test]
+    fn directory_items_include_parents_and_root() {
+        let plan = UploadPlan {
+            upload: Upload {
+                source: "/src".into(),
+                is_dir: true,
+                destination: "/opt/app".into(),
+                mode: Some(0o644),
+                owner: None,
+            },
+            entries: vec![PlannedEntry {
+                rel: "a/b/c.txt".into(),
+                kind: EntryKind::File,
+                size: 3,
+                mode: 0o600,
+                sha256: Some([1; 32]),
+            }],
+        };
+        let it = items(&[plan]);
+        let dests: Vec<_> = it
+            .iter()
+            .map(|i| (i.dest.as_str(), i.mode, i.root))
+            .collect();
+        assert_eq!(
+            dests,
+            vec![
+                ("/opt/app", 0o755, true),
+                ("/opt/app/a", 0o755, false),
+                ("/opt/app/a/b", 0o755, false),
+                ("/opt/app/a/b/c.txt", 0o644, false),
+            ]
+        );
+    }
+}
