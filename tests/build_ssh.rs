@@ -3,43 +3,28 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 
+/// SSH gives up on a builder after this (the lab's boot from a warm layer takes seconds).
+const SSH_TIMEOUT: &str = "timeout = \"60s\"";
+
 /// Writes a small recipe named `name` into `dir` with the given extra TOML appended.
-fn small_recipe(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+fn small_recipe(dir: &Path, name: &str, extra: &str) -> PathBuf {
     small_recipe_with(dir, name, "", extra)
 }
 
 /// Like [`small_recipe`], with `head` (top-level keys and tables) placed before `[source]`.
-fn small_recipe_with(dir: &Path, name: &str, head: &str, extra: &str) -> std::path::PathBuf {
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            r#"name = "{name}"
-{head}
-[source.filter]
-owners = ["136693071363"]
-name = "debian-12-amd64-*"
-[builder]
-instance_type = "t3.micro"
-[ssh]
-username = "admin"
-timeout = "60s"
-[image]
-name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
-{extra}
-"#
-        ),
-    )
-    .unwrap();
-    p
+fn small_recipe_with(dir: &Path, name: &str, head: &str, extra: &str) -> PathBuf {
+    let parts = Recipe {
+        head,
+        ssh: SSH_TIMEOUT,
+        tail: extra,
+        ..Recipe::default()
+    };
+    write_recipe(dir, name, parts)
 }
 
 #[test]
@@ -47,14 +32,7 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
     let lab = Lab::new();
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("web-");
-    copy_tree(&repo().join("recipes"), tmp.path());
-    let recipe = tmp.path().join("web.toml");
-    let text = std::fs::read_to_string(&recipe).unwrap().replacen(
-        "name = \"web\"",
-        &format!("name = \"{name}\""),
-        1,
-    );
-    std::fs::write(&recipe, text).unwrap();
+    let recipe = example(tmp.path(), "web.toml", &name);
 
     let manifest = tmp.path().join("manifest.json");
     let out = lab
@@ -105,11 +83,7 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
         format!("{}:{ami}", lab.env["AWS_REGION"])
     );
 
-    assert_eq!(
-        lab.leftovers(&name),
-        Vec::<String>::new(),
-        "temporary resources left behind"
-    );
+    lab.assert_no_leftovers(&name, "temporary resources left behind");
 
     // An instance launched from the image has what the recipe put there.
     let (id, ip, key) = lab.launch_for_check(&ami, tmp.path());
@@ -155,66 +129,17 @@ fn failing_step_names_step_status_and_output_and_cleans_up() {
         &name,
         "[[step]]\nname = \"ok\"\nrun = \"echo fine\"\n[[step]]\nname = \"breaks\"\nrun = \"echo about-to-fail; echo oops >&2; exit 3\"\n",
     );
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("breaks"), "{err}");
-    assert!(err.contains("exit status 3"), "{err}");
-    assert!(
-        err.contains("about-to-fail") && err.contains("oops"),
-        "output tail missing: {err}"
+    let out = lab.build(tmp.path(), &["--plain"], &r);
+    assert_exit(
+        &out,
+        1,
+        &["breaks", "exit status 3", "about-to-fail", "oops"],
     );
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    lab.assert_no_leftovers(&name, "");
     assert!(
         lab.images_of(&name).is_empty(),
         "a failed build left an image"
     );
-}
-
-/// Starts a build, waits for `marker` on stderr, sends SIGINT, and returns (exit code, stderr).
-fn interrupt_when(lab: &Lab, cache: &Path, recipe: &Path, marker: &str) -> (Option<i32>, String) {
-    let mut child = lab
-        .bake(cache)
-        .args(["build", "--plain"])
-        .arg(recipe)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("marker never appeared");
-        if line.contains(marker) {
-            break;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    unsafe { libc_kill(child.id() as i32, 2) };
-    let status = child.wait().unwrap();
-    (status.code(), reader.join().unwrap())
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[test]
@@ -227,10 +152,11 @@ fn sigint_during_a_step_cleans_up() {
         &name,
         "[[step]]\nname = \"long\"\nrun = \"echo started-long; sleep 60\"\n",
     );
-    let (code, err) = interrupt_when(&lab, &tmp.path().join("cache"), &r, "started-long");
+    let settle = Duration::from_millis(300);
+    let (code, err) = interrupt_when(&lab, &tmp.path().join("cache"), &r, "started-long", settle);
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
+    lab.assert_no_leftovers(&name, &err);
     assert!(lab.images_of(&name).is_empty());
 }
 
@@ -248,9 +174,10 @@ fn sigint_during_an_upload_cleans_up() {
         &name,
         "[[upload]]\nsource = \"big.bin\"\ndestination = \"/opt/big.bin\"\n",
     );
-    let (code, err) = interrupt_when(&lab, &tmp.path().join("cache"), &r, "upload:");
+    let settle = Duration::from_millis(300);
+    let (code, err) = interrupt_when(&lab, &tmp.path().join("cache"), &r, "upload:", settle);
     assert_eq!(code, Some(130), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
+    lab.assert_no_leftovers(&name, &err);
     assert!(lab.images_of(&name).is_empty());
 }
 
@@ -262,42 +189,24 @@ fn host_key_mismatch_refuses_to_connect_and_cleans_up() {
     // The recipe's own cloud-config replaces the host key bake handed over (cloud-init applies
     // later parts over earlier ones), so the builder presents a key bake did not pin.
     let key = tmp.path().join("other_host_key");
-    assert!(
-        std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let public = ssh_keygen(&key);
     let private = std::fs::read_to_string(&key).unwrap();
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let indented: String = private.lines().map(|l| format!("    {l}\n")).collect();
     let ud = format!(
         "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\n",
         public.trim()
     );
     std::fs::write(tmp.path().join("ud.yaml"), ud).unwrap();
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        "[[step]]\nname = \"never\"\nrun = \"echo should-not-run\"\n",
-    );
-    let text = std::fs::read_to_string(&r).unwrap().replace(
-        "instance_type = \"t3.micro\"",
-        "instance_type = \"t3.micro\"\nuser_data_file = \"ud.yaml\"",
-    );
-    std::fs::write(&r, text).unwrap();
+    let parts = Recipe {
+        builder: "user_data_file = \"ud.yaml\"",
+        ssh: SSH_TIMEOUT,
+        tail: "[[step]]\nname = \"never\"\nrun = \"echo should-not-run\"\n",
+        ..Recipe::default()
+    };
+    let r = write_recipe(tmp.path(), &name, parts);
     let start = Instant::now();
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("host key"), "{err}");
+    let out = lab.build(tmp.path(), &["--plain"], &r);
+    let err = assert_exit(&out, 1, &["host key"]);
     assert!(!err.contains("should-not-run"));
     // Refused at once, not after retrying for the whole SSH timeout.
     assert!(
@@ -305,7 +214,7 @@ fn host_key_mismatch_refuses_to_connect_and_cleans_up() {
         "took {:?}",
         start.elapsed()
     );
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    lab.assert_no_leftovers(&name, "");
 }
 
 #[test]
@@ -313,9 +222,23 @@ fn several_recipes_build_at_once_with_j() {
     let lab = Lab::new();
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (unique("ja-"), unique("jb-"));
-    let ra = small_recipe(tmp.path(), &a, "[[step]]\nname = \"a\"\nrun = \"echo built-a\"\n");
-    let rb = small_recipe(tmp.path(), &b, "[[step]]\nname = \"b\"\nrun = \"echo built-b\"\n");
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "-j", "2", "--plain", "--output", "json"]).arg(&ra).arg(&rb).output().unwrap();
+    let ra = small_recipe(
+        tmp.path(),
+        &a,
+        "[[step]]\nname = \"a\"\nrun = \"echo built-a\"\n",
+    );
+    let rb = small_recipe(
+        tmp.path(),
+        &b,
+        "[[step]]\nname = \"b\"\nrun = \"echo built-b\"\n",
+    );
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .args(["build", "-j", "2", "--plain", "--output", "json"])
+        .arg(&ra)
+        .arg(&rb)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     let builds = v["builds"].as_array().unwrap();
@@ -325,9 +248,12 @@ fn several_recipes_build_at_once_with_j() {
     assert_ne!(builds[0]["ami_id"], builds[1]["ami_id"]);
     // Lines of concurrent builds are told apart by recipe name.
     let err = stderr(&out);
-    assert!(err.contains(&format!("{a} |")) && err.contains(&format!("{b} |")), "{err}");
-    assert_eq!(lab.leftovers(&a), Vec::<String>::new());
-    assert_eq!(lab.leftovers(&b), Vec::<String>::new());
+    assert!(
+        err.contains(&format!("{a} |")) && err.contains(&format!("{b} |")),
+        "{err}"
+    );
+    lab.assert_no_leftovers(&a, "");
+    lab.assert_no_leftovers(&b, "");
 }
 
 #[test]
@@ -341,12 +267,9 @@ fn reboot_step_reboots_the_builder_and_reconnects() {
         "[[step]]\nname = \"before\"\nrun = \"echo x > /tmp/volatile; echo y > /var/tmp/kept\"\nreboot = true\n\
          [[step]]\nname = \"after\"\nrun = \"test ! -e /tmp/volatile && test -e /var/tmp/kept && echo rebooted-ok\"\n",
     );
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("rebooted-ok"), "{err}");
-    assert!(err.contains("reconnected after reboot"), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    let out = lab.build(tmp.path(), &["--plain"], &r);
+    assert_exit(&out, 0, &["rebooted-ok", "reconnected after reboot"]);
+    lab.assert_no_leftovers(&name, "");
 }
 
 #[test]
@@ -359,20 +282,24 @@ fn retries_rerun_a_failed_step_and_timeouts_stop_a_hung_one() {
         &name,
         "[[step]]\nname = \"flaky\"\nretries = 1\nrun = \"if [ -e /tmp/once ]; then echo second-try-ok; else touch /tmp/once; exit 7; fi\"\n",
     );
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("attempt 2/2") && err.contains("second-try-ok"), "{err}");
+    let out = lab.build(tmp.path(), &["--plain"], &r);
+    assert_exit(&out, 0, &["attempt 2/2", "second-try-ok"]);
 
     let name = unique("hang-");
-    let r = small_recipe(tmp.path(), &name, "[[step]]\nname = \"hangs\"\ntimeout = \"2s\"\nrun = \"sleep 60\"\n");
-    let start = std::time::Instant::now();
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("hangs") && err.contains("timed out"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(30), "timeout not enforced: {:?}", start.elapsed());
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[step]]\nname = \"hangs\"\ntimeout = \"2s\"\nrun = \"sleep 60\"\n",
+    );
+    let start = Instant::now();
+    let out = lab.build(tmp.path(), &["--plain"], &r);
+    assert_exit(&out, 1, &["hangs", "timed out"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "timeout not enforced: {:?}",
+        start.elapsed()
+    );
+    lab.assert_no_leftovers(&name, "");
 }
 
 #[test]
@@ -387,12 +314,19 @@ fn sensitive_variables_never_reach_the_output() {
         "[[step]]\nname = \"uses-secret\"\nenv = { TOKEN = \"{var.token}\" }\nrun = \"echo token is $TOKEN; echo again {var.token} >&2; exit 4\"\n",
     );
     let secret = "s3cr3t-Value-42";
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain", "--output", "json", "--var"]).arg(format!("token={secret}")).arg(&r).output().unwrap();
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert_eq!(out.status.code(), Some(1), "{se}");
-    assert!(se.contains("token is [redacted]"), "{se}");
-    assert!(!so.contains(secret) && !se.contains(secret), "secret leaked:\n{so}\n{se}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    let var = format!("token={secret}");
+    let out = lab.build(
+        tmp.path(),
+        &["--plain", "--output", "json", "--var", &var],
+        &r,
+    );
+    let se = assert_exit(&out, 1, &["token is [redacted]"]);
+    let so = stdout(&out);
+    assert!(
+        !so.contains(secret) && !se.contains(secret),
+        "secret leaked:\n{so}\n{se}"
+    );
+    lab.assert_no_leftovers(&name, "");
 }
 
 #[test]
@@ -400,10 +334,16 @@ fn script_steps_with_an_interpreter_line_run_through_it() {
     let lab = Lab::new();
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("shebang-");
-    std::fs::write(tmp.path().join("hello.py"), "#!/usr/bin/env python3\nimport sys\nprint('python says', sys.version_info[0])\n").unwrap();
-    let r = small_recipe(tmp.path(), &name, "[[step]]\nname = \"py\"\nscript = \"hello.py\"\nsudo = true\n");
-    let out = lab.bake(&tmp.path().join("cache")).args(["build", "--plain"]).arg(&r).output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("python says 3"), "{err}");
+    std::fs::write(
+        tmp.path().join("hello.py"),
+        "#!/usr/bin/env python3\nimport sys\nprint('python says', sys.version_info[0])\n",
+    )
+    .unwrap();
+    let r = small_recipe(
+        tmp.path(),
+        &name,
+        "[[step]]\nname = \"py\"\nscript = \"hello.py\"\nsudo = true\n",
+    );
+    let out = lab.build(tmp.path(), &["--plain"], &r);
+    assert_exit(&out, 0, &["python says 3"]);
 }

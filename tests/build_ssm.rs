@@ -9,18 +9,30 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::Filter;
 use common::*;
 
-/// The lab's Python (with boto3): `LAB_VENV`, else the repository's `.lab/venv`.
-fn lab_python() -> PathBuf {
+/// Runs `code` in the lab's Python (with boto3: `LAB_VENV`, else the repository's
+/// `.lab/venv`) with the lab's environment.
+fn lab_python(
+    env: &std::collections::BTreeMap<String, String>,
+    code: &str,
+    args: &[&str],
+) -> Output {
     let venv = std::env::var("LAB_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo().join(".lab/venv"));
-    venv.join("bin/python")
+    Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .output()
+        .expect("the lab's python (LAB_VENV or .lab/venv)")
 }
 
 const IAM_PY: &str = r#"
@@ -57,24 +69,7 @@ impl SsmFixture {
     fn new(lab: &Lab, tag: &str, allow_ssm: bool) -> SsmFixture {
         let profile = format!("bake-test-{tag}");
         iam(&lab.env, "create", &profile, allow_ssm);
-        let conf = lab.rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(&lab.env["AWS_ENDPOINT_URL"])
-                .region(aws_config::Region::new(lab.env["AWS_REGION"].clone()))
-                .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                    &lab.env["AWS_ACCESS_KEY_ID"],
-                    &lab.env["AWS_SECRET_ACCESS_KEY"],
-                    None,
-                    None,
-                    "lab",
-                ))
-                .load(),
-        );
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&conf)
-                .force_path_style(true)
-                .build(),
-        );
+        let s3 = lab.s3();
         let bucket = format!("bake-test-{tag}");
         lab.rt
             .block_on(s3.create_bucket().bucket(&bucket).send())
@@ -118,15 +113,7 @@ impl SsmFixture {
 }
 
 fn iam(env: &std::collections::BTreeMap<String, String>, action: &str, name: &str, allow: bool) {
-    let out = Command::new(lab_python())
-        .arg("-c")
-        .arg(IAM_PY)
-        .args([action, name, if allow { "1" } else { "0" }])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .output()
-        .expect("the lab's python (LAB_VENV or .lab/venv)");
+    let out = lab_python(env, IAM_PY, &[action, name, if allow { "1" } else { "0" }]);
     assert!(
         out.status.success(),
         "iam {action} {name}: {}",
@@ -134,36 +121,69 @@ fn iam(env: &std::collections::BTreeMap<String, String>, action: &str, name: &st
     );
 }
 
-/// A small SSM recipe named `name` with the given extra TOML appended.
-fn small_recipe(dir: &Path, name: &str, fx: &SsmFixture, ssm_extra: &str, extra: &str) -> PathBuf {
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            r#"name = "{name}"
-communicator = "ssm"
-[source.filter]
-owners = ["136693071363"]
-name = "debian-12-amd64-*"
-[builder]
-instance_type = "t3.micro"
-iam_instance_profile = "{profile}"
-[ssm]
-bucket = "{bucket}"
-timeout = "60s"
-{ssm_extra}
-[ssh]
-username = "admin"
-[image]
-name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
-{extra}
-"#,
-            profile = fx.profile,
-            bucket = fx.bucket,
-        ),
-    )
-    .unwrap();
-    p
+/// One SSM test: the lab, a fixture made for it, a scratch directory and the recipe name
+/// `<prefix><tag>`.
+struct Case {
+    lab: Lab,
+    tag: String,
+    fx: SsmFixture,
+    tmp: tempfile::TempDir,
+    name: String,
+}
+
+impl Case {
+    fn new(prefix: &str, allow_ssm: bool) -> Case {
+        let lab = Lab::new();
+        let tag = unique("");
+        let fx = SsmFixture::new(&lab, &tag, allow_ssm);
+        Case {
+            name: format!("{prefix}{tag}"),
+            tmp: tempfile::tempdir().unwrap(),
+            lab,
+            tag,
+            fx,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A small SSM recipe for this case: `head` before `[source]`, `ssm_extra` in `[ssm]`,
+    /// `extra` appended.
+    fn recipe(&self, head: &str, ssm_extra: &str, extra: &str) -> PathBuf {
+        let parts = Recipe {
+            head: &format!("communicator = \"ssm\"\n{head}"),
+            builder: &format!("iam_instance_profile = \"{}\"", self.fx.profile),
+            ssh: "",
+            tail: &format!(
+                "[ssm]\nbucket = \"{}\"\ntimeout = \"60s\"\n{ssm_extra}\n{extra}",
+                self.fx.bucket
+            ),
+        };
+        write_recipe(self.dir(), &self.name, parts)
+    }
+
+    /// `bake build --plain <args> <recipe>`.
+    fn build(&self, args: &[&str], recipe: &Path) -> Output {
+        let mut all = vec!["--plain"];
+        all.extend_from_slice(args);
+        self.lab.build(self.dir(), &all, recipe)
+    }
+
+    /// Nothing of the build is left in EC2 or in the staging bucket.
+    fn assert_clean(&self, context: &str) {
+        self.lab.assert_no_leftovers(&self.name, context);
+        assert_eq!(
+            self.fx.objects(&self.lab),
+            Vec::<String>::new(),
+            "{context}"
+        );
+    }
+
+    fn remove(self) {
+        self.fx.remove(&self.lab);
+    }
 }
 
 /// Files, modes, owners and hashes of what web.toml puts on an image (build-info: its date
@@ -187,42 +207,28 @@ fn manifest_of(lab: &Lab, ami: &str, dir: &Path) -> String {
     stdout(&out)
 }
 
-/// Copies recipes/ to `dir` and renames the recipe in `file` to `name`.
-fn example(dir: &Path, file: &str, name: &str, fx: Option<&SsmFixture>) -> PathBuf {
-    copy_tree(&repo().join("recipes"), dir);
-    let p = dir.join(file);
-    let mut text = std::fs::read_to_string(&p).unwrap().replacen(
-        "name = \"web\"",
-        &format!("name = \"{name}\""),
-        1,
-    );
-    if let Some(fx) = fx {
-        text = text
-            .replace("\"bake-builder\"", &format!("\"{}\"", fx.profile))
-            .replace("\"bake-staging\"", &format!("\"{}\"", fx.bucket));
-    }
+/// [`example`] `web-ssm.toml`, on the fixture's instance profile and staging bucket.
+fn ssm_example(dir: &Path, name: &str, fx: &SsmFixture) -> PathBuf {
+    let p = example(dir, "web-ssm.toml", name);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"bake-builder\"", &format!("\"{}\"", fx.profile))
+        .replace("\"bake-staging\"", &format!("\"{}\"", fx.bucket));
     std::fs::write(&p, text).unwrap();
     p
 }
 
 #[test]
 fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let (ssm_dir, ssh_dir) = (tmp.path().join("ssm"), tmp.path().join("ssh"));
-    let ssm_name = format!("webssm-{tag}");
-    let ssh_name = format!("webssh-{tag}");
-    let ssm_recipe = example(&ssm_dir, "web-ssm.toml", &ssm_name, Some(&fx));
-    let ssh_recipe = example(&ssh_dir, "web.toml", &ssh_name, None);
+    let c = Case::new("webssm-", true);
+    let (lab, fx) = (&c.lab, &c.fx);
+    let (ssm_dir, ssh_dir) = (c.dir().join("ssm"), c.dir().join("ssh"));
+    let ssm_name = &c.name;
+    let ssh_name = format!("webssh-{}", c.tag);
+    let ssm_recipe = ssm_example(&ssm_dir, ssm_name, fx);
+    let ssh_recipe = example(&ssh_dir, "web.toml", &ssh_name);
 
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain", "--output", "json"])
-        .arg(&ssm_recipe)
-        .output()
-        .unwrap();
+    let out = c.build(&["--output", "json"], &ssm_recipe);
     assert!(out.status.success(), "SSM build failed:\n{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("online with Systems Manager"), "{err}");
@@ -232,7 +238,7 @@ fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
     );
     let v = json(&out);
     let ssm_ami = v["ami_id"].as_str().unwrap().to_string();
-    let imgs = lab.images_of(&ssm_name);
+    let imgs = lab.images_of(ssm_name);
     assert_eq!(imgs.len(), 1);
     let t = tags(imgs[0].tags());
     assert_eq!(
@@ -240,147 +246,91 @@ fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
         v["fingerprint"].as_str()
     );
     assert_eq!(t.get("role").map(String::as_str), Some("web"));
+    c.assert_clean("staged objects left");
 
-    assert_eq!(lab.leftovers(&ssm_name), Vec::<String>::new());
-    assert_eq!(
-        fx.objects(&lab),
-        Vec::<String>::new(),
-        "staged objects left"
-    );
-
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain", "--output", "json"])
-        .arg(&ssh_recipe)
-        .output()
-        .unwrap();
+    let out = c.build(&["--output", "json"], &ssh_recipe);
     assert!(out.status.success(), "SSH build failed:\n{}", stderr(&out));
     let ssh_ami = json(&out)["ami_id"].as_str().unwrap().to_string();
 
     // The communicator is not part of the fingerprint: web.toml under the SSM build's name
     // finds the SSM image and launches nothing.
-    let same = example(&tmp.path().join("same"), "web.toml", &ssm_name, None);
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain", "--output", "json"])
-        .arg(&same)
-        .output()
-        .unwrap();
+    let same = example(&c.dir().join("same"), "web.toml", ssm_name);
+    let out = c.build(&["--output", "json"], &same);
     assert!(out.status.success(), "{}", stderr(&out));
     let hit = json(&out);
     assert_eq!(hit["cached"], true, "{}", stderr(&out));
     assert_eq!(hit["ami_id"].as_str(), Some(ssm_ami.as_str()));
 
-    let via_ssm = manifest_of(&lab, &ssm_ami, &ssm_dir);
-    let via_ssh = manifest_of(&lab, &ssh_ami, &ssh_dir);
-    assert!(
-        via_ssm.contains("opt/web/app/index.html f 644 root root"),
-        "{via_ssm}"
-    );
-    assert!(
-        via_ssm.contains("etc/web/web.conf f 640 root web"),
-        "{via_ssm}"
-    );
-    assert!(
-        via_ssm.contains("web:/var/lib/web:/usr/sbin/nologin"),
-        "{via_ssm}"
-    );
+    let via_ssm = manifest_of(lab, &ssm_ami, &ssm_dir);
+    let via_ssh = manifest_of(lab, &ssh_ami, &ssh_dir);
+    for want in [
+        "opt/web/app/index.html f 644 root root",
+        "etc/web/web.conf f 640 root web",
+        "web:/var/lib/web:/usr/sbin/nologin",
+    ] {
+        assert!(via_ssm.contains(want), "{via_ssm}");
+    }
     assert!(
         via_ssm.contains("agent-scripts=0"),
         "step scripts left on the image: {via_ssm}"
     );
     assert_eq!(via_ssm, via_ssh, "the SSM and SSH images differ");
-    fx.remove(&lab);
+    c.remove();
 }
 
 #[test]
 fn failing_step_reports_real_exit_code_and_full_output_and_cleans_up() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmfail-{tag}");
+    let c = Case::new("ssmfail-", true);
     // 30,000 characters before the last lines: beyond what the API returns, so they can only
     // come from the output bucket.
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
-        &format!("output_bucket = \"{}\"", fx.bucket),
+    let r = c.recipe(
+        "",
+        &format!("output_bucket = \"{}\"", c.fx.bucket),
         "[[upload]]\nsource = \"f.txt\"\ndestination = \"/opt/f.txt\"\n\
          [[step]]\nname = \"ok\"\nrun = \"echo fine\"\n\
          [[step]]\nname = \"breaks\"\nrun = \"head -c 30000 /dev/zero | tr '\\\\0' x; echo; echo about-to-fail; echo oops >&2; exit 3\"\n",
     );
-    std::fs::write(tmp.path().join("f.txt"), "staged\n").unwrap();
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("breaks"), "{err}");
-    assert!(err.contains("exit status 3"), "{err}");
-    assert!(
-        err.contains("about-to-fail") && err.contains("oops"),
-        "output tail missing: {err}"
+    std::fs::write(c.dir().join("f.txt"), "staged\n").unwrap();
+    let out = c.build(&[], &r);
+    let err = assert_exit(
+        &out,
+        1,
+        &["breaks", "exit status 3", "about-to-fail", "oops"],
     );
     assert!(!err.contains("cut by the SSM API"), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    assert_eq!(
-        fx.objects(&lab),
-        Vec::<String>::new(),
-        "staged objects left"
-    );
+    c.assert_clean("staged objects left");
     assert!(
-        lab.images_of(&name).is_empty(),
+        c.lab.images_of(&c.name).is_empty(),
         "a failed build left an image"
     );
-    fx.remove(&lab);
+    c.remove();
 }
 
 #[test]
 fn output_cut_by_the_api_is_reported_without_an_output_bucket() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmcut-{tag}");
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    let c = Case::new("ssmcut-", true);
+    let r = c.recipe(
+        "",
         "",
         "[[step]]\nname = \"loud\"\nrun = \"head -c 30000 /dev/zero | tr '\\\\0' y; echo; echo never-seen; exit 5\"\n",
     );
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("exit status 5"), "{err}");
-    assert!(err.contains("cut by the SSM API"), "{err}");
-    assert!(err.contains("ssm.output_bucket"), "{err}");
+    let out = c.build(&[], &r);
+    let err = assert_exit(
+        &out,
+        1,
+        &["exit status 5", "cut by the SSM API", "ssm.output_bucket"],
+    );
     assert!(!err.contains("never-seen"), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    fx.remove(&lab);
+    c.lab.assert_no_leftovers(&c.name, "");
+    c.remove();
 }
 
 #[test]
 fn steps_keep_their_semantics_over_ssm_and_the_group_has_no_inbound_rule() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmsem-{tag}");
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    let c = Case::new("ssmsem-", true);
+    let lab = &c.lab;
+    let r = c.recipe(
+        "",
         "",
         r#"[[upload]]
 source = "tree"
@@ -429,12 +379,12 @@ exit 1
 '''
 "#,
     );
-    std::fs::create_dir_all(tmp.path().join("tree/a")).unwrap();
-    std::fs::write(tmp.path().join("tree/a/b.txt"), "b\n").unwrap();
-    std::os::unix::fs::symlink("a/b.txt", tmp.path().join("tree/link")).unwrap();
+    std::fs::create_dir_all(c.dir().join("tree/a")).unwrap();
+    std::fs::write(c.dir().join("tree/a/b.txt"), "b\n").unwrap();
+    std::os::unix::fs::symlink("a/b.txt", c.dir().join("tree/link")).unwrap();
 
     let child = lab
-        .bake(&tmp.path().join("cache"))
+        .bake(&c.dir().join("cache"))
         .args(["build", "--plain"])
         .arg(&r)
         .stdout(Stdio::null())
@@ -448,12 +398,7 @@ exit 1
         let groups = lab.rt.block_on(async {
             lab.ec2
                 .describe_security_groups()
-                .filters(
-                    Filter::builder()
-                        .name("tag:bake:recipe")
-                        .values(&name)
-                        .build(),
-                )
+                .filters(recipe_filter(&c.name))
                 .send()
                 .await
                 .unwrap()
@@ -473,31 +418,25 @@ exit 1
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(seen, "never saw the build's security group: {err}");
-    assert!(out.status.success(), "{err}");
-    for want in [
-        "user-ok",
-        "rebooted-ok",
-        "second-try",
-        "reconnected after reboot",
-    ] {
-        assert!(err.contains(want), "{want} missing: {err}");
-    }
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    assert_eq!(fx.objects(&lab), Vec::<String>::new());
-    fx.remove(&lab);
+    assert_exit(
+        &out,
+        0,
+        &[
+            "user-ok",
+            "rebooted-ok",
+            "second-try",
+            "reconnected after reboot",
+        ],
+    );
+    c.assert_clean("");
+    c.remove();
 }
 
 #[test]
 fn a_profile_without_ssm_times_out_waiting_and_cleans_up() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, false);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmnone-{tag}");
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    let c = Case::new("ssmnone-", false);
+    let r = c.recipe(
+        "",
         "",
         "[[step]]\nname = \"never\"\nrun = \"echo should-not-run\"\n",
     );
@@ -505,18 +444,11 @@ fn a_profile_without_ssm_times_out_waiting_and_cleans_up() {
         .unwrap()
         .replace("timeout = \"60s\"", "timeout = \"3s\"");
     std::fs::write(&r, text).unwrap();
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("not registered with Systems Manager"), "{err}");
+    let out = c.build(&[], &r);
+    let err = assert_exit(&out, 1, &["not registered with Systems Manager"]);
     assert!(!err.contains("should-not-run"));
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    fx.remove(&lab);
+    c.lab.assert_no_leftovers(&c.name, "");
+    c.remove();
 }
 
 #[test]
@@ -543,110 +475,52 @@ name = "{recipe}-{short_hash}"
         .arg(&p)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("iam_instance_profile"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 2, &["iam_instance_profile"]);
 }
 
 #[test]
 fn step_timeout_is_enforced_on_the_builder() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmslow-{tag}");
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    let c = Case::new("ssmslow-", true);
+    let r = c.recipe(
+        "",
         "",
         "[[step]]\nname = \"slow\"\ntimeout = \"2s\"\nrun = \"sleep 60\"\n",
     );
     let start = Instant::now();
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("slow") && err.contains("timed out"), "{err}");
+    let out = c.build(&[], &r);
+    assert_exit(&out, 1, &["slow", "timed out"]);
     assert!(
         start.elapsed() < Duration::from_secs(40),
         "took {:?}",
         start.elapsed()
     );
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    assert_eq!(fx.objects(&lab), Vec::<String>::new());
-    fx.remove(&lab);
+    c.assert_clean("");
+    c.remove();
 }
 
 #[test]
 fn sigint_during_an_ssm_step_cleans_up_ec2_and_s3() {
-    use std::io::{BufRead, BufReader};
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmint-{tag}");
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
-        &format!("output_bucket = \"{}\"", fx.bucket),
+    let c = Case::new("ssmint-", true);
+    let r = c.recipe(
+        "",
+        &format!("output_bucket = \"{}\"", c.fx.bucket),
         "[[upload]]\nsource = \"f.txt\"\ndestination = \"/opt/f.txt\"\n\
          [[step]]\nname = \"long\"\nrun = \"sleep 60\"\n",
     );
-    std::fs::write(tmp.path().join("f.txt"), "staged\n").unwrap();
-    let mut child = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut all = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        all.push_str(&line);
-        all.push('\n');
-        if line.contains("running long") {
-            break;
-        }
-    }
-    // The upload is staged by now: the interrupt must remove it too.
-    std::thread::sleep(Duration::from_millis(500));
-    unsafe { libc_kill(child.id() as i32, 2) };
-    for line in lines {
-        all.push_str(&line.unwrap());
-        all.push('\n');
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{all}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{all}");
-    assert_eq!(fx.objects(&lab), Vec::<String>::new(), "{all}");
-    assert!(lab.images_of(&name).is_empty());
-    fx.remove(&lab);
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+    std::fs::write(c.dir().join("f.txt"), "staged\n").unwrap();
+    // The upload is staged once the step runs: the interrupt must remove it too.
+    let settle = Duration::from_millis(500);
+    let cache = c.dir().join("cache");
+    let (code, all) = interrupt_when(&c.lab, &cache, &r, "running long", settle);
+    assert_eq!(code, Some(130), "{all}");
+    c.assert_clean(&all);
+    assert!(c.lab.images_of(&c.name).is_empty());
+    c.remove();
 }
 
 #[test]
 fn large_files_are_staged_as_their_own_objects_and_verified() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmbig-{tag}");
+    let c = Case::new("ssmbig-", true);
     // 20 MiB of non-repeating bytes: above the 16 MiB own-object threshold.
     let mut data = Vec::with_capacity(20 << 20);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -656,9 +530,9 @@ fn large_files_are_staged_as_their_own_objects_and_verified() {
         x ^= x << 17;
         data.extend_from_slice(&x.to_le_bytes());
     }
-    std::fs::write(tmp.path().join("big.bin"), &data).unwrap();
-    let local = std::process::Command::new("sha256sum")
-        .arg(tmp.path().join("big.bin"))
+    std::fs::write(c.dir().join("big.bin"), &data).unwrap();
+    let local = Command::new("sha256sum")
+        .arg(c.dir().join("big.bin"))
         .output()
         .unwrap();
     let hash = stdout(&local)
@@ -666,10 +540,8 @@ fn large_files_are_staged_as_their_own_objects_and_verified() {
         .next()
         .unwrap()
         .to_string();
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    let r = c.recipe(
+        "",
         "",
         &format!(
             "[[upload]]\nsource = \"big.bin\"\ndestination = \"/opt/data/big.bin\"\nmode = \"0600\"\nowner = \"admin:admin\"\n\
@@ -677,29 +549,17 @@ fn large_files_are_staged_as_their_own_objects_and_verified() {
              run = \"test \\\"$(stat -c '%s %a %U' /opt/data/big.bin)\\\" = '20971520 600 admin' && sha256sum /opt/data/big.bin | grep -q {hash} && echo big-ok\"\n"
         ),
     );
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("big-ok"), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    assert_eq!(fx.objects(&lab), Vec::<String>::new());
-    fx.remove(&lab);
+    let out = c.build(&[], &r);
+    assert_exit(&out, 0, &["big-ok"]);
+    c.assert_clean("");
+    c.remove();
 }
 
 #[test]
 fn large_scripts_and_many_files_go_through_s3_too() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmmany-{tag}");
+    let c = Case::new("ssmmany-", true);
     // 400 files: their checksum list alone is beyond what is sent inline.
-    let tree = tmp.path().join("many");
+    let tree = c.dir().join("many");
     for i in 0..400 {
         let d = tree.join(format!("d{}", i % 7));
         std::fs::create_dir_all(&d).unwrap();
@@ -712,78 +572,43 @@ fn large_scripts_and_many_files_go_through_s3_too() {
     }
     script.push_str("test \"$(find /opt/many -type f | wc -l)\" = 400\n");
     script.push_str("test \"$(cat /opt/many/d3/file-0003.txt)\" = 3\necho big-script-ok\n");
-    std::fs::write(tmp.path().join("big.sh"), &script).unwrap();
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    std::fs::write(c.dir().join("big.sh"), &script).unwrap();
+    let r = c.recipe(
+        "",
         "",
         "[[upload]]\nsource = \"many\"\ndestination = \"/opt/many\"\n\
          [[step]]\nname = \"big\"\nsudo = true\nscript = \"big.sh\"\n",
     );
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain"])
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("big-script-ok"), "{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    assert_eq!(fx.objects(&lab), Vec::<String>::new());
-    fx.remove(&lab);
+    let out = c.build(&[], &r);
+    assert_exit(&out, 0, &["big-script-ok"]);
+    c.assert_clean("");
+    c.remove();
 }
 
 #[test]
 fn sensitive_values_never_reach_the_ssm_command_history() {
-    let lab = Lab::new();
-    let tag = unique("");
-    let fx = SsmFixture::new(&lab, &tag, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("ssmsecret-{tag}");
-    let r = small_recipe(
-        tmp.path(),
-        &name,
-        &fx,
+    let c = Case::new("ssmsecret-", true);
+    let r = c.recipe(
+        "sensitive = [\"token\"]\n[variables]\ntoken = \"placeholder\"",
         "",
         "[[step]]\nname = \"uses-secret\"\nenv = { TOKEN = \"{var.token}\" }\nrun = \"echo token is $TOKEN\"\n",
     );
-    let text = std::fs::read_to_string(&r).unwrap();
-    std::fs::write(
-        &r,
-        format!("sensitive = [\"token\"]\n{text}\n[variables]\ntoken = \"placeholder\"\n"),
-    )
-    .unwrap();
-    let secret = format!("s3cr3t-{tag}");
-    let out = lab
-        .bake(&tmp.path().join("cache"))
-        .args(["build", "--plain", "--var"])
-        .arg(format!("token={secret}"))
-        .arg(&r)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("token is [redacted]"), "{err}");
+    let secret = format!("s3cr3t-{}", c.tag);
+    let out = c.build(&["--var", &format!("token={secret}")], &r);
+    let err = assert_exit(&out, 0, &["token is [redacted]"]);
     assert!(!err.contains(&secret), "{err}");
     // Every command SSM recorded, with its parameters.
-    let history = Command::new(lab_python())
-        .arg("-c")
-        .arg(
-            "import json, os, boto3\n\
-             c = boto3.client('ssm', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
-             print(json.dumps([x['Parameters'] for x in c.list_commands()['Commands']]))",
-        )
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(&lab.env)
-        .output()
-        .unwrap();
+    let history = lab_python(
+        &c.lab.env,
+        "import json, os, boto3\n\
+         c = boto3.client('ssm', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+         print(json.dumps([x['Parameters'] for x in c.list_commands()['Commands']]))",
+        &[],
+    );
     assert!(history.status.success(), "{}", stderr(&history));
     let h = stdout(&history);
     // The step went by a staged script (a presigned URL, expired and deleted by now).
-    let ours = format!("/{}/bake/", fx.bucket);
+    let ours = format!("/{}/bake/", c.fx.bucket);
     assert!(
         h.split(ours.as_str()).skip(1).any(|rest| rest
             .split('?')
@@ -793,7 +618,6 @@ fn sensitive_values_never_reach_the_ssm_command_history() {
         "this build's step was not staged: {h}"
     );
     assert!(!h.contains(&secret), "secret in the SSM command history");
-    assert_eq!(fx.objects(&lab), Vec::<String>::new());
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
-    fx.remove(&lab);
+    c.assert_clean("");
+    c.remove();
 }

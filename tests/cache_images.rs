@@ -5,51 +5,21 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use aws_sdk_ec2::types::{Filter, LaunchTemplateVersion, RequestLaunchTemplateData};
+use aws_sdk_ec2::types::{LaunchTemplateVersion, RequestLaunchTemplateData};
 use common::*;
 
+/// The recipe `name` in `dir`, uploading `files/app.txt` ("version 1").
 fn recipe(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("files")).unwrap();
     std::fs::write(dir.join("files/app.txt"), "version 1\n").unwrap();
-    let p = dir.join("r.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"# a cache test recipe
-name = "{name}"
-[source.filter]
-owners = ["136693071363"]
-name = "debian-12-amd64-*"
-[builder]
-instance_type = "t3.micro"
-[ssh]
-username = "admin"
-[[upload]]
-source = "files/app.txt"
-destination = "/opt/app.txt"
-[[step]]
-name = "show"
-run = "cat /opt/app.txt"
-[image]
-name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
-tags = {{ team = "infra" }}
-"#
-        ),
-    )
-    .unwrap();
-    p
-}
-
-fn build(lab: &Lab, cache: &Path, r: &Path, extra: &[&str]) -> serde_json::Value {
-    let out = lab
-        .bake(cache)
-        .args(["build", "--output", "json", "--plain"])
-        .args(extra)
-        .arg(r)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
-    json(&out)
+    let parts = Recipe {
+        head: "# a cache test recipe",
+        tail: "tags = { team = \"infra\" }\n\
+               [[upload]]\nsource = \"files/app.txt\"\ndestination = \"/opt/app.txt\"\n\
+               [[step]]\nname = \"show\"\nrun = \"cat /opt/app.txt\"",
+        ..Recipe::default()
+    };
+    write_recipe(dir, name, parts)
 }
 
 /// Instances ever launched for a recipe (any state).
@@ -58,12 +28,7 @@ fn launched(lab: &Lab, recipe: &str) -> usize {
         let out = lab
             .ec2
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name("tag:bake:recipe")
-                    .values(recipe)
-                    .build(),
-            )
+            .filters(recipe_filter(recipe))
             .send()
             .await
             .unwrap();
@@ -79,12 +44,12 @@ fn unchanged_inputs_hit_the_cache_and_changes_miss() {
     let name = unique("cache-");
     let r = recipe(tmp.path(), &name);
 
-    let first = build(&lab, &cache, &r, &[]);
+    let first = build_json(&lab, &cache, &r, &[]);
     assert_eq!(first["cached"], false);
     let n = launched(&lab, &name);
 
     // Same inputs: no instance, same AMI.
-    let second = build(&lab, &cache, &r, &[]);
+    let second = build_json(&lab, &cache, &r, &[]);
     assert_eq!(second["cached"], true);
     assert_eq!(second["ami_id"], first["ami_id"]);
     assert_eq!(launched(&lab, &name), n, "a cache hit launched an instance");
@@ -103,7 +68,7 @@ fn unchanged_inputs_hit_the_cache_and_changes_miss() {
         );
     assert_ne!(text, reordered);
     std::fs::write(&r, &reordered).unwrap();
-    let third = build(&lab, &cache, &r, &[]);
+    let third = build_json(&lab, &cache, &r, &[]);
     assert_eq!(third["cached"], true, "formatting changed the fingerprint");
     assert_eq!(third["fingerprint"], first["fingerprint"]);
 
@@ -126,7 +91,7 @@ fn unchanged_inputs_hit_the_cache_and_changes_miss() {
         "plan does not name the changed input:\n{text}"
     );
 
-    let fourth = build(&lab, &cache, &r, &[]);
+    let fourth = build_json(&lab, &cache, &r, &[]);
     assert_eq!(fourth["cached"], false);
     assert_ne!(fourth["ami_id"], first["ami_id"]);
 
@@ -155,15 +120,15 @@ fn unchanged_inputs_hit_the_cache_and_changes_miss() {
         stdout(&plan),
         stderr(&plan)
     );
-    let fifth = build(&lab, &cache, &r, &[]);
+    let fifth = build_json(&lab, &cache, &r, &[]);
     assert_eq!(fifth["cached"], false);
     assert_eq!(fifth["source_ami"], older.as_str());
 
     // --force rebuilds even on a hit.
-    let forced = build(&lab, &cache, &r, &["--force"]);
+    let forced = build_json(&lab, &cache, &r, &["--force"]);
     assert_eq!(forced["cached"], false);
     assert_ne!(forced["ami_id"], fifth["ami_id"]);
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    lab.assert_no_leftovers(&name, "");
 }
 
 #[test]
@@ -196,7 +161,7 @@ fn concurrent_builds_of_the_same_inputs_make_one_image() {
         ja["cached"] != jb["cached"],
         "exactly one of them should report the other's image"
     );
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    lab.assert_no_leftovers(&name, "");
 }
 
 #[test]
@@ -210,7 +175,7 @@ fn prune_keeps_newest_and_in_use_and_shared_snapshots() {
     let mut amis = Vec::new();
     for i in 0..6 {
         std::fs::write(tmp.path().join("files/app.txt"), format!("version {i}\n")).unwrap();
-        let v = build(&lab, &cache, &r, &[]);
+        let v = build_json(&lab, &cache, &r, &[]);
         amis.push(v["ami_id"].as_str().unwrap().to_string());
         std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct creation dates
     }
@@ -284,15 +249,7 @@ fn prune_keeps_newest_and_in_use_and_shared_snapshots() {
             .send()
             .await
             .unwrap();
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&lab.env["AWS_ENDPOINT_URL"])
-            .region(aws_config::Region::new(lab.env["AWS_REGION"].clone()))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "x", "x", None, None, "lab",
-            ))
-            .load()
-            .await;
-        let asc = aws_sdk_autoscaling::Client::new(&conf);
+        let asc = lab.autoscaling();
         use aws_sdk_autoscaling::types::{
             LaunchTemplate, LaunchTemplateOverrides, LaunchTemplateSpecification,
             MixedInstancesPolicy,

@@ -30,32 +30,12 @@ struct Fx {
 impl Fx {
     fn new() -> Fx {
         let lab = Lab::new();
-        let env = lab.env.clone();
-        let conf = lab.rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(&env["AWS_ENDPOINT_URL"])
-                .region(aws_config::Region::new(env["AWS_REGION"].clone()))
-                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                    &env["AWS_ACCESS_KEY_ID"],
-                    &env["AWS_SECRET_ACCESS_KEY"],
-                    None,
-                    None,
-                    "lab",
-                ))
-                .load(),
-        );
-        let asc = aws_sdk_autoscaling::Client::new(&conf);
+        let asc = lab.autoscaling();
         let tmp = tempfile::tempdir().unwrap();
         let cache = tmp.path().join("cache");
         let key = tmp.path().join("deploy_key");
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let public = ssh_keygen(&key);
         let key_name = unique("deploy-key-");
-        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         let base_ami = lab.rt.block_on(async {
             lab.ec2
                 .import_key_pair()
@@ -105,43 +85,20 @@ impl Fx {
         let d = self.dir().join(name);
         std::fs::create_dir_all(d.join("files")).unwrap();
         std::fs::write(d.join("files/marker"), format!("{marker}\n")).unwrap();
-        let p = d.join("r.toml");
-        std::fs::write(
-            &p,
-            format!(
-                r#"name = "{name}"
-[source.filter]
-owners = ["136693071363"]
-name = "debian-12-amd64-*"
-[builder]
-instance_type = "t3.micro"
-[ssh]
-username = "admin"
-[[upload]]
-source = "files/marker"
-destination = "/etc/deploy-marker"
-[[step]]
-name = "show"
-run = "cat /etc/deploy-marker"
-[image]
-name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
-{deploy}
-"#
-            ),
-        )
-        .unwrap();
-        p
+        let tail = format!(
+            "[[upload]]\nsource = \"files/marker\"\ndestination = \"/etc/deploy-marker\"\n\
+             [[step]]\nname = \"show\"\nrun = \"cat /etc/deploy-marker\"\n{deploy}"
+        );
+        let parts = Recipe {
+            tail: &tail,
+            ..Recipe::default()
+        };
+        write_recipe(&d, name, parts)
     }
 
     fn build(&self, recipe: &Path) -> String {
-        let out = self
-            .bake()
-            .args(["build", "--output", "json"])
-            .arg(recipe)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "build failed:\n{}", stderr(&out));
-        json(&out)["ami_id"].as_str().unwrap().to_string()
+        let v = build_json(&self.lab, &self.cache, recipe, &[]);
+        v["ami_id"].as_str().unwrap().to_string()
     }
 
     /// A launch template (version 1 on the base image, with the test key, user data and

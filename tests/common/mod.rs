@@ -57,6 +57,8 @@ pub fn lab_env() -> BTreeMap<String, String> {
 
 pub struct Lab {
     pub env: BTreeMap<String, String>,
+    /// The SDK configuration every client of the lab is made from.
+    pub conf: aws_config::SdkConfig,
     pub ec2: aws_sdk_ec2::Client,
     pub rt: tokio::runtime::Runtime,
 }
@@ -83,9 +85,23 @@ impl Lab {
         );
         Lab {
             ec2: aws_sdk_ec2::Client::new(&conf),
+            conf,
             env,
             rt,
         }
+    }
+
+    pub fn autoscaling(&self) -> aws_sdk_autoscaling::Client {
+        aws_sdk_autoscaling::Client::new(&self.conf)
+    }
+
+    /// An S3 client (path-style, as the lab serves buckets).
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.conf)
+                .force_path_style(true)
+                .build(),
+        )
     }
 
     /// `bake` with the lab's environment and a private hash cache.
@@ -99,17 +115,27 @@ impl Lab {
         c
     }
 
+    /// `bake build <args> <recipe>` with the hash cache in `dir/cache`, run to completion.
+    pub fn build(&self, dir: &Path, args: &[&str], recipe: &Path) -> Output {
+        self.bake(&dir.join("cache"))
+            .arg("build")
+            .args(args)
+            .arg(recipe)
+            .output()
+            .unwrap()
+    }
+
+    /// Asserts nothing of `recipe`'s builds is left (see [`Lab::leftovers`]).
+    pub fn assert_no_leftovers(&self, recipe: &str, context: &str) {
+        assert_eq!(self.leftovers(recipe), Vec::<String>::new(), "{context}");
+    }
+
     pub fn images_of(&self, recipe: &str) -> Vec<aws_sdk_ec2::types::Image> {
         self.rt.block_on(async {
             self.ec2
                 .describe_images()
                 .owners("self")
-                .filters(
-                    Filter::builder()
-                        .name("tag:bake:recipe")
-                        .values(recipe)
-                        .build(),
-                )
+                .filters(recipe_filter(recipe))
                 .send()
                 .await
                 .unwrap()
@@ -185,13 +211,7 @@ impl Lab {
     /// Launches an instance from `ami` with a fresh key and returns (instance id, ip, key file).
     pub fn launch_for_check(&self, ami: &str, dir: &Path) -> (String, String, PathBuf) {
         let key = dir.join("check_key");
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let public = ssh_keygen(&key);
         let name = format!("check-{}", unique("k"));
         self.rt.block_on(async {
             self.ec2
@@ -241,6 +261,17 @@ impl Lab {
     }
 }
 
+/// Makes an ed25519 key pair at `key` (and `key.pub`) and returns the public key line.
+pub fn ssh_keygen(key: &Path) -> String {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read_to_string(key.with_extension("pub")).unwrap()
+}
+
 /// Runs a command on a lab instance over SSH (host key not pinned: this is a test probe of an
 /// instance the test itself launched on loopback), retrying while sshd comes up.
 pub fn ssh(ip: &str, key: &Path, user: &str, cmd: &str) -> Output {
@@ -282,6 +313,134 @@ pub fn ssh(ip: &str, key: &Path, user: &str, cmd: &str) -> Output {
     );
 }
 
+/// The EC2 filter for everything tagged with `recipe` (`bake:recipe`).
+pub fn recipe_filter(recipe: &str) -> Filter {
+    Filter::builder()
+        .name("tag:bake:recipe")
+        .values(recipe)
+        .build()
+}
+
+/// The parts of a test recipe that differ; everything else is the lab's Debian 12 image on a
+/// t3.micro, logged into as `admin`.
+#[derive(Default, Clone, Copy)]
+pub struct Recipe<'a> {
+    /// Top-level keys (and comments, and tables such as `[variables]`) before `[source]`.
+    pub head: &'a str,
+    /// More keys of `[builder]`.
+    pub builder: &'a str,
+    /// More keys of `[ssh]`.
+    pub ssh: &'a str,
+    /// More keys of `[image]`, then further tables (`[[upload]]`, `[[step]]`, `[ssm]`, ...).
+    pub tail: &'a str,
+}
+
+/// Writes the recipe `name` to `dir/<name>.toml` and returns the path.
+pub fn write_recipe(dir: &Path, name: &str, r: Recipe<'_>) -> PathBuf {
+    let Recipe {
+        head,
+        builder,
+        ssh,
+        tail,
+    } = r;
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"name = "{name}"
+{head}
+[source.filter]
+owners = ["136693071363"]
+name = "debian-12-amd64-*"
+[builder]
+instance_type = "t3.micro"
+{builder}
+[ssh]
+username = "admin"
+{ssh}
+[image]
+name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
+{tail}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// `bake build --output json <extra> <recipe>` with the hash cache `cache`: must succeed;
+/// returns the JSON result.
+pub fn build_json(lab: &Lab, cache: &Path, recipe: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = lab
+        .bake(cache)
+        .args(["build", "--output", "json", "--plain"])
+        .args(extra)
+        .arg(recipe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+    json(&out)
+}
+
+/// Asserts `out` exited with `code` and its stderr says each of `want`; returns the stderr.
+pub fn assert_exit(out: &Output, code: i32, want: &[&str]) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    for w in want {
+        assert!(err.contains(w), "{w:?} missing: {err}");
+    }
+    err
+}
+
+/// Starts `bake build --plain <recipe>`, waits (at most two minutes) for a stderr line with
+/// `marker`, lets `settle` pass, sends SIGINT, and returns (exit code, all of stderr).
+pub fn interrupt_when(
+    lab: &Lab,
+    cache: &Path,
+    recipe: &Path,
+    marker: &str,
+    settle: Duration,
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = lab
+        .bake(cache)
+        .args(["build", "--plain"])
+        .arg(recipe)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("marker never appeared");
+        if line.contains(marker) {
+            break;
+        }
+    }
+    std::thread::sleep(settle);
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status = child.wait().unwrap();
+    (status.code(), reader.join().unwrap())
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
 pub fn tags(t: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
     t.iter()
         .map(|t| {
@@ -313,6 +472,19 @@ pub fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &dst).unwrap();
         }
     }
+}
+
+/// Copies `recipes/` to `dir` and renames the example recipe in `file` (named `web`) to `name`.
+pub fn example(dir: &Path, file: &str, name: &str) -> PathBuf {
+    copy_tree(&repo().join("recipes"), dir);
+    let p = dir.join(file);
+    let text = std::fs::read_to_string(&p).unwrap().replacen(
+        "name = \"web\"",
+        &format!("name = \"{name}\""),
+        1,
+    );
+    std::fs::write(&p, text).unwrap();
+    p
 }
 
 pub fn stdout(o: &Output) -> String {
