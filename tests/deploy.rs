@@ -37,13 +37,7 @@ impl Fx {
         let public = ssh_keygen(&key);
         let key_name = unique("deploy-key-");
         let base_ami = lab.rt.block_on(async {
-            lab.ec2
-                .import_key_pair()
-                .key_name(&key_name)
-                .public_key_material(aws_sdk_ec2::primitives::Blob::new(public.into_bytes()))
-                .send()
-                .await
-                .unwrap();
+            lab.import_key(&key_name, public).await;
             let imgs = lab
                 .ec2
                 .describe_images()
@@ -239,6 +233,24 @@ impl Fx {
             out.sort();
             (version, out)
         })
+    }
+
+    /// Asserts the group is on launch template `version` with every instance (`count` of them,
+    /// where given) on `image`; returns the instances.
+    fn assert_group_on(
+        &self,
+        asg: &str,
+        version: &str,
+        image: &str,
+        count: Option<usize>,
+    ) -> Vec<(String, String, String)> {
+        let (v, insts) = self.state(asg);
+        assert_eq!(v, version, "launch template version of {asg}");
+        if let Some(n) = count {
+            assert_eq!(insts.len(), n, "{insts:?}");
+        }
+        assert!(insts.iter().all(|i| i.1 == image), "{insts:?}");
+        insts
     }
 
     fn versions(&self, lt_id: &str) -> Vec<i64> {
@@ -477,13 +489,8 @@ fn unhealthy_image_fails_and_group_is_back_on_the_previous_image() {
     assert!(err.contains("rolled back"), "{err}");
     assert!(err.contains(&format!("now runs {}", fx.base_ami)), "{err}");
     assert!(err.contains("health check"), "{err}");
-    let (version, insts) = fx.state(&asg);
-    assert_eq!(
-        version, "1",
-        "group back on its previous launch template version"
-    );
-    assert_eq!(insts.len(), 2);
-    assert!(insts.iter().all(|i| i.1 == fx.base_ami), "{insts:?}");
+    // the group is back on its previous launch template version
+    let insts = fx.assert_group_on(&asg, "1", &fx.base_ami, Some(2));
     for (_, _, ip) in &insts {
         assert!(ssh(ip, &fx.key, "admin", "true").status.success());
     }
@@ -505,9 +512,7 @@ fn unhealthy_image_fails_and_group_is_back_on_the_previous_image() {
         "{v}"
     );
     assert_eq!(v["group"]["image_id"], fx.base_ami.as_str());
-    let (version, insts) = fx.state(&asg);
-    assert_eq!(version, "1");
-    assert!(insts.iter().all(|i| i.1 == fx.base_ami), "{insts:?}");
+    fx.assert_group_on(&asg, "1", &fx.base_ami, None);
     fx.cleanup(&asg, &lt_id);
 }
 
@@ -621,10 +626,7 @@ fn interrupt_status_cancel_rollback_and_one_refresh_at_a_time() {
         "{}",
         stdout(&out)
     );
-    let (version, insts) = fx.state(&asg);
-    assert_eq!(version, "1");
-    assert_eq!(insts.len(), 2);
-    assert!(insts.iter().all(|i| i.1 == fx.base_ami), "{insts:?}");
+    fx.assert_group_on(&asg, "1", &fx.base_ami, Some(2));
     fx.cleanup(&asg, &lt_id);
 }
 
@@ -693,9 +695,7 @@ fn launch_template_versions_are_kept_bounded() {
     assert_eq!(v["retention"]["deleted"], serde_json::json!([3, 4]), "{v}");
     // 1: default, 2: group B, 5 and 6: the newest two (and this roll-out's)
     assert_eq!(fx.versions(&lt_id), vec![1, 2, 5, 6]);
-    let (version, insts) = fx.state(&asg);
-    assert_eq!(version, "6");
-    assert!(insts.iter().all(|i| i.1 == ami));
+    fx.assert_group_on(&asg, "6", &ami, None);
 
     // a later roll-out back to the base image deletes 5 (no longer used), keeps 1, 2, 6, 7
     let out = run(fx

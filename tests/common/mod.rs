@@ -214,13 +214,7 @@ impl Lab {
         let public = ssh_keygen(&key);
         let name = format!("check-{}", unique("k"));
         self.rt.block_on(async {
-            self.ec2
-                .import_key_pair()
-                .key_name(&name)
-                .public_key_material(aws_sdk_ec2::primitives::Blob::new(public.into_bytes()))
-                .send()
-                .await
-                .unwrap();
+            self.import_key(&name, public).await;
             let out = self
                 .ec2
                 .run_instances()
@@ -247,6 +241,17 @@ impl Lab {
                 .unwrap();
             (id, ip, key)
         })
+    }
+
+    /// Imports `public` (an OpenSSH public key line) as the EC2 key pair `name`.
+    pub async fn import_key(&self, name: &str, public: String) {
+        self.ec2
+            .import_key_pair()
+            .key_name(name)
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(public.into_bytes()))
+            .send()
+            .await
+            .unwrap();
     }
 
     pub fn terminate(&self, id: &str) {
