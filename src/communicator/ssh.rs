@@ -17,6 +17,7 @@
 
 mod connect;
 mod exec;
+mod sftp;
 pub(crate) mod tarball; // also builds the SSM upload bundle
 mod upload;
 

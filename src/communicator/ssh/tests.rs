@@ -716,6 +716,129 @@ async fn reconnect_after_the_connection_drops() {
     );
 }
 
+/// Uploads `plan` (one large file) over the SFTP transport, whatever `LARGE_FILES` says.
+async fn sftp_upload(comm: &SshCommunicator, plan: &UploadPlan) -> Result<(), CommError> {
+    let items = crate::communicator::staging::items(std::slice::from_ref(plan));
+    let item = items
+        .into_iter()
+        .find(|i| i.kind == EntryKind::File)
+        .unwrap();
+    let hasher = if comm.remote.openssl {
+        "openssl dgst -sha256 -r"
+    } else {
+        "sha256sum"
+    };
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let on_sent = |n: u64| {
+        sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    };
+    super::sftp::upload(&comm.handle, &comm.remote, hasher, item, &on_sent).await?;
+    assert_eq!(
+        sent.into_inner(),
+        plan.entries[0].size,
+        "progress must count every byte"
+    );
+    Ok(())
+}
+
+/// Both ways SFTP is reached: the `sftp` subsystem when logged in as root, and a root
+/// `sftp-server` under `sudo -n` otherwise (with `sha256sum` instead of openssl).
+#[tokio::test]
+async fn sftp_upload_content_mode_owner_and_no_temp_left() {
+    let sshd = Sshd::started();
+    let local = sshd.scratch("local");
+    let remote = sshd.scratch("remote");
+    let big = local.join("app.bin");
+    let bytes: Vec<u8> = (0..(20 * 1024 * 1024 + 12345u32))
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(&big, &bytes).unwrap();
+    let (mut comm, _sink) = connected(&sshd).await;
+    for (login, sudo, openssl) in [("root", "", true), ("sudo", "sudo -n ", false)] {
+        comm.remote.sudo = sudo;
+        comm.remote.openssl = openssl;
+        let dir = remote.join(format!("{login}/opt/app/bin"));
+        let dest = dir.join("app.bin");
+        // An existing destination is replaced.
+        if login == "sudo" {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&dest, b"old").unwrap();
+        }
+        let p = plan(
+            &big,
+            dest.to_str().unwrap(),
+            Some(0o750),
+            Some("nobody:nogroup"),
+        );
+        sftp_upload(&comm, &p).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == bytes, "{login}: content");
+        let m = std::fs::metadata(&dest).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid(), m.gid()),
+            (0o750, 65534, 65534),
+            "{login}"
+        );
+        // The parent was created root-owned with 0755; the temp file is gone.
+        let d = std::fs::metadata(&dir).unwrap();
+        assert_eq!((d.mode() & 0o777, d.uid()), (0o755, 0), "{login}");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("app.bin")], "{login}");
+    }
+}
+
+#[tokio::test]
+async fn sftp_checksum_mismatch_is_detected_and_leaves_nothing() {
+    let sshd = Sshd::started();
+    let local = sshd.scratch("local");
+    let remote = sshd.scratch("remote");
+    let big = local.join("big.bin");
+    std::fs::write(&big, vec![7u8; 17 * 1024 * 1024]).unwrap();
+    let (mut comm, _sink) = connected(&sshd).await;
+    for sudo in ["", "sudo -n "] {
+        comm.remote.sudo = sudo;
+        let dest = remote.join("big.bin");
+        let mut p = plan(&big, dest.to_str().unwrap(), None, None);
+        p.entries[0].sha256 = Some([0u8; 32]);
+        match sftp_upload(&comm, &p).await {
+            Err(CommError::Checksum {
+                path,
+                local,
+                remote,
+            }) => {
+                assert_eq!(path, dest.to_str().unwrap());
+                assert_eq!(local, "0".repeat(64));
+                assert_eq!(remote, hex::encode(sha(&vec![7u8; 17 * 1024 * 1024])));
+            }
+            other => panic!("expected a checksum error ({sudo:?}), got {other:?}"),
+        }
+        // Neither the destination nor the temp file exists.
+        assert_eq!(std::fs::read_dir(&remote).unwrap().count(), 0, "{sudo:?}");
+    }
+}
+
+/// A local file that shrank after planning fails the upload and leaves no temp file.
+#[tokio::test]
+async fn sftp_short_source_fails_cleanly() {
+    let sshd = Sshd::started();
+    let local = sshd.scratch("local");
+    let remote = sshd.scratch("remote");
+    let big = local.join("big.bin");
+    std::fs::write(&big, vec![1u8; 17 * 1024 * 1024]).unwrap();
+    let dest = remote.join("big.bin");
+    let p = plan(&big, dest.to_str().unwrap(), None, None);
+    std::fs::write(&big, vec![1u8; 1024 * 1024]).unwrap();
+    let (comm, _sink) = connected(&sshd).await;
+    let err = sftp_upload(&comm, &p).await.unwrap_err();
+    assert!(
+        matches!(&err, CommError::Upload { reason, .. } if reason.contains("shorter than planned")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&remote).unwrap().count(), 0);
+}
+
 /// Throughput against OpenSSH on the same sshd. Run by hand, in release:
 /// `cargo test --release --lib communicator::ssh::tests::throughput -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use super::exec::{Chunk, capture, pipe};
-use super::tarball;
+use super::{sftp, tarball};
 use crate::communicator::staging::{
     Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
     tar_mtime, upload_err,
@@ -174,7 +174,7 @@ pub async fn upload(
         }
     };
     let send_large = futures::stream::iter(large)
-        .map(|item| upload_raw(handle, remote, &progress, item))
+        .map(|item| upload_large(handle, remote, &progress, item))
         .buffer_unordered(2)
         .try_collect::<Vec<()>>();
     tokio::try_join!(verify_small, send_large)?;
@@ -292,6 +292,25 @@ fn parse_hashes(text: &str) -> BTreeMap<&str, String> {
     }
     map
 }
+
+// ---- large-file transport hook (the transport itself: sftp.rs) ----
+
+/// Sends one large file by the transport chosen in [`sftp::LARGE_FILES`].
+async fn upload_large(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    progress: &Progress,
+    item: Item,
+) -> Result<(), CommError> {
+    match sftp::LARGE_FILES {
+        sftp::LargeFiles::RawStream => upload_raw(handle, remote, progress, item).await,
+        sftp::LargeFiles::Sftp => {
+            sftp::upload(handle, remote, hasher(remote), item, &|n| progress.add(n)).await
+        }
+    }
+}
+
+// ---- end of the large-file transport hook ----
 
 /// Streams one large file into place, hashing it on the builder as it arrives; it is renamed
 /// over the destination only when the hash matches.

@@ -1,0 +1,293 @@
+//! Large files over pipelined SFTP: one `sftp-server` per file, run as root on the builder,
+//! driven by `russh-sftp` with many large writes in flight. The file lands in a private temp
+//! file next to its destination; the same verify / chown / chmod / `mv -T` step as the raw
+//! stream then puts it in place only if its sha256 matches.
+//!
+//! How the server is reached (all on the one SSH connection, as a channel):
+//! - logged in as root: `mkdir -p` the parent, then the `sftp` subsystem itself;
+//! - otherwise: `sudo -n sh -c '…'` creates the parent and `exec`s the first `sftp-server`
+//!   binary found (Debian/Ubuntu `/usr/lib/openssh`, RHEL/Amazon Linux `/usr/libexec/openssh`,
+//!   Arch/SUSE and older layouts), so the subsystem would not help: it runs as the login user.
+//!
+//! Which transport large files use is chosen in one place, [`LARGE_FILES`]; the measurements
+//! behind the choice are in the docs of [`super::upload`].
+
+use std::io::Read;
+
+use russh::client::Handle;
+use russh_sftp::client::{Config, SftpSession};
+use russh_sftp::protocol::{FileAttributes, OpenFlags};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::Remote;
+use super::connect::Client;
+use super::exec::{capture, protocol};
+use crate::communicator::staging::{Item, upload_err};
+use crate::communicator::{CommError, shell_quote};
+
+/// How files at or above the stream threshold travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // only one variant is chosen at a time; the other stays available and tested
+pub(super) enum LargeFiles {
+    /// Raw bytes into `cat > temp` over an exec channel.
+    RawStream,
+    /// Pipelined SFTP writes into the same temp file.
+    Sftp,
+}
+
+/// The one place the large-file transport is chosen (see the measurements in `upload.rs`).
+pub(super) const LARGE_FILES: LargeFiles = LargeFiles::RawStream;
+
+/// Where `sftp-server` lives on the distributions builders run; the first executable wins.
+const SFTP_SERVERS: &[&str] = &[
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+    "/usr/libexec/sftp-server",
+    "/usr/lib/sftp-server",
+];
+
+/// Bytes per SFTP write request. OpenSSH accepts packets up to 256 KiB (and says so in its
+/// `limits@openssh.com` reply, which russh-sftp honours); bigger writes mean fewer replies.
+const WRITE_PACKET: u32 = 256 * 1024;
+
+/// Write requests in flight before the oldest reply is awaited. The SSH channel window caps
+/// what is actually on the wire; this only has to keep the window full.
+const IN_FLIGHT: usize = 64;
+
+/// Local read size; each read is handed to the SFTP file as one buffered write.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Chunks read ahead of the network, so disk reads overlap encryption.
+const READ_AHEAD: usize = 4;
+
+/// The temp file the upload writes: next to the destination, so the final rename stays on one
+/// filesystem, and unguessable, because it is created by root in a directory others may write.
+pub(super) fn temp_name(dest: &str) -> String {
+    format!("{dest}.bake-upload.{:016x}", rand::random::<u64>())
+}
+
+fn parent(dest: &str) -> &str {
+    dest.rsplit_once('/')
+        .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p })
+}
+
+/// The command that starts a root `sftp-server` over an exec channel (non-root logins).
+fn server_command(remote: &Remote, parent: &str) -> String {
+    let candidates: Vec<String> = SFTP_SERVERS.iter().map(|s| shell_quote(s)).collect();
+    let script = format!(
+        "umask 022\nmkdir -p -- {} || exit 1\numask 077\n\
+         for s in {}; do [ -x \"$s\" ] && exec \"$s\"; done\n\
+         echo 'bake: no sftp-server on the builder' >&2\nexit 127\n",
+        shell_quote(parent),
+        candidates.join(" ")
+    );
+    format!("{}sh -c {}", remote.sudo, shell_quote(&script))
+}
+
+/// Opens an SFTP session as root whose working files may go into `parent` (created first).
+async fn session(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    parent: &str,
+) -> Result<SftpSession, CommError> {
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| protocol("opening a channel", e))?;
+    if remote.sudo.is_empty() {
+        let out = capture(
+            handle,
+            &format!("umask 022; mkdir -p -- {}", shell_quote(parent)),
+            Vec::new(),
+        )
+        .await?;
+        if out.status != Some(0) {
+            return Err(upload_err(
+                parent,
+                format!("creating the directory failed: {}", out.stderr_text()),
+            ));
+        }
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| protocol("starting the sftp subsystem", e))?;
+    } else {
+        channel
+            .exec(true, server_command(remote, parent))
+            .await
+            .map_err(|e| protocol("starting sftp-server", e))?;
+    }
+    let config = Config {
+        max_packet_len: WRITE_PACKET,
+        max_write_packet_len: WRITE_PACKET,
+        max_concurrent_writes: IN_FLIGHT,
+        // A reply waits behind up to IN_FLIGHT writes on a slow link: be patient.
+        request_timeout_secs: 120,
+        ..Config::default()
+    };
+    SftpSession::new_with_config(channel.into_stream(), config)
+        .await
+        .map_err(|e| {
+            CommError::Protocol(format!(
+                "could not start SFTP as root on the builder (sudo -n and one of {}, or the \
+                 sftp subsystem when logged in as root): {e}",
+                SFTP_SERVERS[..2].join(", ")
+            ))
+        })
+}
+
+/// Reads `item` in large chunks on a blocking thread.
+fn produce(item: Item, tx: mpsc::Sender<Result<Vec<u8>, CommError>>) {
+    let file = match std::fs::File::open(&item.local) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(upload_err(
+                &item.dest,
+                format!("{}: {e}", item.local.display()),
+            )));
+            return;
+        }
+    };
+    let mut reader = file.take(item.size);
+    let mut left = item.size;
+    while left > 0 {
+        let want = (READ_CHUNK as u64).min(left);
+        let mut buf = Vec::with_capacity(want as usize);
+        let n = match (&mut reader).take(want).read_to_end(&mut buf) {
+            Ok(0) => Err(upload_err(
+                &item.dest,
+                format!(
+                    "{} changed while uploading (shorter than planned)",
+                    item.local.display()
+                ),
+            )),
+            Ok(n) => Ok(n),
+            Err(e) => Err(upload_err(&item.dest, e)),
+        };
+        match n {
+            Ok(n) => {
+                left -= n as u64;
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Sends the bytes of `item` into `temp` (created 0600, exclusively).
+async fn send(
+    sftp: &SftpSession,
+    item: Item,
+    temp: &str,
+    on_sent: &(dyn Fn(u64) + Sync),
+) -> Result<(), CommError> {
+    let dest = item.dest.clone();
+    let attrs = FileAttributes {
+        permissions: Some(0o600),
+        ..FileAttributes::empty()
+    };
+    let mut file = sftp
+        .open_with_flags_and_attributes(
+            temp,
+            OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE,
+            attrs,
+        )
+        .await
+        .map_err(|e| upload_err(&dest, format!("creating {temp} on the builder: {e}")))?;
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let producer = tokio::task::spawn_blocking(move || produce(item, tx));
+    let fed = async {
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| upload_err(&dest, format!("writing on the builder: {e}")))?;
+            on_sent(chunk.len() as u64);
+        }
+        // Waits for every write's reply, then for the close: an error in any shows here.
+        file.shutdown()
+            .await
+            .map_err(|e| upload_err(&dest, format!("writing on the builder: {e}")))
+    }
+    .await;
+    producer.abort();
+    fed
+}
+
+/// The root shell that checks the temp file's hash and renames it into place; the temp file is
+/// removed whatever happens.
+fn finish_script(item: &Item, temp: &str, hasher: &str) -> String {
+    let expected = item.sha256.map(hex::encode).unwrap_or_default();
+    let mut script = format!(
+        "set -e\nt={}\ntrap 'rm -f -- \"$t\"' EXIT\nh=$({hasher} \"$t\" | cut -c1-64)\n",
+        shell_quote(temp)
+    );
+    if !expected.is_empty() {
+        script.push_str(&format!(
+            "[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"
+        ));
+    }
+    if let Some(owner) = &item.owner {
+        script.push_str(&format!("chown -- {} \"$t\"\n", shell_quote(owner)));
+    }
+    script.push_str(&format!(
+        "chmod {:o} -- \"$t\"\nmv -f -T -- \"$t\" {}\n",
+        item.mode & 0o7777,
+        shell_quote(&item.dest)
+    ));
+    script
+}
+
+/// Uploads one large file over SFTP, then verifies and renames it into place. `hasher` is the
+/// command that prints `HEX…` for a path (`openssl dgst -sha256 -r` or `sha256sum`).
+pub(super) async fn upload(
+    handle: &Handle<Client>,
+    remote: &Remote,
+    hasher: &str,
+    item: Item,
+    on_sent: &(dyn Fn(u64) + Sync),
+) -> Result<(), CommError> {
+    let temp = temp_name(&item.dest);
+    let path = item.dest.clone();
+    let expected = item.sha256.map(hex::encode).unwrap_or_default();
+    let script = finish_script(&item, &temp, hasher);
+
+    let sftp = session(handle, remote, parent(&item.dest)).await?;
+    let sent = send(&sftp, item, &temp, on_sent).await;
+    let _ = sftp.close().await;
+    if let Err(e) = sent {
+        let rm = format!("{}rm -f -- {}", remote.sudo, shell_quote(&temp));
+        let _ = capture(handle, &rm, Vec::new()).await;
+        return Err(e);
+    }
+
+    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
+    let out = capture(handle, &command, Vec::new()).await?;
+    match out.status {
+        Some(0) => Ok(()),
+        Some(3) => {
+            let err = out.stderr_text();
+            let got = err
+                .lines()
+                .find_map(|l| l.strip_prefix("bake-sha256:"))
+                .unwrap_or("unknown")
+                .to_string();
+            Err(CommError::Checksum {
+                path,
+                local: expected,
+                remote: got,
+            })
+        }
+        _ => Err(upload_err(
+            &path,
+            format!("finishing on the builder failed: {}", out.stderr_text()),
+        )),
+    }
+}
