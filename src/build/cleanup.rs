@@ -102,27 +102,40 @@ impl Cleanup {
             .collect()
     }
 
-    /// Runs every undo, newest first. Failures do not stop the rest; they stay on the stack and
-    /// are returned with their errors.
+    /// Runs every undo. Undos that only need the builder gone (a security group still in
+    /// use, staged objects a dying agent could still write to) wait for the rest; within each
+    /// of the two waves everything runs at once, since on AWS each removal is a wait of its own.
+    /// Failures do not stop the rest; they are returned with their errors.
     pub async fn run(&self, clients: &Clients, ui: &Ui) -> Vec<(Undo, AwsError)> {
         let mut failed = Vec::new();
-        loop {
-            let top = self.stack.lock().unwrap().last().cloned();
-            let Some((n, undo)) = top else { break };
-            let stage = ui.stage("cleanup", &format!("removing {undo}"));
-            match undo_one(clients, &undo).await {
-                Ok(msg) => {
-                    stage.finish(&msg);
+        for second_wave in [false, true] {
+            let wave: Vec<(u64, Undo)> = {
+                let stack = self.stack.lock().unwrap();
+                stack.iter().rev().filter(|(_, u)| u.after_builder_gone() == second_wave).cloned().collect()
+            };
+            let results = futures::future::join_all(wave.into_iter().map(|(n, undo)| async move {
+                let stage = ui.stage("cleanup", &format!("removing {undo}"));
+                let res = undo_one(clients, &undo).await;
+                match &res {
+                    Ok(msg) => {
+                        stage.finish(msg);
+                    }
+                    Err(e) => stage.fail(&format!("could not remove {undo}: {e}")),
                 }
-                Err(e) => {
-                    stage.fail(&format!("could not remove {undo}: {e}"));
-                    failed.push((undo.clone(), e));
-                }
-            }
-            // Failed undos leave the stack too (so the loop ends) but are reported as left.
-            self.stack.lock().unwrap().retain(|(m, _)| *m != n);
+                // Failed undos leave the stack too but are reported as left.
+                self.stack.lock().unwrap().retain(|(m, _)| *m != n);
+                res.err().map(|e| (undo, e))
+            }))
+            .await;
+            failed.extend(results.into_iter().flatten());
         }
         failed
+    }
+}
+
+impl Undo {
+    fn after_builder_gone(&self) -> bool {
+        matches!(self, Undo::DeleteSecurityGroup { .. } | Undo::DeleteStagedObjects { .. })
     }
 }
 
