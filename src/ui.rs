@@ -23,7 +23,8 @@ pub struct Ui {
     inner: Arc<Inner>,
     /// Shown before every line: the recipe name when several build at once.
     prefix: String,
-    timings: Arc<Mutex<Vec<(String, Duration)>>>,
+    /// (stage name, when it started, how long it took).
+    timings: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
 }
 
 struct Inner {
@@ -117,9 +118,22 @@ impl Ui {
         }
     }
 
-    /// Per-stage durations recorded so far.
+    /// Wall time per stage name, in the order stages first started.
     pub fn timings(&self) -> Vec<(String, Duration)> {
-        self.timings.lock().unwrap().clone()
+        // A stage that ran several times (retries, concurrent cleanup items) counts from its
+        // first start to its last end: wall time, not the sum of overlapping parts.
+        let mut spans: Vec<(String, Instant, Instant)> = Vec::new();
+        for (name, start, d) in self.timings.lock().unwrap().iter() {
+            let end = *start + *d;
+            match spans.iter_mut().find(|s| &s.0 == name) {
+                Some(s) => {
+                    s.1 = s.1.min(*start);
+                    s.2 = s.2.max(end);
+                }
+                None => spans.push((name.clone(), *start, end)),
+            }
+        }
+        spans.into_iter().map(|(n, a, b)| (n, b - a)).collect()
     }
 }
 
@@ -160,7 +174,7 @@ impl Stage {
                 .ui
                 .line(&format!("{}: {msg} ({})", self.name, fmt_duration(d))),
         }
-        self.ui.timings.lock().unwrap().push((self.name.clone(), d));
+        self.ui.timings.lock().unwrap().push((self.name.clone(), self.start, d));
         d
     }
 
@@ -178,7 +192,7 @@ impl Stage {
                 fmt_duration(d)
             )),
         }
-        self.ui.timings.lock().unwrap().push((self.name.clone(), d));
+        self.ui.timings.lock().unwrap().push((self.name.clone(), self.start, d));
     }
 }
 

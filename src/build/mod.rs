@@ -192,7 +192,8 @@ fn lock_key_material() -> String {
         .unwrap_or_default()
 }
 
-fn stage_times(ui: &Ui) -> Vec<StageTime> {
+/// Wall time per stage, for the summary and JSON.
+pub fn stage_times(ui: &Ui) -> Vec<StageTime> {
     ui.timings()
         .into_iter()
         .map(|(name, d): (String, Duration)| StageTime {

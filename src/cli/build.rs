@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, report_error};
 use crate::aws::Clients;
-use crate::build::{self, BuildOptions, BuildResult, Cleanup, StageTime};
+use crate::build::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
 use crate::ui::{Output, Ui, fmt_duration};
 
@@ -135,7 +135,7 @@ pub async fn build(
     // The summary covers cleanup too: it is part of what a build costs.
     for (o, u) in outcomes.iter_mut().zip(&uis) {
         if let Outcome::Built(b) = o {
-            b.stages = aggregate(u.timings());
+            b.stages = build::stage_times(u);
             b.seconds = started.elapsed().as_secs_f64();
         }
     }
@@ -165,18 +165,6 @@ pub async fn build(
     } else {
         EXIT_FAILED
     }
-}
-
-/// Sums repeated stages (one per cleanup item, per retry) keeping first-seen order.
-fn aggregate(timings: Vec<(String, std::time::Duration)>) -> Vec<StageTime> {
-    let mut out: Vec<StageTime> = Vec::new();
-    for (name, d) in timings {
-        match out.iter_mut().find(|s| s.name == name) {
-            Some(s) => s.seconds += d.as_secs_f64(),
-            None => out.push(StageTime { name, seconds: d.as_secs_f64() }),
-        }
-    }
-    out
 }
 
 fn print_results(
