@@ -71,7 +71,7 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
                                 i.ami_id,
                                 i.recipe,
                                 &i.fingerprint[..i.fingerprint.len().min(12)],
-                                &i.created[..i.created.len().min(20)],
+                                format!("{}Z", &i.created[..i.created.len().min(19)]),
                                 snaps.join(", "),
                                 if i.used_by.is_empty() {
                                     "-".to_string()
