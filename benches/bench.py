@@ -301,8 +301,7 @@ class Bench:
         res = json.loads(r.stdout)
         assert res["cached"] is False, f"bake {wl}: unexpected cache hit"
         st = self.stages.setdefault(wl, {})
-        for s in res["stages"]:
-            st.setdefault(s["name"], []).append(s["seconds"])
+        record_stages(st, res, r.log_path)
         st.setdefault("(process wall)", []).append(r.wall)
         st.setdefault("(bake's own total)", []).append(res["seconds"])
         if r.rss_kib:
@@ -456,6 +455,11 @@ class Bench:
                                 self.add(("pss", "bake"), r.tree_pss_kib)
                                 up = [s["seconds"] for s in r.result["stages"] if s["name"] == "upload"]
                                 self.add(("upload", "bake"), up[0] if up else None)
+                                # what is ours: the build minus the waits the lab imposes in
+                                # place of AWS (RunInstances boot, StopInstances, CreateImage)
+                                waits = sum(s["seconds"] for s in r.result["stages"]
+                                            if s["name"] in ("launch", "stop", "image"))
+                                self.add(("ours", "bake"), r.wall - waits)
                     elif tool == "packer":
                         r = self.packer_build(wl, rnd, files_dir, big, sample_tree=is_big)
                         if r:
@@ -505,8 +509,7 @@ class Bench:
                 continue
             self.add(("rebuild", "bake"), r.wall)
             st = self.stages.setdefault("rebuild", {})
-            for x in res["stages"]:
-                st.setdefault(x["name"], []).append(x["seconds"])
+            record_stages(st, res, r.log_path)
             st.setdefault("(process wall)", []).append(r.wall)
             st.setdefault("(bake's own total)", []).append(res["seconds"])
             log(f"  rebuild    bake   {r.wall:7.3f} s (cached)")
@@ -570,6 +573,9 @@ class Bench:
         b, p, o = m("big", "bake"), m("big", "packer"), m("big", "openssh")
         row(f"4. {big_label} file, whole build", b, p, o, ratio(b, o), "<= 1.2 x sftp put", check(ratio(b, o), 1.2),
             note=f"bake/Packer {ratio(b, p):.2f}" if ratio(b, p) else "")
+        bo = m("ours", "bake")
+        row(f"4. {big_label} file, build minus lab waits (launch, stop, image)", bo, None, o, ratio(bo, o),
+            "<= 1.2 x sftp put", check(ratio(bo, o), 1.2))
         bu = m("upload", "bake")
         row(f"4. {big_label} file, bake upload stage only", bu, None, o, ratio(bu, o), "(diagnostic)", None)
         r5 = m("rebuild", "bake")
@@ -619,6 +625,39 @@ class Bench:
         print(f"\nresults: {out}")
         missed = [r["workload"] for r in result["rows"] if r["pass"] is False]
         return 1 if self.failures else 0
+
+
+def _log_times(log_path, prefix):
+    """Timestamps (s since midnight UTC) of the --plain progress lines starting with `prefix`."""
+    out = []
+    try:
+        for line in Path(log_path).read_text().splitlines():
+            ts, _, rest = line.partition(" ")
+            if rest.startswith(prefix) and len(ts) >= 24 and ts[10] == "T":
+                h, m, sec = ts[11:23].split(":")
+                out.append(int(h) * 3600 + int(m) * 60 + float(sec))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def record_stages(st, res, log_path):
+    """Per-run stage seconds. A name that occurs several times (cleanup items, which run
+    concurrently) is recorded as the wall time from its first to its last progress line."""
+    per = {}
+    for x in res["stages"]:
+        per.setdefault(x["name"], []).append(x["seconds"])
+    for name, vals in per.items():
+        if len(vals) > 1:
+            ts = _log_times(log_path, name + ":")
+            val = (ts[-1] - ts[0]) if len(ts) >= 2 else sum(vals)
+        else:
+            val = vals[0]
+        st.setdefault(name, []).append(val)
+    # time inside bake's own total that no stage accounts for (the fingerprint lookup and
+    # build lock between resolve and prepare, waits between stages)
+    staged = sum(st[n][-1] for n in per)
+    st.setdefault("(not in any stage)", []).append(max(0.0, res["seconds"] - staged))
 
 
 def fmt(v, unit):
