@@ -3,11 +3,12 @@
 //! file next to its destination; the same verify / chown / chmod / `mv -T` step as the raw
 //! stream then puts it in place only if its sha256 matches.
 //!
-//! How the server is reached (all on the one SSH connection, as a channel):
-//! - logged in as root: `mkdir -p` the parent, then the `sftp` subsystem itself;
-//! - otherwise: `sudo -n sh -c '…'` creates the parent and `exec`s the first `sftp-server`
-//!   binary found (Debian/Ubuntu `/usr/lib/openssh`, RHEL/Amazon Linux `/usr/libexec/openssh`,
-//!   Arch/SUSE and older layouts), so the subsystem would not help: it runs as the login user.
+//! How the server is reached (all on the one SSH connection, as channels): one root command
+//! (`sudo -n` unless logged in as root) creates the parent directory and finds the
+//! `sftp-server` binary (Debian/Ubuntu `/usr/lib/openssh`, RHEL/Amazon Linux
+//! `/usr/libexec/openssh`, and older layouts); the binary then runs as root on its own channel
+//! (`sudo -n /usr/lib/openssh/sftp-server`), because the `sftp` subsystem would run as the
+//! login user. Logged in as root, the `sftp` subsystem is used directly.
 //!
 //! Which transport large files use is chosen in one place, [`LARGE_FILES`]; the measurements
 //! behind the choice are in the docs of [`super::upload`].
@@ -73,69 +74,96 @@ fn parent(dest: &str) -> &str {
         .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p })
 }
 
-/// The command that starts a root `sftp-server` over an exec channel (non-root logins).
-fn server_command(remote: &Remote, parent: &str) -> String {
+/// The root shell that creates `parent` and names the first `sftp-server` binary it finds.
+fn prepare_script(parent: &str) -> String {
     let candidates: Vec<String> = SFTP_SERVERS.iter().map(|s| shell_quote(s)).collect();
-    let script = format!(
-        "umask 022\nmkdir -p -- {} || exit 1\numask 077\n\
-         for s in {}; do [ -x \"$s\" ] && exec \"$s\"; done\n\
-         echo 'bake: no sftp-server on the builder' >&2\nexit 127\n",
+    format!(
+        "umask 022\nmkdir -p -- {}\n\
+         for s in {}; do [ -x \"$s\" ] && {{ echo \"bake-sftp-server:$s\"; exit 0; }}; done\n\
+         echo bake-sftp-server:\n",
         shell_quote(parent),
         candidates.join(" ")
-    );
-    format!("{}sh -c {}", remote.sudo, shell_quote(&script))
+    )
 }
 
 /// Opens an SFTP session as root whose working files may go into `parent` (created first).
+///
+/// One round trip first creates the directory and finds the `sftp-server` binary (as root, so
+/// a `sudo` that wants a password fails here, with its own message, not as a hung SFTP
+/// handshake). Logged in as root, the `sftp` subsystem serves the session (whatever sshd
+/// configured: a binary or `internal-sftp`); otherwise the binary runs under `sudo -n` on its
+/// own channel. (As root, subsystem and binary measured the same within noise.)
 async fn session(
     handle: &Handle<Client>,
     remote: &Remote,
     parent: &str,
 ) -> Result<SftpSession, CommError> {
+    let prepare = format!(
+        "{}sh -c {}",
+        remote.sudo,
+        shell_quote(&format!("set -e\n{}", prepare_script(parent)))
+    );
+    let out = capture(handle, &prepare, Vec::new()).await?;
+    if out.status != Some(0) {
+        return Err(upload_err(
+            parent,
+            format!(
+                "creating the directory as root failed: {}",
+                out.stderr_text()
+            ),
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let server = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bake-sftp-server:"))
+        .unwrap_or("")
+        .to_string();
+
     let channel = handle
         .channel_open_session()
         .await
         .map_err(|e| protocol("opening a channel", e))?;
     if remote.sudo.is_empty() {
-        let out = capture(
-            handle,
-            &format!("umask 022; mkdir -p -- {}", shell_quote(parent)),
-            Vec::new(),
-        )
-        .await?;
-        if out.status != Some(0) {
-            return Err(upload_err(
-                parent,
-                format!("creating the directory failed: {}", out.stderr_text()),
-            ));
-        }
         channel
             .request_subsystem(true, "sftp")
             .await
             .map_err(|e| protocol("starting the sftp subsystem", e))?;
-    } else {
+    } else if !server.is_empty() {
+        let command = format!("{}{}", remote.sudo, shell_quote(&server));
         channel
-            .exec(true, server_command(remote, parent))
+            .exec(true, command)
             .await
             .map_err(|e| protocol("starting sftp-server", e))?;
+    } else {
+        return Err(upload_err(
+            parent,
+            format!(
+                "no sftp-server binary on the builder (looked for {}), and the sftp \
+                 subsystem would not run as root",
+                SFTP_SERVERS.join(", ")
+            ),
+        ));
     }
     let config = Config {
         max_packet_len: WRITE_PACKET,
         max_write_packet_len: WRITE_PACKET,
         max_concurrent_writes: IN_FLIGHT,
-        // A reply waits behind up to IN_FLIGHT writes on a slow link: be patient.
-        request_timeout_secs: 120,
         ..Config::default()
     };
-    SftpSession::new_with_config(channel.into_stream(), config)
+    let sftp = SftpSession::new_with_config(channel.into_stream(), config)
         .await
         .map_err(|e| {
-            CommError::Protocol(format!(
-                "could not start SFTP as root on the builder (sudo -n and one of {}, or the \
-                 sftp subsystem when logged in as root): {e}",
-                SFTP_SERVERS[..2].join(", ")
-            ))
-        })
+            let how = if remote.sudo.is_empty() {
+                "the sftp subsystem".to_string()
+            } else {
+                format!("{}{server}", remote.sudo)
+            };
+            CommError::Protocol(format!("could not start SFTP on the builder ({how}): {e}"))
+        })?;
+    // A reply can wait behind IN_FLIGHT large writes on a slow link: be patient once started.
+    sftp.set_timeout(120);
+    Ok(sftp)
 }
 
 /// Reads `item` in large chunks on a blocking thread.

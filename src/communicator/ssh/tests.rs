@@ -839,6 +839,30 @@ async fn sftp_short_source_fails_cleanly() {
     assert_eq!(std::fs::read_dir(&remote).unwrap().count(), 0);
 }
 
+/// A parent directory that cannot be created is reported as such, before any SFTP starts.
+#[tokio::test]
+async fn sftp_uncreatable_parent_is_an_upload_error() {
+    let sshd = Sshd::started();
+    let local = sshd.scratch("local");
+    let remote = sshd.scratch("remote");
+    let big = local.join("big.bin");
+    std::fs::write(&big, vec![3u8; 17 * 1024 * 1024]).unwrap();
+    std::fs::write(remote.join("file"), b"not a directory").unwrap();
+    let dest = remote.join("file/sub/big.bin");
+    let (mut comm, _sink) = connected(&sshd).await;
+    for sudo in ["", "sudo -n "] {
+        comm.remote.sudo = sudo;
+        let err = sftp_upload(&comm, &plan(&big, dest.to_str().unwrap(), None, None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CommError::Upload { reason, .. } if reason.contains("creating the directory")),
+            "{sudo:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&remote).unwrap().count(), 1);
+}
+
 /// Throughput against OpenSSH on the same sshd. Run by hand, in release:
 /// `cargo test --release --lib communicator::ssh::tests::throughput -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
