@@ -551,16 +551,23 @@ class Bench:
             shutil.rmtree(cache, ignore_errors=True)
 
     # -- report ---------------------------------------------------------------------------------
-    def report(self):
+    def report(self, write=True):
         m = lambda k, t: median(self.samples.get((k, t), []))
         rows = []
 
-        def row(name, bake, packer, openssh, ratio, target, ok, unit="s", note=""):
+        def row(name, bake, packer, openssh, ratio, target, ok, unit="s", note="", pr=None):
             rows.append(dict(workload=name, bake=bake, packer=packer, openssh=openssh, ratio=ratio,
-                             target=target, pass_=ok, unit=unit, note=note))
+                             paired=pr, target=target, pass_=ok, unit=unit, note=note))
 
         def ratio(x, y):
             return x / y if x is not None and y else None
+
+        def paired(k1, t1, k2, t2):
+            """Median of per-round ratios (the runs of one round ran back to back)."""
+            a, b = self.samples.get((k1, t1), []), self.samples.get((k2, t2), [])
+            if not a or len(a) != len(b) or None in a or None in b:
+                return None
+            return median([x / y for x, y in zip(a, b) if y])
 
         def check(v, limit):
             return None if v is None else v <= limit
@@ -569,22 +576,24 @@ class Bench:
         for wl, limit, tgt in (("empty", 1 / 3, "<= 1/3 Packer"), ("steps30", 1 / 5, "<= 1/5 Packer"),
                                ("files2000", 1 / 5, "<= 1/5 Packer")):
             b, p, o = m(wl, "bake"), m(wl, "packer"), m(wl, "openssh")
-            row(WORKLOADS[wl]["title"], b, p, o, ratio(b, p), tgt, check(ratio(b, p), limit))
+            row(WORKLOADS[wl]["title"], b, p, o, ratio(b, p), tgt, check(ratio(b, p), limit),
+                pr=paired(wl, "bake", wl, "packer"))
         b, p, o = m("big", "bake"), m("big", "packer"), m("big", "openssh")
         row(f"4. {big_label} file, whole build", b, p, o, ratio(b, o), "<= 1.2 x sftp put", check(ratio(b, o), 1.2),
-            note=f"bake/Packer {ratio(b, p):.2f}" if ratio(b, p) else "")
+            note=f"bake/Packer {ratio(b, p):.2f}" if ratio(b, p) else "", pr=paired("big", "bake", "big", "openssh"))
         bo = m("ours", "bake")
         row(f"4. {big_label} file, build minus lab waits (launch, stop, image)", bo, None, o, ratio(bo, o),
-            "<= 1.2 x sftp put", check(ratio(bo, o), 1.2))
+            "<= 1.2 x sftp put", check(ratio(bo, o), 1.2), pr=paired("ours", "bake", "big", "openssh"))
         bu = m("upload", "bake")
-        row(f"4. {big_label} file, bake upload stage only", bu, None, o, ratio(bu, o), "(diagnostic)", None)
+        row(f"4. {big_label} file, bake upload stage only", bu, None, o, ratio(bu, o), "(diagnostic)", None,
+            pr=paired("upload", "bake", "big", "openssh"))
         r5 = m("rebuild", "bake")
         row(f"5. unchanged rebuild ({big_label} input)", r5, p, None, ratio(r5, p), "<= 0.2 s",
             check(r5, 0.2), note="Packer: full rebuild = its workload 4 build")
         kib = lambda v: v / 1024 if v is not None else None
         br, pr, orr = m("rss", "bake"), m("rss", "packer"), m("rss", "openssh")
         row("6. peak RSS during 4 (largest process, time %M)", kib(br), kib(pr), kib(orr), ratio(br, pr),
-            "<= 1/2 Packer", check(ratio(br, pr), 0.5), unit="MiB")
+            "<= 1/2 Packer", check(ratio(br, pr), 0.5), unit="MiB", pr=paired("rss", "bake", "rss", "packer"))
         bp, pp, op = m("pss", "bake"), m("pss", "packer"), m("pss", "openssh")
         row("6. peak PSS during 4 (whole process tree)", kib(bp), kib(pp), kib(op), ratio(bp, pp),
             "<= 1/2 Packer", check(ratio(bp, pp), 0.5), unit="MiB")
@@ -619,10 +628,11 @@ class Bench:
             samples={f"{k[0]}/{k[1]}": v for k, v in self.samples.items()},
             bake_stages=self.stages, api_floor=self.floor, failures=self.failures, table=table, stage_table=stage_tbl,
         )
-        out = self.out / f"results-{stamp}.json"
-        out.write_text(json.dumps(result, indent=1))
-        (self.out / "latest.json").write_text(json.dumps(result, indent=1))
-        print(f"\nresults: {out}")
+        if write:
+            out = self.out / f"results-{stamp}.json"
+            out.write_text(json.dumps(result, indent=1))
+            (self.out / "latest.json").write_text(json.dumps(result, indent=1))
+            print(f"\nresults: {out}")
         missed = [r["workload"] for r in result["rows"] if r["pass"] is False]
         return 1 if self.failures else 0
 
@@ -641,6 +651,12 @@ def _log_times(log_path, prefix):
     return out
 
 
+def _log_times_line(line):
+    ts = line.partition(" ")[0]
+    h, m, sec = ts[11:23].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
 def record_stages(st, res, log_path):
     """Per-run stage seconds. A name that occurs several times (cleanup items, which run
     concurrently) is recorded as the wall time from its first to its last progress line."""
@@ -654,9 +670,22 @@ def record_stages(st, res, log_path):
         else:
             val = vals[0]
         st.setdefault(name, []).append(val)
+    # the upload stage split at its 100% progress line: sending (bounded by the builder
+    # writing/extracting) vs what follows (verification on the builder after the last byte)
+    if "upload" in per:
+        ts = _log_times(log_path, "upload:")
+        try:
+            text = Path(log_path).read_text()
+            full = [l for l in text.splitlines() if l.partition(" ")[2].startswith("upload:") and "(100%)" in l]
+            if full and len(ts) >= 2:
+                t100 = _log_times_line(full[-1])
+                st.setdefault("upload: until 100% sent", []).append(t100 - ts[0])
+                st.setdefault("upload: after 100% sent (extract tail + verify)", []).append(ts[-1] - t100)
+        except OSError:
+            pass
     # time inside bake's own total that no stage accounts for (the fingerprint lookup and
     # build lock between resolve and prepare, waits between stages)
-    staged = sum(st[n][-1] for n in per)
+    staged = sum(st[n][-1] for n in per if n in st)
     st.setdefault("(not in any stage)", []).append(max(0.0, res["seconds"] - staged))
 
 
@@ -665,18 +694,19 @@ def fmt(v, unit):
         return "-"
     if unit == "s":
         return f"{v:.3f} s"
-    if unit == "ms":
-        return f"{v:.1f} ms"
+    if unit in ("ms", "MiB"):
+        return f"{v:.1f} {unit}"
     return f"{v:.0f} {unit}"
 
 
 def format_table(rows):
-    head = ["workload", "bake", "Packer", "OpenSSH", "ratio", "target", "pass"]
+    head = ["workload", "bake", "Packer", "OpenSSH", "ratio", "paired", "target", "pass"]
     body = []
     for r in rows:
         ok = {True: "PASS", False: "FAIL", None: "-"}[r["pass_"]]
         body.append([r["workload"], fmt(r["bake"], r["unit"]), fmt(r["packer"], r["unit"]),
                      fmt(r["openssh"], r["unit"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                     "-" if r.get("paired") is None else f"{r['paired']:.2f}",
                      r["target"], ok + (f"  ({r['note']})" if r["note"] else "")])
     w = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(cells)) + " |"
@@ -714,14 +744,32 @@ def format_stages(stages):
     return "\n".join(out + [line(head), sep] + [line(r) for r in rows])
 
 
+def rerender(path):
+    """Prints the table of a saved results JSON again (with this version's report code)."""
+    d = json.loads(Path(path).read_text())
+    b = Bench.__new__(Bench)
+    b.samples = {tuple(k.split("/", 1)): v for k, v in d["samples"].items()}
+    b.stages, b.floor, b.failures = d.get("bake_stages", {}), d.get("api_floor", {}), d.get("failures", [])
+    b.big_bytes = d["big_bytes"]
+    b.a = argparse.Namespace(rounds=d["rounds"], quick=d["quick"])
+    b.bake = Path(d["bake"])
+    b.out = Path(path).parent
+    return b.report(write=False)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bake", required=True, help="the bake binary (release build)")
+    ap.add_argument("--bake", help="the bake binary (release build)")
+    ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the table of a saved run again")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="1 round, 64 MiB big file, fewer micro runs")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the big file (default 1024 = 1 GiB)")
     ap.add_argument("--only", help="comma list of: empty,steps30,files2000,big,rebuild,micro")
     a = ap.parse_args()
+    if a.report:
+        sys.exit(rerender(a.report))
+    if not a.bake:
+        ap.error("--bake is required")
     if a.quick:
         a.rounds = 1
     for k in ("AWS_ENDPOINT_URL", "BAKE_LAB_API"):
