@@ -14,24 +14,28 @@
 //! the raw stream. Measured 2026-11-23, release build, 1 GiB of random data to a throwaway
 //! OpenSSH sshd on 127.0.0.1 (2 cores, shared with other builds, so wall times are noisy),
 //! variants alternated within each round, bake's times include the remote sha256 check,
-//! OpenSSH `sftp put` (its default cipher, no check) as the reference. Medians of 7 and 5
-//! rounds (two runs); "cpu" = CPU seconds of client plus the whole sshd side, the steadier
-//! number on a machine this busy:
+//! OpenSSH `sftp put` (its default cipher, no check) as the reference. Medians of three runs;
+//! "cpu" = CPU seconds of the client plus the whole sshd side, the steadier number on a
+//! machine this busy:
 //!
-//! | variant                                    | run 1 (7 rounds)   | run 2 (5 rounds)   |
-//! |--------------------------------------------|--------------------|--------------------|
-//! | raw stream, login as root                  | 5.00 s, cpu 5.33 s | 4.81 s, cpu 4.96 s |
-//! | SFTP, login as root (`sftp` subsystem)     | 7.35 s, cpu 6.14 s | 5.16 s, cpu 5.80 s |
-//! | raw stream, `sudo -n`                      | 5.31 s, cpu 5.52 s | 5.40 s, cpu 4.77 s |
-//! | SFTP, `sudo -n …/sftp-server`              | 6.08 s, cpu 5.99 s | 6.29 s, cpu 5.75 s |
-//! | OpenSSH `sftp put`                         | 8.23 s, cpu 7.40 s | 7.61 s, cpu 8.22 s |
+//! | wall s / cpu s                   | run 1, 7 rounds | run 2, 5 rounds | run 3, 7 rounds |
+//! |----------------------------------|-----------------|-----------------|-----------------|
+//! | raw stream, root login           | 5.00 / 5.33     | 4.81 / 4.96     | 4.47 / 4.85     |
+//! | SFTP, root login (`sftp` subsys) | 7.35 / 6.14     | 5.16 / 5.80     | 4.84 / 5.49     |
+//! | raw stream, `sudo -n`            | 5.31 / 5.52     | 5.40 / 4.77     | 4.29 / 4.51     |
+//! | SFTP, `sudo -n …/sftp-server`    | 6.08 / 5.99     | 6.29 / 5.75     | 5.82 / 5.63     |
+//! | OpenSSH `sftp put`               | 8.23 / 7.40     | 7.61 / 8.22     | 6.97 / 7.36     |
 //!
-//! (Run 2 also ran the `sftp-server` binary as root: 6.03 s, cpu 5.96 s.) SFTP with 256 KiB
-//! writes, 64 in flight and 4 MiB buffered reads beats OpenSSH's own `sftp put` (0.68–0.89 ×),
-//! but is 7–47 % slower than the raw stream in wall time and needs 8–21 % more CPU (medians),
-//! presumably the per-request framing and replies and one more copy on each side. The rule
-//! was "SFTP only if within 10 % of the raw stream (and at most 1.2 × `sftp put`)", so the raw
-//! stream stays the default and SFTP stays available, and tested, behind the one switch.
+//! SFTP with 256 KiB writes, 64 in flight and 4 MiB buffered reads beats OpenSSH's own
+//! `sftp put` (0.68–0.89 ×), but is 7–47 % slower than the raw stream in wall time (15–36 %
+//! through `sudo`, the usual case on a builder; one shorter run of just those two had it at
+//! +2 %: 4.25 s vs 4.18 s) and needs 8–25 % more CPU in every run, presumably the
+//! per-request framing and replies and one more copy on each side. Write size matters most:
+//! russh-sftp's defaults (32 KiB writes, 16 in flight) took 7.97 s, cpu 8.06 where 256 KiB × 64
+//! took 7.02 s, cpu 6.62 in the same run; 256 in flight was no better than 64 (4.10 s vs
+//! 4.25 s, cpu 6.07 vs 5.96) and would queue 64 MiB per file. The rule was "SFTP only if
+//! within 10 % of the raw stream (and at most 1.2 × `sftp put`)", so the raw stream stays the
+//! default and SFTP stays available, and tested, behind the one switch.
 
 use std::collections::BTreeMap;
 use std::io::Read;
