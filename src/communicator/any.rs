@@ -31,15 +31,24 @@ impl Communicator {
     pub async fn wait_disconnected(&self, timeout: std::time::Duration) -> Result<(), CommError> {
         match self {
             Communicator::Ssh(c) => {
-                let r = crate::retry::poll(crate::retry::Backoff::AWS.with_timeout(timeout).with_max(std::time::Duration::from_millis(500)), |_| async {
-                    if c.is_closed() {
-                        crate::retry::Poll::Ready(())
-                    } else {
-                        crate::retry::Poll::<(), std::convert::Infallible>::Pending("the builder has not gone down yet".into())
-                    }
-                })
+                let r = crate::retry::poll(
+                    crate::retry::Backoff::AWS
+                        .with_timeout(timeout)
+                        .with_max(std::time::Duration::from_millis(500)),
+                    |_| async {
+                        if c.is_closed() {
+                            crate::retry::Poll::Ready(())
+                        } else {
+                            crate::retry::Poll::<(), std::convert::Infallible>::Pending(
+                                "the builder has not gone down yet".into(),
+                            )
+                        }
+                    },
+                )
                 .await;
-                r.map_err(|e| CommError::Protocol(format!("waiting for the builder to reboot: {e}")))
+                r.map_err(|e| {
+                    CommError::Protocol(format!("waiting for the builder to reboot: {e}"))
+                })
             }
             Communicator::Ssm(c) => c.wait_rebooted(timeout).await,
         }

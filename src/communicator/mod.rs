@@ -129,10 +129,17 @@ pub fn step_command(step: &Step, script: &str) -> String {
 /// script's own hash, so no line of the script can end it early.
 pub fn script_body(script: &str) -> String {
     use sha2::Digest;
-    let Some(interp) = script.strip_prefix("#!").and_then(|r| r.lines().next()).map(str::trim) else {
+    let Some(interp) = script
+        .strip_prefix("#!")
+        .and_then(|r| r.lines().next())
+        .map(str::trim)
+    else {
         return script.to_string();
     };
-    let delim = format!("BAKE_SCRIPT_{}", &hex::encode(sha2::Sha256::digest(script.as_bytes()))[..20]);
+    let delim = format!(
+        "BAKE_SCRIPT_{}",
+        &hex::encode(sha2::Sha256::digest(script.as_bytes()))[..20]
+    );
     let nl = if script.ends_with('\n') { "" } else { "\n" };
     // Run through the named interpreter rather than executing the file, so a noexec /tmp on a
     // hardened image does not matter.
@@ -157,12 +164,23 @@ mod script_tests {
     fn plain_scripts_pass_through_and_shebang_scripts_run_their_interpreter() {
         assert_eq!(script_body("echo hi\n"), "echo hi\n");
         let body = script_body("#!/usr/bin/env python3\nprint('hi')\n");
-        assert!(body.contains("/usr/bin/env python3 \"$__bake_f\""), "{body}");
+        assert!(
+            body.contains("/usr/bin/env python3 \"$__bake_f\""),
+            "{body}"
+        );
         assert!(body.contains("print('hi')\nBAKE_SCRIPT_"), "{body}");
-        let out = std::process::Command::new("sh").arg("-ec").arg(&body).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(&body)
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
         let failing = script_body("#!/bin/sh\nexit 5");
-        let st = std::process::Command::new("sh").arg("-ec").arg(&failing).status().unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(&failing)
+            .status()
+            .unwrap();
         assert_eq!(st.code(), Some(5));
     }
 }
