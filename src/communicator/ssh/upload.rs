@@ -65,8 +65,10 @@ const STREAM_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// per-chunk overhead vanishes next to per-packet work.
 const CHUNK: usize = 256 * 1024;
 
-/// Chunks read ahead of the network, so disk reads overlap encryption.
-const READ_AHEAD: usize = 16;
+/// Chunks read ahead of the network, so disk reads overlap encryption. 1 MiB is enough to
+/// keep the session busy (page cache or disk); more only raises peak memory (measured: 16
+/// chunks cost ~3 MiB of RSS for no throughput).
+const READ_AHEAD: usize = 4;
 
 /// Shared progress over all uploads of one call.
 struct Progress {
