@@ -41,9 +41,17 @@ impl Backoff {
 
     /// The delay after `attempt` (0-based) failures, before jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self.factor.powi(attempt.min(64) as i32);
+        self.delay_throttled(attempt, 0)
+    }
+
+    /// The delay when the service has been throttling us `level` times in a row: the ceiling
+    /// doubles with each level (up to 32x), so sustained throttling really slows us down
+    /// instead of polling at the ceiling regardless.
+    pub fn delay_throttled(&self, attempt: u32, level: u32) -> Duration {
+        let exp = self.factor.powi((attempt + level).min(64) as i32);
         let d = self.initial.as_secs_f64() * exp;
-        Duration::from_secs_f64(d.min(self.max.as_secs_f64()))
+        let ceiling = self.max.as_secs_f64() * f64::from(1u32 << level.min(5));
+        Duration::from_secs_f64(d.min(ceiling))
     }
 }
 
@@ -78,14 +86,19 @@ where
 {
     let start = Instant::now();
     let mut n: u32 = 0;
-    let mut penalty: u32 = 0;
+    // Consecutive throttling raises the ceiling; every answer that is not throttled lowers it
+    // again, so we return to the normal cadence once the service is happy.
+    let mut throttle: u32 = 0;
     loop {
         let last = match attempt(n).await {
             Poll::Ready(v) => return Ok(v),
             Poll::Fail(e) => return Err(PollError::Failed(e)),
-            Poll::Pending(why) => why,
+            Poll::Pending(why) => {
+                throttle = throttle.saturating_sub(1);
+                why
+            }
             Poll::Throttled => {
-                penalty += 2;
+                throttle = (throttle + 1).min(5);
                 "throttled by the service".to_string()
             }
         };
@@ -93,7 +106,7 @@ where
         if elapsed >= backoff.timeout {
             return Err(PollError::Timeout { elapsed, last });
         }
-        let base = backoff.delay(n + penalty);
+        let base = backoff.delay_throttled(n, throttle);
         // Full jitter over the upper half keeps concurrent builds from polling in lockstep
         // while never dropping below half the nominal delay.
         let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
@@ -117,6 +130,16 @@ mod tests {
         assert_eq!(b.delay(0), Duration::from_millis(100));
         assert!(b.delay(1) > b.delay(0));
         assert_eq!(b.delay(30), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn throttling_raises_the_ceiling_and_recovers() {
+        let b = Backoff::AWS;
+        assert_eq!(b.delay_throttled(30, 0), Duration::from_secs(2));
+        assert_eq!(b.delay_throttled(30, 1), Duration::from_secs(4));
+        assert_eq!(b.delay_throttled(30, 5), Duration::from_secs(64));
+        assert_eq!(b.delay_throttled(30, 9), Duration::from_secs(64));
+        assert!(b.delay_throttled(0, 2) > b.delay(0));
     }
 
     #[tokio::test]
