@@ -174,7 +174,11 @@ impl Stage {
                 .ui
                 .line(&format!("{}: {msg} ({})", self.name, fmt_duration(d))),
         }
-        self.ui.timings.lock().unwrap().push((self.name.clone(), self.start, d));
+        self.ui
+            .timings
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), self.start, d));
         d
     }
 
@@ -192,7 +196,11 @@ impl Stage {
                 fmt_duration(d)
             )),
         }
-        self.ui.timings.lock().unwrap().push((self.name.clone(), self.start, d));
+        self.ui
+            .timings
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), self.start, d));
     }
 }
 

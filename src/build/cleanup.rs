@@ -111,7 +111,12 @@ impl Cleanup {
         for second_wave in [false, true] {
             let wave: Vec<(u64, Undo)> = {
                 let stack = self.stack.lock().unwrap();
-                stack.iter().rev().filter(|(_, u)| u.after_builder_gone() == second_wave).cloned().collect()
+                stack
+                    .iter()
+                    .rev()
+                    .filter(|(_, u)| u.after_builder_gone() == second_wave)
+                    .cloned()
+                    .collect()
             };
             let results = futures::future::join_all(wave.into_iter().map(|(n, undo)| async move {
                 let stage = ui.stage("cleanup", &format!("removing {undo}"));
@@ -135,7 +140,10 @@ impl Cleanup {
 
 impl Undo {
     fn after_builder_gone(&self) -> bool {
-        matches!(self, Undo::DeleteSecurityGroup { .. } | Undo::DeleteStagedObjects { .. })
+        matches!(
+            self,
+            Undo::DeleteSecurityGroup { .. } | Undo::DeleteStagedObjects { .. }
+        )
     }
 }
 

@@ -74,6 +74,23 @@ pub async fn capture(
 /// A piece of a command's input, and how many payload bytes it carries (for progress).
 pub type Chunk = Result<(Vec<u8>, u64), CommError>;
 
+/// Opens a session channel on the one connection and starts `command` in it.
+async fn open_exec(
+    handle: &Handle<Client>,
+    command: impl Into<Vec<u8>>,
+    what: &str,
+) -> Result<russh::Channel<russh::client::Msg>, CommError> {
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| protocol("opening a channel", e))?;
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| protocol(what, e))?;
+    Ok(channel)
+}
+
 /// Runs `command` with the received chunks as its stdin and collects what it printed. Stops
 /// feeding as soon as the command ends, so a remote failure never leaves us blocked on a
 /// flow-control window that will not reopen.
@@ -83,14 +100,7 @@ pub async fn pipe(
     mut rx: mpsc::Receiver<Chunk>,
     on_sent: impl Fn(u64),
 ) -> Result<Captured, CommError> {
-    let channel = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| protocol("opening a channel", e))?;
-    channel
-        .exec(true, command)
-        .await
-        .map_err(|e| protocol("starting a command", e))?;
+    let channel = open_exec(handle, command, "starting a command").await?;
     let (mut read, write) = channel.split();
     let feed = async {
         while let Some(chunk) = rx.recv().await {
@@ -246,14 +256,7 @@ pub async fn run(
     }
     let command = format!("printf '{PID_MARKER}%s\\n' \"$$\" >&2; exec {rendered}");
 
-    let mut channel = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| protocol("opening a channel", e))?;
-    channel
-        .exec(true, command)
-        .await
-        .map_err(|e| protocol("starting the step", e))?;
+    let mut channel = open_exec(handle, command, "starting the step").await?;
     // No input: a step that reads stdin gets EOF instead of hanging.
     channel
         .eof()

@@ -298,24 +298,5 @@ pub(super) async fn upload(
 
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
     let out = capture(handle, &command, Vec::new()).await?;
-    match out.status {
-        Some(0) => Ok(()),
-        Some(3) => {
-            let err = out.stderr_text();
-            let got = err
-                .lines()
-                .find_map(|l| l.strip_prefix("bake-sha256:"))
-                .unwrap_or("unknown")
-                .to_string();
-            Err(CommError::Checksum {
-                path,
-                local: expected,
-                remote: got,
-            })
-        }
-        _ => Err(upload_err(
-            &path,
-            format!("finishing on the builder failed: {}", out.stderr_text()),
-        )),
-    }
+    super::upload::finish_outcome(&out, path, expected, "finishing")
 }

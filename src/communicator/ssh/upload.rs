@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
-use super::exec::{Chunk, capture, pipe};
+use super::exec::{Captured, Chunk, capture, pipe};
 use super::{sftp, tarball};
 use crate::communicator::staging::{
     Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
@@ -381,12 +381,22 @@ async fn upload_raw(
     let producer = tokio::task::spawn_blocking(move || produce_raw(item, tx));
     let out = pipe(handle, &command, rx, |n| progress.add(n)).await;
     producer.abort();
-    let out = out?;
+    finish_outcome(&out?, path, expected, "writing")
+}
+
+/// Reads the result of the builder-side verify-and-move script shared by both large-file
+/// transports: exit 3 with `bake-sha256:<hex>` on stderr is a checksum mismatch.
+pub(super) fn finish_outcome(
+    out: &Captured,
+    path: String,
+    expected: String,
+    doing: &str,
+) -> Result<(), CommError> {
     match out.status {
         Some(0) => Ok(()),
         Some(3) => {
-            let err = out.stderr_text();
-            let got = err
+            let got = out
+                .stderr_text()
                 .lines()
                 .find_map(|l| l.strip_prefix("bake-sha256:"))
                 .unwrap_or("unknown")
@@ -399,7 +409,7 @@ async fn upload_raw(
         }
         _ => Err(upload_err(
             &path,
-            format!("writing on the builder failed: {}", out.stderr_text()),
+            format!("{doing} on the builder failed: {}", out.stderr_text()),
         )),
     }
 }
