@@ -14,7 +14,8 @@ CancelInstanceRefresh / RollbackInstanceRefresh:
   template version through moto's EC2 model, so the lab agent boots them (a real sshd from the
   image's layers);
 * health: a new instance is healthy when its sshd accepts a TCP connection within
-  max(InstanceWarmup, LAB_REFRESH_HEALTH_GRACE = 2 s); the refresh then waits out the rest of
+  max(InstanceWarmup, LAB_REFRESH_HEALTH_GRACE = 15 s; an image marked unhealthy fails at once, so the
+  generous grace only absorbs a loaded machine's slow sandbox boots); the refresh then waits out the rest of
   the warm-up. An image marked unhealthy (`POST /lab-api/unhealthy-image`, or the image tag
   `lab:health=fail`) boots no sshd: its instances fail, are terminated, the group gets back
   its capacity from its own (previous) configuration, and the refresh is Failed with a
@@ -50,7 +51,7 @@ from .agent import Lab, is_lab_ip
 log = logging.getLogger("lab.refresh")
 
 ACTIVE = ("Pending", "InProgress", "Cancelling", "RollbackInProgress")
-HEALTH_GRACE = float(os.environ.get("LAB_REFRESH_HEALTH_GRACE", "2"))
+HEALTH_GRACE = float(os.environ.get("LAB_REFRESH_HEALTH_GRACE", "15"))
 ASG_NAME_TAG = "aws:autoscaling:groupName"
 
 
@@ -540,6 +541,8 @@ def _healthy(lab: Lab, instance_id: str, ip: str | None, deadline: float) -> boo
         return False
     while True:
         sb = lab.sandboxes.get(instance_id)
+        if sb is not None and sb.state == "failed":
+            return False  # an image marked unhealthy: it will never come up
         alive = sb is not None and sb.state == "running" and sb.proc is not None and sb.proc.poll() is None
         if alive:
             try:
