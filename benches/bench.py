@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import string
 import subprocess
@@ -365,8 +366,8 @@ class Bench:
 
     def api_floor(self, rnd):
         """The lab's own cost of an empty build: DescribeImages, ImportKeyPair, CreateSecurityGroup,
-        AuthorizeSecurityGroupIngress, RunInstances (returns when sshd answers), DescribeInstances,
-        `ssh true`, StopInstances, DescribeInstances, CreateImage (tagged), DescribeImages,
+        AuthorizeSecurityGroupIngress, RunInstances, DescribeInstances, wait for port 22 (20 ms
+        polls), `ssh true`, StopInstances, DescribeInstances, CreateImage (tagged), DescribeImages,
         TerminateInstances, DescribeInstances, DeleteSecurityGroup, DeleteKeyPair; one at a time."""
         ec2 = self.boto()
         if not self.key.exists():
@@ -395,6 +396,14 @@ class Bench:
         lap("launch (RunInstances)")
         ip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
         lap("launch (DescribeInstances)")
+        # "running" comes before sshd listens (as on EC2): the floor notices it within 20 ms
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((ip, 22), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
         ok = subprocess.run(["ssh", *self.ssh_opts(), f"admin@{ip}", "true"]).returncode == 0
         lap("connect (ssh true)")
         ec2.stop_instances(InstanceIds=[iid])

@@ -229,6 +229,67 @@ pub(crate) fn owners_and_roots<'a>(
 /// metadata (uploading into /usr/local/bin must not chmod it).
 pub(crate) const TAR_KEEP_SYMLINKS: &str = "k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n";
 
+/// Splits `items` (sorted by destination, as [`items`] returns them) into at most `n` tar
+/// streams of about equal cost, for builders that unpack them side by side. Each stream
+/// carries every directory on the way to its entries, so whichever stream reaches a directory
+/// first creates it with the recipe's mode and owner: tar never invents one, and the other
+/// stream's `--no-overwrite-dir` leaves it as it is. Fewer than `min_entries` files and links
+/// stay one stream: below that a second channel and shell cost more than they save.
+pub(crate) fn split_streams(items: Vec<Item>, n: usize, min_entries: usize) -> Vec<Vec<Item>> {
+    let (dirs, leaves): (Vec<Item>, Vec<Item>) =
+        items.into_iter().partition(|i| i.kind == EntryKind::Dir);
+    if n < 2 || leaves.len() < min_entries.max(2) {
+        let mut all: Vec<Item> = dirs.into_iter().chain(leaves).collect();
+        all.sort_by(|a, b| a.dest.cmp(&b.dest));
+        return vec![all];
+    }
+    // Creating an entry costs about as much as writing 64 KiB into it.
+    let cost = |i: &Item| 65_536 + i.size;
+    let total: u64 = leaves.iter().map(cost).sum();
+    let mut groups: Vec<Vec<Item>> = vec![Vec::new()];
+    let mut acc = 0u64;
+    for leaf in leaves {
+        // Start the next stream where this entry's midpoint passes the next equal share.
+        let share = total * groups.len() as u64 / n as u64;
+        let current = groups.last().expect("one group at least");
+        if groups.len() < n && !current.is_empty() && acc + cost(&leaf) / 2 > share {
+            groups.push(Vec::new());
+        }
+        acc += cost(&leaf);
+        groups.last_mut().expect("one group at least").push(leaf);
+    }
+    let by_dest: BTreeMap<&str, &Item> = dirs.iter().map(|d| (d.dest.as_str(), d)).collect();
+    let mut used = BTreeSet::new();
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mut wanted = BTreeSet::new();
+        for leaf in &group {
+            let mut path = leaf.dest.as_str();
+            while let Some((parent, _)) = path.rsplit_once('/') {
+                if let Some((&dir, _)) = by_dest.get_key_value(parent) {
+                    wanted.insert(dir);
+                }
+                path = parent;
+            }
+        }
+        used.extend(wanted.iter().copied());
+        let mut stream: Vec<Item> = wanted.iter().map(|d| by_dest[d].clone()).collect();
+        stream.extend(group);
+        out.push(stream);
+    }
+    // Directories with nothing in them ride along with the first stream.
+    let empty: Vec<Item> = dirs
+        .iter()
+        .filter(|d| !used.contains(d.dest.as_str()))
+        .cloned()
+        .collect();
+    out[0].extend(empty);
+    for stream in &mut out {
+        stream.sort_by(|a, b| a.dest.cmp(&b.dest));
+    }
+    out
+}
+
 pub(crate) fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
     CommError::Upload {
         path: path.to_string(),
@@ -286,5 +347,100 @@ mod tests {
                 ("/opt/app/a/b/c.txt", 0o644, false),
             ]
         );
+    }
+
+    fn item(dest: &str, kind: EntryKind, size: u64) -> Item {
+        Item {
+            dest: dest.into(),
+            local: PathBuf::from("/src").join(dest.trim_start_matches('/')),
+            kind,
+            size,
+            mode: 0o750,
+            owner: Some("app".into()),
+            sha256: None,
+            root: false,
+        }
+    }
+
+    fn tree(files_per_dir: usize) -> Vec<Item> {
+        let mut v = vec![
+            item("/o", EntryKind::Dir, 0),
+            item("/o/empty", EntryKind::Dir, 0),
+        ];
+        for d in ["a", "b", "b/c"] {
+            v.push(item(&format!("/o/{d}"), EntryKind::Dir, 0));
+            for f in 0..files_per_dir {
+                v.push(item(&format!("/o/{d}/f{f:03}"), EntryKind::File, 2048));
+            }
+        }
+        v.sort_by(|a, b| a.dest.cmp(&b.dest));
+        v
+    }
+
+    #[test]
+    fn streams_share_nothing_but_the_directories_they_need() {
+        let all = tree(100);
+        let streams = split_streams(all.clone(), 2, 10);
+        assert_eq!(streams.len(), 2);
+        let leaves = |s: &[Item]| s.iter().filter(|i| i.kind != EntryKind::Dir).count();
+        let (a, b) = (leaves(&streams[0]), leaves(&streams[1]));
+        assert_eq!(a + b, 300);
+        assert!(a.abs_diff(b) <= 1, "balanced: {a} vs {b}");
+        for s in &streams {
+            // sorted, so a directory comes before what is in it
+            assert!(s.windows(2).all(|w| w[0].dest < w[1].dest));
+            // every directory on the way to an entry travels with it, with its own metadata
+            for i in s.iter().filter(|i| i.kind != EntryKind::Dir) {
+                let mut p = i.dest.as_str();
+                while let Some((parent, _)) = p.rsplit_once('/') {
+                    if all.iter().any(|d| d.dest == parent) {
+                        let d = s.iter().find(|d| d.dest == parent).expect(parent);
+                        assert_eq!((d.mode, d.owner.as_deref()), (0o750, Some("app")));
+                    }
+                    p = parent;
+                }
+            }
+        }
+        // each entry exactly once; directories possibly in both; the empty one somewhere
+        let mut seen: Vec<&str> = streams
+            .iter()
+            .flatten()
+            .filter(|i| i.kind != EntryKind::Dir)
+            .map(|i| i.dest.as_str())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 300);
+        assert!(streams[0].iter().any(|i| i.dest == "/o/empty"));
+    }
+
+    #[test]
+    fn few_files_or_one_stream_stay_whole() {
+        let all = tree(3);
+        let one = split_streams(all.clone(), 2, 10);
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one[0].iter().map(|i| &i.dest).collect::<Vec<_>>(),
+            all.iter().map(|i| &i.dest).collect::<Vec<_>>()
+        );
+        assert_eq!(split_streams(tree(100), 1, 10).len(), 1);
+    }
+
+    #[test]
+    fn one_big_file_gets_a_stream_of_its_own() {
+        let mut all = tree(10);
+        all.push(item("/o/big", EntryKind::File, 64 << 20));
+        all.sort_by(|a, b| a.dest.cmp(&b.dest));
+        let streams = split_streams(all, 2, 10);
+        assert_eq!(streams.len(), 2);
+        let big = streams
+            .iter()
+            .position(|s| s.iter().any(|i| i.dest == "/o/big"))
+            .unwrap();
+        let leaves = streams[big]
+            .iter()
+            .filter(|i| i.kind != EntryKind::Dir)
+            .count();
+        assert_eq!(leaves, 1, "the big file's stream holds nothing else");
     }
 }

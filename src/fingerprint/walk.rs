@@ -26,11 +26,14 @@ fn err(path: &Path, e: impl std::fmt::Display) -> PlanError {
     }
 }
 
-/// Hashes a file with a large buffer; `sha2` picks SHA-NI at run time.
-pub fn hash_file(path: &Path) -> Result<[u8; 32], PlanError> {
+/// Hashes a file of `size` bytes; `sha2` picks SHA-NI at run time. Large files are read 1 MiB
+/// at a time; a small file gets a buffer just big enough for it (plus the read that sees EOF),
+/// because a fresh 1 MiB buffer per file is an mmap/munmap pair and a page fault each, which
+/// for thousands of small files cost more than hashing them.
+pub fn hash_file(path: &Path, size: u64) -> Result<[u8; 32], PlanError> {
     let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; (size as usize + 1).clamp(4096, 1 << 20)];
     loop {
         let n = f.read(&mut buf).map_err(|e| err(path, e))?;
         if n == 0 {
@@ -50,7 +53,7 @@ fn file_entry(
     let sha = match cache.get(path, meta) {
         Some(h) => h,
         None => {
-            let h = hash_file(path)?;
+            let h = hash_file(path, meta.len())?;
             cache.put(path, meta, h);
             h
         }

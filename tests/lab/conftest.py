@@ -210,7 +210,13 @@ def ssh(ip: str, key: Path, cmd: str, user: str = "admin", known: Path | None = 
     else:
         opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     assert ipaddress.ip_address(ip) in LOOPBACK
-    r = subprocess.run(["ssh", *opts, f"{user}@{ip}", cmd], capture_output=True, text=True, timeout=timeout)
+    # Like on EC2, "running" comes before sshd listens: retry while the port is closed.
+    deadline = time.monotonic() + 15
+    while True:
+        r = subprocess.run(["ssh", *opts, f"{user}@{ip}", cmd], capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 255 or "Connection refused" not in r.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     if check and r.returncode != 0:
         raise AssertionError(f"ssh {user}@{ip} {cmd!r} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r

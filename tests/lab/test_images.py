@@ -148,7 +148,13 @@ def test_console_output_shows_host_keys(ec2, res, debian_ami):
     from conftest import cloud_config_host_key
 
     a = res.run(debian_ami, key_name, cloud_config_host_key(priv, pub))
-    out = ec2.get_console_output(InstanceId=a["InstanceId"])["Output"]
+    # as on EC2, the console fills in while the instance boots
+    deadline = time.monotonic() + 15
+    while True:
+        out = ec2.get_console_output(InstanceId=a["InstanceId"]).get("Output", "")
+        if "sshd starting on " in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "-----BEGIN SSH HOST KEY KEYS-----" in out
     assert " ".join(pub.split()[:2]) in out
     assert "sshd starting on " + a["PrivateIpAddress"] in out

@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpStream;
+
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Preferred, cipher};
@@ -16,12 +18,19 @@ use crate::retry::{self, Backoff, Poll, PollError};
 /// quickly or not at all; waiting longer on one attempt only delays the next one.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Upper bound for the TCP connect alone. While an EC2 instance boots, its address drops SYNs
+/// instead of refusing them, so an unbounded connect would notice sshd only after the kernel's
+/// own SYN retries (~2 min) or the attempt timeout; this keeps "SSH is up" noticed within about
+/// the polling ceiling. On a reachable host a connect takes one round trip.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connection retries: quick at first (sshd often comes up within a second of the port
-/// opening), settling at one attempt every two seconds.
+/// opening, and a refused connect costs one packet each way), settling at one attempt every
+/// two seconds.
 const BACKOFF: Backoff = Backoff {
-    initial: Duration::from_millis(100),
+    initial: Duration::from_millis(25),
     max: Duration::from_secs(2),
-    factor: 1.6,
+    factor: 1.5,
     timeout: Duration::from_secs(300),
 };
 
@@ -108,7 +117,23 @@ async fn attempt(
         pinned: target.host_key.clone(),
         mismatch: mismatch.clone(),
     };
-    let connected = client::connect(config, (target.addr.as_str(), target.port), handler).await;
+    let tcp = tokio::time::timeout(
+        TCP_CONNECT_TIMEOUT,
+        TcpStream::connect((target.addr.as_str(), target.port)),
+    )
+    .await;
+    let socket = match tcp {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(e)) => return Err(AttemptError::Retry(e.to_string())),
+        Err(_) => {
+            return Err(AttemptError::Retry(format!(
+                "TCP connect not answered within {TCP_CONNECT_TIMEOUT:?}"
+            )));
+        }
+    };
+    // `connect_stream` leaves the socket alone: apply the config's `nodelay` here.
+    let _ = socket.set_nodelay(true);
+    let connected = client::connect_stream(config, socket, handler).await;
     let mut handle = match connected {
         Ok(h) => h,
         Err(e) => {

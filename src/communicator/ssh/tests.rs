@@ -616,6 +616,62 @@ async fn upload_directory_tree() {
     assert_eq!(std::fs::read(real.join("a/b/c.txt")).unwrap(), b"deep\n");
 }
 
+/// Enough files for two tar streams side by side: every directory still gets the recipe's
+/// mode and owner whichever stream creates it, and a bad file in the last stream is caught.
+#[tokio::test]
+async fn many_files_unpack_as_parallel_streams() {
+    let sshd = Sshd::started();
+    let src = sshd.scratch("local/many");
+    for d in 0..6 {
+        let dir = src.join(format!("d{d}/sub"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..60 {
+            std::fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let dest = sshd.scratch("remote").join("srv/many");
+    let p = plan(&src, dest.to_str().unwrap(), Some(0o640), Some("nobody"));
+    let files = p.entries.len();
+    assert!(
+        files >= super::upload::SPLIT_MIN_ENTRIES,
+        "{files} files: one stream only"
+    );
+    let (comm, _sink) = connected(&sshd).await;
+    comm.upload(&[p]).await.unwrap();
+    for d in 0..6 {
+        for sub in [format!("d{d}"), format!("d{d}/sub")] {
+            let m = std::fs::metadata(dest.join(&sub)).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.uid()), (0o750, 65534), "{sub}");
+        }
+        let f = dest.join(format!("d{d}/sub/f59"));
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), format!("{d}/59\n"));
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid()), (0o640, 65534));
+    }
+    let count = walkdir_files(&dest);
+    assert_eq!(count, 360);
+
+    let mut p = plan(&src, dest.to_str().unwrap(), None, None);
+    let last = p.entries.last_mut().unwrap();
+    last.sha256 = Some([2u8; 32]);
+    let bad = last.rel.clone();
+    let err = comm.upload(&[p]).await.unwrap_err();
+    assert!(
+        matches!(&err, CommError::Checksum { path, .. } if path.ends_with(&bad)),
+        "{err}"
+    );
+}
+
+fn walkdir_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { walkdir_files(&p) } else { 1 }
+        })
+        .sum()
+}
+
 /// The paths a non-root login without openssl takes: everything through `sudo -n`, hashes by
 /// `sha256sum`.
 #[tokio::test]

@@ -7,7 +7,9 @@
 //! are hashed there and renamed into place only if the hash matches. (Hashing while receiving,
 //! `tee | openssl`, measured twice as slow: tee's 8 KiB pipe hops cost more than re-reading
 //! from the page cache.) Splitting the tar into batches, each extracted while the previous one
-//! is hashed, also measured slower: on the builder both compete for the same filesystem.
+//! is hashed, also measured slower: on the builder both compete for the same filesystem. What
+//! does pay is unpacking many files as two streams side by side ([`TAR_STREAMS`]): file
+//! creation is kernel CPU, and a single `tar` leaves the builder's second core idle.
 //!
 //! Large files: raw stream or pipelined SFTP. Both land in the same root-owned temp file and
 //! share the verify / chown / chmod / `mv -T` step; [`sftp::LARGE_FILES`] picks one, and it is
@@ -51,14 +53,24 @@ use super::connect::Client;
 use super::exec::{Captured, Chunk, capture, pipe};
 use super::{sftp, tarball};
 use crate::communicator::staging::{
-    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
-    tar_mtime, upload_err,
+    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, split_streams,
+    tar_header, tar_mtime, upload_err,
 };
 use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
 
 /// Files at least this large get their own raw stream with the hash overlapped; below it the
 /// per-file cost of a channel outweighs the extra read for verification.
 const STREAM_THRESHOLD: u64 = 16 * 1024 * 1024;
+
+/// Tar streams unpacked side by side when there are many entries: creating files is CPU work
+/// in the builder's kernel and one `tar` keeps one core busy. Measured on a lab builder, 2000 ×
+/// 2 KiB over one connection: 0.33 s as one stream, 0.22 s as two (2 cores). More streams
+/// than the builder has cores only add contention, and builders have at least two.
+const TAR_STREAMS: usize = 2;
+
+/// Below this many files and links, one stream: another channel and shell cost more than the
+/// second core saves.
+pub(super) const SPLIT_MIN_ENTRIES: usize = 256;
 
 /// Read size and unit of work handed to the SSH session. Small enough that the builder's
 /// `tar` starts on the first files early and progress moves smoothly; large enough that
@@ -188,21 +200,27 @@ pub async fn upload(
     let (large, small): (Vec<Item>, Vec<Item>) = all
         .into_iter()
         .partition(|i| i.kind == EntryKind::File && i.size >= STREAM_THRESHOLD);
-    // The tar goes first: it creates the directories large files may land in. Then the
+    // The tars go first: they create the directories large files may land in. Then the
     // builder hashes the small files while the large ones stream in; two large files overlap
     // so one's remote hashing runs during the next one's transfer.
     let small_files = if small.is_empty() {
         Vec::new()
     } else {
-        upload_tar(handle, remote, &progress, small).await?
+        // The root directories and owner checks are the same for every stream.
+        let script = tar_script(&small);
+        let small: Vec<Item> = small.into_iter().filter(|i| !i.root).collect();
+        let streams = split_streams(small, TAR_STREAMS, SPLIT_MIN_ENTRIES);
+        let tars = streams
+            .into_iter()
+            .map(|s| upload_tar(handle, remote, &progress, &script, s));
+        futures::future::try_join_all(tars).await?
     };
-    let verify_small = async {
-        if small_files.is_empty() {
-            Ok(())
-        } else {
-            verify(handle, remote, &small_files).await
-        }
-    };
+    let verify_small = futures::future::try_join_all(
+        small_files
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| verify(handle, remote, f)),
+    );
     let send_large = futures::stream::iter(large)
         .map(|item| upload_large(handle, remote, &progress, item))
         .buffer_unordered(2)
@@ -219,22 +237,26 @@ fn hasher(remote: &Remote) -> &'static str {
     }
 }
 
+/// The builder side of one tar stream. Refuses unknown owners up front: tar would silently
+/// fall back to root. Existing directories keep their metadata (uploading into /usr/local/bin
+/// must not chmod it), and existing symlinks to directories stay symlinks where tar supports
+/// that. Idempotent, so streams running side by side can each run it.
+fn tar_script(items: &[Item]) -> String {
+    format!(
+        "set -e\numask 022\n{}{TAR_KEEP_SYMLINKS}\
+         exec tar -x -p --same-owner --no-overwrite-dir $k -C / -f -\n",
+        owners_and_roots(items, items)
+    )
+}
+
 async fn upload_tar(
     handle: &Handle<Client>,
     remote: &Remote,
     progress: &Progress,
+    script: &str,
     items: Vec<Item>,
 ) -> Result<Vec<(String, [u8; 32])>, CommError> {
-    // Refuse unknown owners up front: tar would silently fall back to root. Existing
-    // directories keep their metadata (uploading into /usr/local/bin must not chmod it), and
-    // existing symlinks to directories stay symlinks where tar supports that.
-    let script = format!(
-        "set -e\numask 022\n{}{TAR_KEEP_SYMLINKS}\
-         exec tar -x -p --same-owner --no-overwrite-dir $k -C / -f -\n",
-        owners_and_roots(&items, &items)
-    );
-    let items: Vec<Item> = items.into_iter().filter(|i| !i.root).collect();
-    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
+    let command = format!("{}sh -c {}", remote.sudo, shell_quote(script));
 
     let files = file_hashes(&items);
     let first = items.first().map(|i| i.dest.clone()).unwrap_or_default();
