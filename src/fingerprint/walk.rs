@@ -26,14 +26,15 @@ fn err(path: &Path, e: impl std::fmt::Display) -> PlanError {
     }
 }
 
-/// Hashes a file of `size` bytes; `sha2` picks SHA-NI at run time. Large files are read 1 MiB
-/// at a time; a small file gets a buffer just big enough for it (plus the read that sees EOF),
-/// because a fresh 1 MiB buffer per file is an mmap/munmap pair and a page fault each, which
-/// for thousands of small files cost more than hashing them.
+/// Hashes a file of `size` bytes; `sha2` picks SHA-NI at run time. Reads are at most 128 KiB:
+/// the buffer then stays in the CPU cache between the kernel's copy and the hash (measured, 1
+/// GiB from the page cache: 0.84 s with 64–128 KiB reads, 1.2–1.4 s with 256 KiB–1 MiB, all
+/// of the difference system time). A small file gets a buffer just big enough for it (plus the
+/// read that sees EOF): thousands of fresh 128 KiB buffers cost more than hashing the files.
 pub fn hash_file(path: &Path, size: u64) -> Result<[u8; 32], PlanError> {
     let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; (size as usize + 1).clamp(4096, 1 << 20)];
+    let mut buf = vec![0u8; (size as usize + 1).clamp(4096, 128 << 10)];
     loop {
         let n = f.read(&mut buf).map_err(|e| err(path, e))?;
         if n == 0 {
