@@ -26,7 +26,13 @@ mkdir -p "$D/base" "$D/empty"
 mount -t tmpfs -o size=4k,mode=755 labempty "$D/empty"
 mount -t overlay labbase -o "ro,lowerdir=/:$D/empty" "$D/base"
 if [ -n "$LAB_LOWER" ]; then LOWER="$LAB_LOWER:$D/base"; else LOWER="$D/base"; fi
-mount -t overlay "lab-overlay" -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$M"
+# volatile: overlayfs syncs its whole upper file system -- the host's disk -- whenever an
+# instance's overlay goes away (every stop), which after a big upload stalls the stop and the
+# host. Lab disks never outlive the lab (moto's state is in memory), so skip that; kernels
+# before 5.10 do not know the option.
+OPTS="lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work"
+mount -t overlay "lab-overlay" -o "$OPTS,volatile" "$M" 2>/dev/null ||
+  mount -t overlay "lab-overlay" -o "$OPTS" "$M"
 
 # /proc for this pid namespace
 mount -t proc proc "$M/proc"
