@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections import OrderedDict
 import ipaddress
 import logging
 import os
@@ -194,6 +195,28 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
     m_eip.random_ip = lambda: f"127.255.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
     # --------------------------------------------------- instance lifecycle
+    # moto is not thread-safe and the lab serves requests concurrently: a DescribeInstances
+    # (or our ClientToken lookup) iterating the reservations while a RunInstances adds one
+    # dies with "OrderedDict mutated during iteration" (HTTP 500). Iterating a snapshot is
+    # atomic under the GIL, so every iteration of this dict goes through one.
+    class _Reservations(OrderedDict):
+        def values(self):
+            return list(super().values())
+
+        def items(self):
+            return list(super().items())
+
+        def keys(self):
+            return list(super().keys())
+
+        def __iter__(self):
+            return iter(list(super().keys()))
+
+    @_wrap(m_inst.InstanceBackend, "__init__")
+    def inst_backend_init(orig, self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        self.reservations = _Reservations(self.reservations)
+
     @_wrap(m_inst.InstanceBackend, "run_instances")
     def run_instances(orig, self, image_id, count, *args, **kwargs):
         # EC2 accepts ImageId "resolve:ssm:<parameter>"; moto takes it literally
