@@ -185,7 +185,7 @@ class Lab:
         fut.result()
 
     def _freeze(self, sb: Sandbox, ami_id: str) -> None:
-        was_running = sb.state in ("booting", "running")
+        was_running = sb.state in ("booting", "running", "rebooting")
         if was_running:  # EC2 reboots the instance for a consistent image; so do we
             self._kill(sb)
         layer = self.layers_dir / ami_id
@@ -392,6 +392,11 @@ class Lab:
         def op(sb: Sandbox) -> None:
             self._kill(sb)
             self._boot(sb)
+        # Down from the moment RebootInstances returns (the boot runs in the background): a
+        # command or health check that comes right after must not reach the old sshd/agent.
+        sb = self.sandboxes.get(instance_id)
+        if sb is not None and sb.state == "running":
+            sb.state = "rebooting"
         return self._op(instance_id, op, wait=False)
 
     def terminate(self, instance_id: str) -> None:
