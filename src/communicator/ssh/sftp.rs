@@ -252,11 +252,20 @@ async fn send(
 /// The root shell that checks the temp file's hash and renames it into place; the temp file is
 /// removed whatever happens.
 fn finish_script(item: &Item, temp: &str, hasher: &str) -> String {
-    let expected = item.sha256.map(hex::encode).unwrap_or_default();
     let mut script = format!(
-        "set -e\nt={}\ntrap 'rm -f -- \"$t\"' EXIT\nh=$({hasher} \"$t\" | cut -c1-64)\n",
+        "set -e\nt={}\ntrap 'rm -f -- \"$t\"' EXIT\n",
         shell_quote(temp)
     );
+    script.push_str(&verify_and_move(item, hasher));
+    script
+}
+
+/// Shell that hashes the temp file `$t`, refuses it (exit 3, `bake-sha256:<hash>` on stderr)
+/// unless it matches `item`'s sha256, then gives it `item`'s owner and mode and renames it
+/// onto the destination. Shared by the raw stream and SFTP, so both check the same way.
+pub(super) fn verify_and_move(item: &Item, hasher: &str) -> String {
+    let expected = item.sha256.map(hex::encode).unwrap_or_default();
+    let mut script = format!("h=$({hasher} \"$t\" | cut -c1-64)\n");
     if !expected.is_empty() {
         script.push_str(&format!(
             "[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"

@@ -381,21 +381,9 @@ async fn upload_raw(
     );
     let mut script = format!(
         "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
-         trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\nh=$({} \"$t\" | cut -c1-64)\n",
-        hasher(remote)
+         trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\n"
     );
-    if !expected.is_empty() {
-        script.push_str(&format!(
-            "[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"
-        ));
-    }
-    if let Some(owner) = &item.owner {
-        script.push_str(&format!("chown -- {} \"$t\"\n", shell_quote(owner)));
-    }
-    script.push_str(&format!(
-        "chmod {:o} -- \"$t\"\nmv -f -T -- \"$t\" {dest}\n",
-        item.mode & 0o7777
-    ));
+    script.push_str(&sftp::verify_and_move(&item, hasher(remote)));
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
     let path = item.dest.clone();
