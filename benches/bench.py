@@ -418,6 +418,7 @@ class Bench:
         lap("launch (RunInstances)")
         ip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
         lap("launch (DescribeInstances)")
+        assert ip.startswith("127."), f"lab instance {iid} has non-loopback address {ip}"
         # "running" comes before sshd listens (as on EC2): the floor notices it within 20 ms
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
