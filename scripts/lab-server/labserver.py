@@ -10,6 +10,9 @@ Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
     GET  /lab-api/wait/<instance-id>  waits until the instance's sshd is up (or failed)
     POST /lab-api/unhealthy-image     {"image_id", "unhealthy"?: true} instances from it fail
                                       instance-refresh health checks (lab/refresh.py)
+    GET|POST /lab-api/profile         {"profile": "instant"|"realistic", "time_scale"?: 0.1}
+                                      (lab/timing.py; env LAB_PROFILE, LAB_TIME_SCALE)
+    GET  /lab-api/leftovers           what is left in the lab's AWS (lab/leftovers.py)
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ def main() -> None:
 
     lab = Lab(lab_dir)
     lab.prepare()
+    from lab import timing
+
+    timing.install_early(lab)  # realistic profile: stopping / shutting-down (under the patches)
     patches.install(lab, base_users, base_images)
     from lab import ssm as lab_ssm
 
@@ -78,6 +84,7 @@ def main() -> None:
     from lab import refresh
 
     refresh.install(lab)  # Auto Scaling instance refresh, DeleteLaunchTemplateVersions
+    timing.install(lab)  # realistic profile: pending, SYN drop, image and profile delays
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
