@@ -15,6 +15,7 @@ Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
     GET|POST /lab-api/profile         {"profile": "instant"|"realistic", "time_scale"?: 0.1}
                                       (lab/timing.py; env LAB_PROFILE, LAB_TIME_SCALE)
     GET  /lab-api/leftovers           what is left in the lab's AWS (lab/leftovers.py)
+    GET  /lab-api/regions             every region's default VPC and subnets (lab/regions.py)
 """
 
 from __future__ import annotations
@@ -92,11 +93,14 @@ def main() -> None:
     # after timing: strict's checks (EC2's own error wording) run first
     strict.install()  # EC2's rules moto lacks, always on (lab/strict.py)
     faults.install()  # resource birth times for the visibility lag (lab/faults.py)
+    from lab import distribution, regions
+
+    distribution.install()  # CopyImage across regions, sharing, deprecation, protection (lab/distribution.py)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     moto_app = DomainDispatcherApplication(create_backend_app)
-    app = faults.FaultApp(LabApp(moto_app, lab))  # LAB_FAULTS, /lab-api/faults, /lab-api/calls
+    app = faults.FaultApp(regions.RegionGate(LabApp(moto_app, lab)))  # unknown regions: lab/regions.py  # LAB_FAULTS, /lab-api/faults, /lab-api/calls
     server = make_server("127.0.0.1", args.port, app, threaded=True)
 
     stopping = threading.Event()

@@ -18,6 +18,8 @@ region that has been used counts (backends moto never created hold nothing). Kin
 * `s3-object`      every object in every bucket (bake stages SSM uploads and output under
                    `<prefix><build-id>/`, src/communicator/ssm.rs).
 * `ssm-command`    every SSM command invocation still Pending / InProgress / Delayed.
+* `ssm-parameter`  every SSM parameter (e.g. bake's `/bake/...`) except the public `/aws/...`
+                   ones, in every region.
 
 Not counted: VPCs, subnets, the default security groups, buckets themselves (a staging
 bucket is the user's), IAM roles and instance profiles, Auto Scaling groups.
@@ -102,6 +104,19 @@ def report(lab: Any) -> dict[str, Any]:
         for lt in list(getattr(ec2, "launch_templates", {}).values()):
             add("launch-template", account, region, lt.id, name=lt.name,
                 versions=[v.number for v in lt.versions], tags=_tags(lt))
+
+    from moto.ssm.models import ssm_backends
+
+    for account, region, ssm_be in _backends(ssm_backends):
+        params = getattr(ssm_be, "_parameters", None) or {}
+        for name in list(dict.keys(params)):
+            versions = dict.get(params, name) or []
+            if not versions or str(name).startswith("/aws/"):
+                continue
+            last = versions[-1]
+            add("ssm-parameter", account, region, name, version=last.version, type=last.parameter_type,
+                data_type=last.data_type if last.data_type != "text" else None,
+                value=last.value if last.parameter_type != "SecureString" else None)
 
     for account, _partition, s3 in _backends(s3_backends):
         for bname, bucket in list(s3.buckets.items()):

@@ -25,6 +25,7 @@ from moto.ec2.models import subnets as m_subnets
 from moto.ec2.models import vpcs as m_vpcs
 from moto.moto_api._internal import models as m_api
 
+from . import regions
 from .agent import LOOPBACK, RESERVED, Lab, is_lab_ip
 
 log = logging.getLogger("lab.patches")
@@ -92,11 +93,13 @@ def _port22_taken(ip: str) -> bool:
 
 
 def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, Any]] | None = None) -> None:
-    lab.base_users.update(base_users)
+    # every region has the base images, under its own ids (lab/regions.py)
+    lab.base_users.update(regions.all_base_ids(base_users))
 
     # ------------------------------------------------------------ networking
     def create_default_vpc(self: Any) -> Any:
-        # moto: 172.31.0.0/16. Lab: loopback, default subnets 127.0.16.0/20, 127.0.32.0/20, ...
+        # moto: 172.31.0.0/16. Lab: the lab's loopback /16 in every region (as on AWS every
+        # region's default VPC has the same CIDR); default subnets per region (lab/regions.py)
         if self.describe_vpcs(filters={"is-default": ["true"]}):
             raise m_vpcs.DefaultVpcAlreadyExists
         vpc = self.create_vpc(cidr_block=DEFAULT_VPC_CIDR, is_default=True)
@@ -120,12 +123,13 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
         default_vpc = self.get_default_vpc()
         if default_vpc is None:
             raise DefaultVpcDoesNotExistError()
-        blocks = list(ipaddress.ip_network(default_vpc.cidr_block).subnets(new_prefix=20))
-        # skip block 0 (127.0.0.0/20 holds 127.0.0.1)
-        used = {s.cidr_block for s in self.describe_subnets(filters={"vpc-id": default_vpc.id})}
-        free = [b for b in blocks[1:] if str(b) not in used]
+        # each region its own slice of the lab's /16, so instance IPs never collide across
+        # regions (us-east-1: 127.X.16.0/20 ...; others: a /23 each, see lab/regions.py)
+        zones = sorted(z.name for z in self.describe_availability_zones())
+        cidr = regions.default_subnet_cidr(self.region_name, zones.index(availability_zone), len(zones),
+                                           ipaddress.ip_network(default_vpc.cidr_block))
         subnet = self.create_subnet(
-            vpc_id=default_vpc.id, cidr_block=str(free[0]), availability_zone=availability_zone
+            vpc_id=default_vpc.id, cidr_block=cidr, availability_zone=availability_zone
         )
         subnet.default_for_az = True
         return subnet
@@ -416,11 +420,12 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
     def _load_amis(orig, self):
         # moto parses creation_date *in place* in its module-level catalogue, so the second
         # backend (another region, or any backend after /moto-api/reset) crashes on a datetime.
-        m_amis.AMIS = copy.deepcopy(pristine_catalogue)
+        # each region its own ids for the same base images (lab/regions.py)
+        m_amis.AMIS = regions.catalogue_for(self.region_name, copy.deepcopy(pristine_catalogue))
         orig(self)
         # moto forces owner_alias "amazon" on every catalogue image; Debian's have none
         for ami_id in base_users:
-            ami = self.amis.get(ami_id)
+            ami = self.amis.get(regions.localize(ami_id, self.region_name))
             if ami is not None and ami.owner_id != "137112412989":
                 ami.owner_alias = None
 
@@ -468,6 +473,7 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
         if str(key or "").startswith("/aws/service/debian") and not getattr(self, "lab_debian_loaded", False):
             self.lab_debian_loaded = True
             for name, value in debian_params.items():
+                value = regions.localize(value, self.region_name)  # the region's own image id
                 defaultdict_get = super(m_ssm.ParameterDict, self).__getitem__
                 defaultdict_get(name).append(
                     m_ssm.Parameter(
