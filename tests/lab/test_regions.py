@@ -352,6 +352,12 @@ def test_deregistration_protection(regional):
     until = datetime.strptime(state.split()[1], "%Y-%m-%dT%H:%M:%S.000Z").replace(tzinfo=timezone.utc)
     assert timedelta(hours=23, minutes=59) < until - datetime.now(timezone.utc) <= timedelta(hours=24)
     assert error_of(ec2.deregister_image, ImageId=ami)["Code"] == "OperationNotPermitted"
+    # the lab's hook ends the cooldown (so the test leaves nothing behind); then it goes
+    assert lab_api("deregistration-cooldown", {"image_id": ami})["deregistration_protection"] == "disabled"
+    snap = ec2.describe_images(ImageIds=[ami])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    ec2.deregister_image(ImageId=ami)
+    assert not ec2.describe_images(ImageIds=[ami])["Images"]
+    ec2.delete_snapshot(SnapshotId=snap)
 
 
 def test_imds_support(regional, lab_env):

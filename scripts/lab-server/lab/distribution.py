@@ -419,6 +419,17 @@ def _install_ssm() -> None:
                     data_type, *a, **kw)
 
 
+def end_cooldown(ami_id: str, region: str, account: str = "123456789012") -> dict[str, Any]:
+    """Test hook (POST /lab-api/deregistration-cooldown): a cooldown after
+    DisableImageDeregistrationProtection ends now instead of in 24 h."""
+    from moto.ec2.models import ec2_backends
+
+    ami = ec2_backends[account][region].amis[ami_id]
+    if ami.__dict__.get("_lab_dp_until") is not None:
+        ami.__dict__["_lab_dp_until"] = time.time()
+    return {"image_id": ami_id, "deregistration_protection": ami.deregistration_protection}
+
+
 def install() -> None:
     """Called after lab/patches.py, lab/timing.py and lab/strict.py."""
     _install_model()

@@ -145,6 +145,21 @@ class RegionGate:
             data = json.dumps({"regions": mapping(net)}, indent=1).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
             return [data]
+        if path.rstrip("/") == "/lab-api/deregistration-cooldown" and environ.get("REQUEST_METHOD") == "POST":
+            # test hook: end an image's 24 h deregistration-protection cooldown now
+            import json
+
+            from .distribution import end_cooldown
+
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+            req = json.loads(environ["wsgi.input"].read(n) or b"{}")
+            try:
+                body, status = end_cooldown(req["image_id"], req.get("region", US_EAST_1)), "200 OK"
+            except KeyError as e:
+                body, status = {"error": f"no such image: {e}"}, "404 Not Found"
+            data = json.dumps(body).encode()
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+            return [data]
         if not path.startswith(("/lab-api/", "/moto-api/")) and "HTTP_AUTHORIZATION" in environ:
             from .faults import error_response, identify
 
