@@ -426,3 +426,36 @@ def test_leftovers_cover_every_region(regional, lab_env):
     assert found[("security-group", sg)] == "eu-west-1"
     base = {i["ImageId"] for r in REGIONS for i in client(lab_env, "ec2", r).describe_images(Owners=[DEBIAN])["Images"]}
     assert not base & {rid for (kind, rid) in found if kind == "image"}
+
+
+def test_shared_image_is_visible_and_launchable_in_the_target_account(regional, lab_env):
+    east, west = regional("us-east-1"), regional("us-west-2")
+    token = uuid.uuid4().hex
+    src, _ = baked_image(east, token)
+    copy = west.ec2.copy_image(SourceImageId=src, SourceRegion="us-east-1", Name=west.name("labtest-copy"))["ImageId"]
+    west.images.append(copy)
+    creds = client(lab_env, "sts", "us-east-1").assume_role(
+        RoleArn=f"arn:aws:iam::{OTHER_ACCOUNT}:role/labtest-consumer", RoleSessionName="labtest")["Credentials"]
+    other = boto3.client("ec2", region_name="us-west-2", endpoint_url=lab_env["AWS_ENDPOINT_URL"],
+                         aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                         aws_session_token=creds["SessionToken"])
+    assert error_of(other.describe_images, ImageIds=[copy])["Code"] == "InvalidAMIID.NotFound"  # not yet shared
+    west.ec2.modify_image_attribute(ImageId=copy, LaunchPermission={"Add": [{"UserId": OTHER_ACCOUNT}]})
+    img = other.describe_images(ImageIds=[copy])["Images"][0]
+    assert img["OwnerId"] == "123456789012"
+    assert copy in [i["ImageId"] for i in other.describe_images(ExecutableUsers=["self"])["Images"]]
+    assert copy not in [i["ImageId"] for i in other.describe_images(Owners=["self"])["Images"]]
+    # the target account launches it and sees the baked content
+    theirs = Resources(other, west.tmp)
+    try:
+        inst = theirs.run(copy)
+        lab_api(f"wait/{inst['InstanceId']}")
+        out = lab_api("exec", {"instance_id": inst["InstanceId"], "command": "cat /etc/bake-region-test"})
+        assert (out["code"], out["stdout"].strip()) == (0, token)
+        left = {(i["account"], i["kind"], i["id"]) for i in lab_api("leftovers")["leftovers"]}
+        assert (OTHER_ACCOUNT, "instance", inst["InstanceId"]) in left
+    finally:
+        theirs.cleanup()
+    # unshared again: gone for the other account (in us-east-1 it never was there)
+    west.ec2.modify_image_attribute(ImageId=copy, LaunchPermission={"Remove": [{"UserId": OTHER_ACCOUNT}]})
+    assert error_of(other.describe_images, ImageIds=[copy])["Code"] == "InvalidAMIID.NotFound"

@@ -419,6 +419,48 @@ def _install_ssm() -> None:
                     data_type, *a, **kw)
 
 
+def _install_sharing() -> None:
+    """Images shared with another account (launch permission UserId, or public) are visible to
+    that account in the same region (DescribeImages, RunInstances: moto's other accounts are
+    reached with STS AssumeRole credentials). Organization / OU permissions are recorded only."""
+    from moto.ec2.models import amis as m_amis
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.utils import generic_filter
+
+    def shared_with(backend: Any) -> dict[str, Any]:
+        me, region = backend.account_id, backend.region_name
+        out: dict[str, Any] = {}
+        for account, per_region in list(dict.items(ec2_backends)):
+            if account == me or region not in dict.keys(per_region):
+                continue
+            for ami in list(dict.__getitem__(per_region, region).amis.values()):
+                lps = ami.launch_permissions
+                if {"UserId": me} in lps or ({"Group": "all"} in lps and ami.owner_id != "136693071363"):
+                    out[ami.id] = ami
+        return out
+
+    @_wrap(m_amis.AmiBackend, "describe_images")
+    def describe_images(orig, self, ami_ids=None, filters=None, exec_users=None, owners=None):
+        shared = shared_with(self)
+        if not shared:
+            return orig(self, ami_ids=ami_ids, filters=filters, exec_users=exec_users, owners=owners)
+        if ami_ids:
+            mine = [i for i in ami_ids if i not in shared]
+            found = orig(self, ami_ids=mine, filters=filters, exec_users=exec_users, owners=owners) if mine else []
+            extra = [shared[i] for i in ami_ids if i in shared]
+            return found + (generic_filter(filters, extra) if filters else extra)
+        found = orig(self, ami_ids=ami_ids, filters=filters, exec_users=exec_users, owners=owners)
+        me = self.account_id
+        extra = list(shared.values())
+        if owners:
+            wanted = {me if o == "self" else o for o in owners}
+            extra = [a for a in extra if a.owner_id in wanted]
+        if exec_users:
+            users = {me if u == "self" else u for u in exec_users}
+            extra = [a for a in extra if a.is_public or any({"UserId": u} in a.launch_permissions for u in users)]
+        return found + (generic_filter(filters, extra) if filters else extra)
+
+
 def end_cooldown(ami_id: str, region: str, account: str = "123456789012") -> dict[str, Any]:
     """Test hook (POST /lab-api/deregistration-cooldown): a cooldown after
     DisableImageDeregistrationProtection ends now instead of in 24 h."""
@@ -436,3 +478,4 @@ def install() -> None:
     _install_copy()
     _install_attributes()
     _install_ssm()
+    _install_sharing()
