@@ -110,8 +110,9 @@ def test_launch_pending_syn_drop_then_running(ec2, res, debian_ami, realistic):
     assert ip not in dropped_ips()
     d = describe(ec2, iid)
     assert "StateReason" not in d or not d["StateReason"].get("Code")
-    st = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"][0]
-    assert st["InstanceStatus"]["Status"] == "ok"
+    # "ok" once the lab has seen sshd's banner too (a moment after the port opens)
+    until(lambda: ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"][0]["InstanceStatus"]["Status"]
+          == "ok", 5, "status ok")
 
 
 def test_stop_start_terminate_transitions(ec2, res, debian_ami, realistic):
