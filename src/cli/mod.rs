@@ -3,6 +3,7 @@
 
 mod build;
 mod deploy;
+mod gc;
 mod images;
 
 use std::path::PathBuf;
@@ -97,6 +98,8 @@ pub enum Cmd {
     Images(images::ImagesCmd),
     /// Roll an image out to an Auto Scaling group (instance refresh); status, cancel, rollback.
     Deploy(deploy::DeployArgs),
+    /// List (or with --yes remove) what builds that no longer run left behind.
+    Gc(gc::GcArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -135,6 +138,7 @@ async fn run(cli: Cli) -> u8 {
         }
         Cmd::Images(cmd) => images::run(cmd, &g).await,
         Cmd::Deploy(args) => deploy::run(args, &g).await,
+        Cmd::Gc(args) => gc::run(args, &g).await,
     }
 }
 
