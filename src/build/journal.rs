@@ -65,7 +65,8 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Start time of `pid` (field 22 of its stat line), if it exists.
+/// Start time of `pid` (field 22 of its stat line), if it exists and has not exited (a
+/// killed process stays a zombie until its parent reaps it).
 pub fn pid_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_start(&stat)
@@ -73,9 +74,12 @@ pub fn pid_start(pid: u32) -> Option<u64> {
 
 /// The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
 fn parse_start(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')' come fields 3.. ; starttime is field 22, i.e. the 20th of these.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // After ')' come fields 3.. : the state, and starttime (field 22) 19 fields later.
+    if matches!(rest.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
 }
 
 impl Entry {
@@ -173,6 +177,7 @@ mod tests {
         let stat =
             "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start(stat), Some(987654));
+        assert_eq!(parse_start(&stat.replace(") S ", ") Z ")), None);
         assert_eq!(parse_start("garbage"), None);
     }
 

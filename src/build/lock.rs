@@ -98,7 +98,7 @@ pub async fn acquire(
                     ));
                     // By id: a build that took the lock over meanwhile holds a new key pair
                     // of the same name, which must stay.
-                    let _ = delete_key_pair_id(ec2, &h.key_pair_id).await;
+                    let _ = crate::aws::ec2::delete_key_pair_if_id(ec2, name, &h.key_pair_id).await;
                     Poll::Pending("took over a dead build's lock".into())
                 }
                 Ok(Some(h)) => {
@@ -147,19 +147,6 @@ async fn holder(clients: &Clients, name: &str) -> Result<Option<Holder>, AwsErro
             verdict,
         }
     }))
-}
-
-async fn delete_key_pair_id(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), AwsError> {
-    match ec2
-        .delete_key_pair()
-        .key_pair_id(id)
-        .send()
-        .await
-        .ctx("DeleteKeyPair", Some(id))
-    {
-        Err(e) if !e.is_not_found() => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// Releases the lock only if this build holds it.

@@ -248,16 +248,19 @@ impl SsmCommunicator {
     }
 
     /// The agent keeps every command's script on the node (its orchestration directory), and
-    /// step scripts may carry secrets: removed before the image is made. Best effort.
+    /// its document state; step scripts may carry secrets: removed before the image is made.
+    /// Best effort.
     pub async fn close(self) {
-        let dir = format!(
-            "/var/lib/amazon/ssm/{}/document/orchestration",
-            self.instance_id
-        );
+        // The agent also keeps each finished command's document (with its parameters).
+        let base = format!("/var/lib/amazon/ssm/{}/document", self.instance_id);
         let _ = self
             .execute(
                 "tidy",
-                &format!("rm -rf -- {}", shell_quote(&dir)),
+                &format!(
+                    "rm -rf -- {} {}",
+                    shell_quote(&format!("{base}/orchestration")),
+                    shell_quote(&format!("{base}/state/completed"))
+                ),
                 Duration::from_secs(60),
                 "tidy",
             )

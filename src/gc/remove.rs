@@ -57,7 +57,7 @@ pub async fn remove(
         let results = futures::future::join_all(
             batch
                 .iter()
-                .map(|r| remove_one(c, r.kind, &r.id, snapshot_users)),
+                .map(|r| remove_one(c, r.kind, &r.id, r.name.as_deref(), snapshot_users)),
         )
         .await;
         for (r, res) in batch.into_iter().zip(results) {
@@ -111,6 +111,7 @@ async fn remove_one(
     c: &Clients,
     kind: Kind,
     id: &str,
+    name: Option<&str>,
     snapshot_users: &BTreeMap<String, BTreeSet<String>>,
 ) -> Result<String, AwsError> {
     let e = &c.ec2;
@@ -172,16 +173,18 @@ async fn remove_one(
             Ok("deleted".into())
         }
         Kind::KeyPair | Kind::Lock => {
-            match e
-                .delete_key_pair()
-                .key_pair_id(id)
-                .send()
-                .await
-                .ctx("DeleteKeyPair", Some(id))
-            {
-                Err(err) if !err.is_not_found() => Err(err),
-                _ => Ok("deleted".into()),
-            }
+            let Some(name) = name else {
+                return Err(AwsError::new(
+                    "DeleteKeyPair",
+                    Some(id.to_string()),
+                    "no name",
+                ));
+            };
+            Ok(if ec2::delete_key_pair_if_id(e, name, id).await? {
+                "deleted".into()
+            } else {
+                "already gone (or replaced by a new holder)".into()
+            })
         }
         Kind::S3Objects => {
             let rest = id.trim_start_matches("s3://");
