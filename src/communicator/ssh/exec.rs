@@ -228,10 +228,11 @@ pub async fn run(
     script: &str,
 ) -> Result<StepOutcome, CommError> {
     let start = Instant::now();
-    // The script (which may carry secrets) arrives on stdin into a private file; the command
+    // The script (which may carry secrets) arrives on stdin into a private file (mktemp makes
+    // it 0600; the step's umask stays the login's); the command
     // line — what sudo logs and `ps` shows — holds only this stub.
     let command = format!(
-        "printf '{PID_MARKER}%s\\n' \"$$\" >&2; umask 077; \
+        "printf '{PID_MARKER}%s\\n' \"$$\" >&2; \
          f=$(mktemp /tmp/bake-step.XXXXXXXX) && cat > \"$f\" || exit 125; exec {}",
         run_file(step.sudo, "\"$f\"")
     );
