@@ -2,7 +2,7 @@
 //! user data, run tags) and its root volume (size, type, encryption, iops, throughput).
 
 use super::super::checks;
-use super::super::model::{Builder, RootVolume};
+use super::super::model::{Builder, Imds, RootVolume};
 use super::sensitive::Exposed;
 use super::walker::{Cx, Sp, Span, Tbl};
 
@@ -17,6 +17,8 @@ const BUILDER_KEYS: &[&str] = &[
     "associate_public_ip",
     "run_tags",
     "root_volume",
+    "max_lifetime",
+    "imds",
 ];
 const ROOT_VOLUME_KEYS: &[&str] = &[
     "size_gb",
@@ -147,11 +149,38 @@ pub(super) fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, O
         Some(rv) => root_volume(cx, &rv),
         None => RootVolume::default(),
     };
+    let max_lifetime = cx.duration(&t, "max_lifetime");
+    if let Some(m) = &max_lifetime
+        && m.v < std::time::Duration::from_secs(10)
+    {
+        cx.err(
+            Some(m.span.clone()),
+            "max_lifetime is shorter than 10s",
+            "the builder powers itself off after max_lifetime; give it time to be built, e.g. \"2h\"",
+        );
+    }
+    let imds = match cx.string(&t, "imds") {
+        None => Imds::V2,
+        Some(v) if v.v == "v2" => Imds::V2,
+        Some(v) if v.v == "v1-allowed" => Imds::V1Allowed,
+        Some(v) => {
+            cx.err(
+                Some(v.span.clone()),
+                format!("unknown imds `{}`", v.v),
+                "use \"v2\" (IMDSv2 only, the default) or \"v1-allowed\"",
+            );
+            Imds::V2
+        }
+    };
     if cx.errors.len() > n0 {
         return None;
     }
     Some((
         Builder {
+            max_lifetime: max_lifetime
+                .map(|m| m.v)
+                .unwrap_or(std::time::Duration::from_secs(2 * 3600)),
+            imds,
             instance_type: instance_type?.v,
             subnet_id: subnet_id.map(|s| s.v),
             security_group_ids: sgs
