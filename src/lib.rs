@@ -10,6 +10,7 @@ pub mod cli;
 pub mod communicator;
 pub mod deploy;
 pub mod fingerprint;
+pub mod gc;
 pub mod images;
 pub mod recipe;
 pub mod retry;

@@ -62,10 +62,11 @@ impl Ui {
         self.inner.mp.is_some()
     }
 
-    /// Values that must never be printed.
+    /// Values that must never be printed. A multi-line value is also redacted line by line:
+    /// step output arrives a line at a time, so a printed key file never shows up whole.
     pub fn add_secrets(&self, secrets: &[String]) {
         let mut s = self.inner.secrets.lock().unwrap();
-        s.extend(secrets.iter().filter(|v| !v.is_empty()).cloned());
+        s.extend(secret_fragments(secrets));
         // Longest first so a secret containing another is redacted whole.
         s.sort_by_key(|v| std::cmp::Reverse(v.len()));
         s.dedup();
@@ -135,6 +136,26 @@ impl Ui {
         }
         spans.into_iter().map(|(n, a, b)| (n, b - a)).collect()
     }
+}
+
+/// What to redact for these secret values: each value, and each line of a multi-line value
+/// (trimmed; lines shorter than 4 characters, such as a lone brace, would redact too much).
+fn secret_fragments(secrets: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in secrets.iter().filter(|v| !v.is_empty()) {
+        out.push(v.clone());
+        if v.contains('\n') {
+            out.extend(
+                v.lines()
+                    .map(|l| l.trim())
+                    .filter(|l| l.chars().count() >= 4)
+                    .map(str::to_string),
+            );
+            // As JSON or a log with escaped newlines would show it.
+            out.push(v.replace('\n', "\\n"));
+        }
+    }
+    out
 }
 
 /// A stage in progress.
@@ -296,6 +317,19 @@ mod tests {
         let ui = Ui::new(true);
         ui.add_secrets(&["abc".into(), "abcdef".into(), String::new()]);
         assert_eq!(ui.redact("x abcdef y abc"), "x [redacted] y [redacted]");
+    }
+
+    #[test]
+    fn multi_line_secrets_are_redacted_whole_and_line_by_line() {
+        let ui = Ui::new(true);
+        let key = "-----BEGIN KEY-----\nAAAAsecretline1\n}\nBBBBsecretline2\n-----END KEY-----"
+            .to_string();
+        ui.add_secrets(&[key.clone()]);
+        assert_eq!(ui.redact(&format!("k={key}!")), "k=[redacted]!");
+        assert_eq!(ui.redact("  step | BBBBsecretline2"), "  step | [redacted]");
+        assert_eq!(ui.redact(&key.replace('\n', "\\n")), "[redacted]");
+        // A short line of the value (a brace) is not redacted everywhere.
+        assert_eq!(ui.redact("fn x() {}"), "fn x() {}");
     }
 
     #[test]

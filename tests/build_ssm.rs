@@ -187,12 +187,13 @@ impl Case {
 }
 
 /// Files, modes, owners and hashes of what web.toml puts on an image (build-info: its date
-/// differs per build, so only its metadata).
+/// differs per build, so only its metadata). Agent scripts: those of steps; the agent keeps the
+/// directory of the last command (bake's own tidy, which removes the others) once it ends.
 const MANIFEST: &str = "sudo sh -c 'cd / && find opt/web etc/web etc/systemd/system/web.service \
      etc/systemd/system/multi-user.target.wants/web.service -printf \"%p %y %m %u %g %l\\n\" | sort; \
      find opt/web etc/web/web.conf etc/systemd/system/web.service -type f | sort | xargs sha256sum; \
      getent passwd web | cut -d: -f1,6,7; getent group web | cut -d: -f1; \
-     echo agent-scripts=$(ls -d /var/lib/amazon/ssm/*/document/orchestration/* 2>/dev/null | wc -l)'";
+     echo agent-scripts=$(grep -L document/orchestration /var/lib/amazon/ssm/*/document/orchestration/*/*/*/_script.sh 2>/dev/null | wc -l)'";
 
 fn manifest_of(lab: &Lab, ami: &str, dir: &Path) -> String {
     let (id, ip, key) = lab.launch_for_check(ami, dir);

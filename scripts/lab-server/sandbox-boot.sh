@@ -66,6 +66,14 @@ chmod 755 "$M/run/sshd"
 cp -a "$D/run/." "$M/run/lab/"
 chmod 700 "$M/run/lab"
 
+# instance-initiated shutdown (lab/shutdown.py): a shim over systemctl, which poweroff, halt
+# and shutdown are links to, for this boot only (mounts vanish with the namespace)
+if [ -f "$M/run/lab/lab-systemctl" ] && [ -f "$M/usr/bin/systemctl" ]; then
+  : > "$M/run/lab-systemctl.real"
+  mount --bind "$M/usr/bin/systemctl" "$M/run/lab-systemctl.real"
+  mount --bind "$M/run/lab/lab-systemctl" "$M/usr/bin/systemctl"
+fi
+
 # cloud-init's job: default user, sudoers, authorized_keys (every boot, idempotent)
 chroot "$M" /bin/sh /run/lab/setup.sh
 # what cloud-init leaves on the disk: host keys in /etc/ssh, the user data (lab/keep.py)

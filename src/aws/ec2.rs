@@ -100,6 +100,16 @@ pub async fn delete_key_pair(ec2: &Client, name: &str) -> Result<bool, AwsError>
     }
 }
 
+/// Deletes the key pair `name` only if it still is the one with id `id` (a build lock taken
+/// over meanwhile is a new key pair of the same name and must stay). By name after the check:
+/// not every EC2 implementation honours DeleteKeyPair's KeyPairId. False if it was gone.
+pub async fn delete_key_pair_if_id(ec2: &Client, name: &str, id: &str) -> Result<bool, AwsError> {
+    match describe_key_pair(ec2, name).await? {
+        Some(k) if k.key_pair_id() == Some(id) => delete_key_pair(ec2, name).await,
+        _ => Ok(false),
+    }
+}
+
 /// Turns an AWS error inside a poll attempt into throttling (retry harder) or failure.
 fn poll_err<T>(e: AwsError) -> Poll<T, AwsError> {
     if e.is_throttling() {

@@ -23,6 +23,10 @@ pub struct MadeImage {
     pub snapshots: Vec<String>,
 }
 
+/// `pending` from CreateImage until the image is available and tagged, then `complete`. Images
+/// from bakes before this tag have none and count as complete once available.
+pub const STATE_TAG: &str = "bake:state";
+
 /// Tags that record how an image was made; `bake plan` and `bake images` read them back.
 pub fn image_tags(
     recipe: &Recipe,
@@ -35,6 +39,10 @@ pub fn image_tags(
     t.insert("bake:fingerprint".into(), fp.hash.clone());
     t.insert("bake:source-ami".into(), source.id.clone());
     t.insert("bake:build-id".into(), build_id.to_string());
+    // Until the build marks it complete, a half-made image that `bake gc` may remove.
+    t.insert(STATE_TAG.into(), "pending".into());
+    let (k, v) = super::lease::initial_tag();
+    t.insert(k, v);
     for (i, v) in fingerprint::encode_inputs(fp).into_iter().enumerate() {
         let key = if i == 0 {
             "bake:inputs".to_string()
@@ -108,6 +116,8 @@ pub async fn make_image(
     let snapshots = ec2::image_snapshots(&img);
     // Make sure every snapshot carries the tags even where CreateImage ignored the snapshot
     // TagSpecification; CreateTags is idempotent.
+    snap_tags.insert(STATE_TAG.into(), "complete".into());
+    snap_tags.remove(super::lease::LEASE_TAG);
     if !snapshots.is_empty() {
         ec2.create_tags()
             .set_resources(Some(snapshots.clone()))
@@ -116,6 +126,7 @@ pub async fn make_image(
             .await
             .ctx("CreateTags", Some(&snapshots.join(",")))?;
     }
+    mark_complete(ec2, &ami, &snapshots).await?;
     cleanup.keep(token);
     st.finish(&format!(
         "{ami} available, snapshots {}",
@@ -128,6 +139,44 @@ pub async fn make_image(
     })
 }
 
+/// The image is finished: from now on `bake gc` never touches it and it is a cache hit.
+async fn mark_complete(
+    ec2: &aws_sdk_ec2::Client,
+    ami: &str,
+    snapshots: &[String],
+) -> Result<(), AwsError> {
+    let mut all = vec![ami.to_string()];
+    all.extend(snapshots.iter().cloned());
+    ec2.create_tags()
+        .resources(ami)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(STATE_TAG)
+                .value("complete")
+                .build(),
+        )
+        .send()
+        .await
+        .ctx("CreateTags", Some(ami))?;
+    // The lease only guarded the image while it was made; a stale one would only confuse.
+    let _ = ec2
+        .delete_tags()
+        .set_resources(Some(all))
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(super::lease::LEASE_TAG)
+                .build(),
+        )
+        .send()
+        .await;
+    Ok(())
+}
+
+/// Whether an image's tags say a build finished it (no state tag: made before the tag existed).
+pub fn is_complete(tags: &BTreeMap<String, String>) -> bool {
+    tags.get(STATE_TAG).is_none_or(|s| s == "complete")
+}
+
 /// An available image of ours with this fingerprint: (id, name, snapshots). Newest wins.
 pub async fn find_by_fingerprint(
     ec2: &aws_sdk_ec2::Client,
@@ -137,6 +186,8 @@ pub async fn find_by_fingerprint(
     Ok(imgs
         .into_iter()
         .filter(|i| i.state() == Some(&ImageState::Available))
+        // Available but never marked complete: its build died; `bake gc` will remove it.
+        .filter(|i| is_complete(&ec2::tag_map(i.tags())))
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
         .map(|i| {
             let snaps = ec2::image_snapshots(&i);

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceStateName,
-    InstanceType, IpPermission, IpRange, ResourceType, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    IpPermission, IpRange, ResourceType, ShutdownBehavior, VolumeType,
 };
 use base64::Engine;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
@@ -20,7 +21,7 @@ use super::cleanup::{Cleanup, Undo};
 use super::source::SourceImage;
 use crate::aws::ec2::{self, filter, tag_spec};
 use crate::aws::{Clients, Ctx};
-use crate::recipe::model::{CommunicatorKind, Recipe, SshInterface};
+use crate::recipe::model::{CommunicatorKind, Imds, Recipe, SshInterface};
 use crate::ui::Ui;
 
 /// A running builder and how to reach it.
@@ -30,14 +31,18 @@ pub struct Builder {
     pub addr: String,
     pub client_key: Arc<PrivateKey>,
     pub host_key: PublicKey,
+    /// When RunInstances was sent: the dead-man switch counts from about then.
+    pub launched: std::time::Instant,
 }
 
 /// Tags every temporary resource of a build carries, so a leak is always attributable.
+/// The lease tag says the build is alive until renewed past it (see `super::lease`).
 pub fn build_tags(recipe: &Recipe, build_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("bake:build-id".to_string(), build_id.to_string()),
         ("bake:recipe".to_string(), recipe.name.clone()),
         ("bake:temporary".to_string(), "true".to_string()),
+        super::lease::initial_tag(),
     ])
 }
 
@@ -155,12 +160,18 @@ pub async fn launch(
             recipe.builder.instance_type, source.id
         ),
     );
-    let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key)?;
+    let dead_man = super::deadman::arm_script(recipe.builder.max_lifetime.as_secs());
+    let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key, &dead_man)?;
     let mut run_tags = recipe.builder.run_tags.clone();
     run_tags
         .entry("Name".into())
         .or_insert_with(|| format!("bake builder {}", recipe.name));
     run_tags.extend(tags.clone());
+    let staging = super::provision::staging_locations(recipe, build_id);
+    if !staging.is_empty() {
+        // Where this build's staged objects are, for `bake gc` on any machine.
+        run_tags.insert("bake:staging".into(), staging.join(" "));
+    }
     let mut req = ec2
         .run_instances()
         .image_id(&source.id)
@@ -172,6 +183,17 @@ pub async fn launch(
         .set_security_group_ids(Some(sg_ids))
         .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
         .client_token(build_id)
+        // The dead-man switch's power-off ends the instance, not just stops it.
+        .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .http_tokens(match recipe.builder.imds {
+                    Imds::V2 => HttpTokensState::Required,
+                    Imds::V1Allowed => HttpTokensState::Optional,
+                })
+                .build(),
+        )
         .tag_specifications(tag_spec(ResourceType::Instance, &run_tags))
         .tag_specifications(tag_spec(ResourceType::Volume, &run_tags));
     if let Some(profile) = &recipe.builder.iam_instance_profile {
@@ -192,6 +214,7 @@ pub async fn launch(
     cleanup.push(Undo::TerminateBuildInstances {
         build_id: build_id.to_string(),
     });
+    let launched = std::time::Instant::now();
     let out = req.send().await.ctx("RunInstances", Some(&source.id))?;
     let id = out
         .instances()
@@ -238,6 +261,7 @@ pub async fn launch(
         addr,
         client_key: Arc::new(client_key),
         host_key: host_key.public_key().clone(),
+        launched,
     })
 }
 
@@ -306,9 +330,14 @@ fn root_volume(recipe: &Recipe, source: &SourceImage) -> Option<BlockDeviceMappi
     )
 }
 
-/// cloud-init user data that installs bake's host key, merged with the recipe's own user data
-/// as a MIME multipart document when there is one (cloud-init processes every part).
-pub fn user_data(own: Option<&str>, host_key: &PrivateKey) -> Result<String, BuildError> {
+/// cloud-init user data: bake's host key (cloud-config), the dead-man switch (a shell script)
+/// and the recipe's own user data when there is one, as one MIME multipart document
+/// (cloud-init processes every part).
+pub fn user_data(
+    own: Option<&str>,
+    host_key: &PrivateKey,
+    dead_man: &str,
+) -> Result<String, BuildError> {
     let private = host_key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .map_err(|e| BuildError::Config(e.to_string()))?;
@@ -320,25 +349,34 @@ pub fn user_data(own: Option<&str>, host_key: &PrivateKey) -> Result<String, Bui
     let cloud = format!(
         "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {public}\n"
     );
-    let Some(own) = own else { return Ok(cloud) };
-    let kind = if own.starts_with("#cloud-config") {
-        "text/cloud-config"
-    } else if own.starts_with("#!") {
-        "text/x-shellscript"
-    } else if own.starts_with("#include") {
-        "text/x-include-url"
-    } else if own.starts_with("#cloud-boothook") {
-        "text/cloud-boothook"
-    } else {
-        "text/plain"
-    };
+    let mut parts = vec![
+        ("text/cloud-config", cloud),
+        ("text/x-shellscript", dead_man.to_string()),
+    ];
+    if let Some(own) = own {
+        let kind = if own.starts_with("#cloud-config") {
+            "text/cloud-config"
+        } else if own.starts_with("#!") {
+            "text/x-shellscript"
+        } else if own.starts_with("#include") {
+            "text/x-include-url"
+        } else if own.starts_with("#cloud-boothook") {
+            "text/cloud-boothook"
+        } else {
+            "text/plain"
+        };
+        parts.push((kind, own.to_string()));
+    }
     let boundary = "==BAKE-BOUNDARY-7f3a==";
-    Ok(format!(
-        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n\
-         --{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{cloud}\n\
-         --{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{own}\n\
-         --{boundary}--\n"
-    ))
+    let mut doc =
+        format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n");
+    for (kind, body) in parts {
+        doc.push_str(&format!(
+            "--{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{body}\n"
+        ));
+    }
+    doc.push_str(&format!("--{boundary}--\n"));
+    Ok(doc)
 }
 
 #[cfg(test)]
@@ -346,15 +384,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_data_carries_host_key_and_merges_own() {
+    fn user_data_carries_host_key_dead_man_and_own() {
         let k = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let plain = user_data(None, &k).unwrap();
-        assert!(plain.starts_with("#cloud-config\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----"));
+        let plain = user_data(None, &k, "#!/bin/sh\n# dead man\n").unwrap();
+        assert!(plain.starts_with("Content-Type: multipart/mixed"));
+        assert!(plain.contains("#cloud-config\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----"));
         assert!(plain.contains(&k.public_key().to_openssh().unwrap()));
-        let merged = user_data(Some("#!/bin/sh\necho hi"), &k).unwrap();
-        assert!(merged.starts_with("Content-Type: multipart/mixed"));
-        assert!(merged.contains("Content-Type: text/x-shellscript"));
+        assert!(plain.contains("Content-Type: text/x-shellscript; charset=\"utf-8\"\nMIME-Version: 1.0\n\n#!/bin/sh\n# dead man"));
+        let merged = user_data(Some("#!/bin/sh\necho hi"), &k, "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            merged.matches("Content-Type: text/x-shellscript").count(),
+            2
+        );
         assert!(merged.contains("#!/bin/sh\necho hi"));
         assert!(merged.contains("Content-Type: text/cloud-config"));
+        assert!(merged.ends_with("==BAKE-BOUNDARY-7f3a==--\n"));
     }
 }

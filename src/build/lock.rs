@@ -3,7 +3,9 @@
 //! fingerprint is a lock any number of machines agree on without a lock service.
 //!
 //! A build that finds the lock taken waits for the holder's image (and reports it as cached),
-//! or takes over when the holder gave up (lock gone) or died (lock older than [`STALE_AFTER`]).
+//! or takes over when the holder gave up (lock gone) or died: at once when the local journal
+//! says its bake is gone, as soon as its lease lapsed when it ran elsewhere, and after
+//! [`STALE_AFTER`] for a lock without a lease (made by a bake before leases).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,13 +16,15 @@ use aws_sdk_ec2::types::ResourceType;
 use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
 use super::image::find_by_fingerprint;
+use super::journal;
+use super::lease::{self, LEASE_TAG, Verdict};
 use crate::aws::ec2::{delete_key_pair, describe_key_pair, tag_map, tag_spec};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::retry::{self, Backoff, Poll};
 use crate::ui::Ui;
 
-/// A lock older than this belongs to a build that died without cleaning up.
-pub const STALE_AFTER: Duration = Duration::from_secs(4 * 3600);
+/// A lock without a lease older than this belongs to a build that died without cleaning up.
+pub const STALE_AFTER: Duration = super::lease::LEGACY_STALE;
 
 pub fn lock_name(fingerprint: &str) -> String {
     format!("bake-lock-{}", &fingerprint[..32])
@@ -48,6 +52,7 @@ pub async fn acquire(
     let tags = BTreeMap::from([
         ("bake:build-id".to_string(), build_id.to_string()),
         ("bake:lock".to_string(), fingerprint.to_string()),
+        super::lease::initial_tag(),
     ]);
     cleanup.push(Undo::ReleaseLock {
         name: name.clone(),
@@ -85,12 +90,19 @@ pub async fn acquire(
                 Err(e) => return Poll::Fail(e),
             }
             match holder(clients, name).await {
-                Ok(Some((holder, age))) if age > STALE_AFTER => {
-                    ui.line(&format!("lock {name} of build {holder} is {}s old: taking it over", age.as_secs()));
-                    let _ = delete_key_pair(ec2, name).await;
-                    Poll::Pending("took over a stale lock".into())
+                Ok(Some(h)) if h.verdict.is_dead() => {
+                    ui.line(&format!(
+                        "lock {name} of build {}: its holder is dead ({}): taking it over",
+                        h.build_id,
+                        h.verdict.reason()
+                    ));
+                    // By id: a build that took the lock over meanwhile holds a new key pair
+                    // of the same name, which must stay.
+                    let _ = crate::aws::ec2::delete_key_pair_if_id(ec2, name, &h.key_pair_id).await;
+                    Poll::Pending("took over a dead build's lock".into())
                 }
-                Ok(Some((holder, _))) => {
+                Ok(Some(h)) => {
+                    let holder = h.build_id;
                     if !told.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         ui.line(&format!("build {holder} is baking the same inputs; waiting for its image instead of making a second"));
                     }
@@ -105,24 +117,35 @@ pub async fn acquire(
     r.map_err(|e| crate::aws::ec2::poll_failure("acquire build lock", &name, e).into())
 }
 
-/// Who holds the lock and for how long.
-async fn holder(clients: &Clients, name: &str) -> Result<Option<(String, Duration)>, AwsError> {
+struct Holder {
+    build_id: String,
+    key_pair_id: String,
+    verdict: Verdict,
+}
+
+/// Who holds the lock, and whether that build is still alive.
+async fn holder(clients: &Clients, name: &str) -> Result<Option<Holder>, AwsError> {
     Ok(describe_key_pair(&clients.ec2, name).await?.map(|k| {
-        let who = tag_map(k.tags())
+        let tags = tag_map(k.tags());
+        let who = tags
             .get("bake:build-id")
             .cloned()
             .unwrap_or_else(|| "unknown".into());
-        let age = k
+        let created = k
             .create_time()
-            .and_then(|t| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()?
-                    .as_secs() as i64;
-                Some(Duration::from_secs((now - t.secs()).max(0) as u64))
-            })
-            .unwrap_or_default();
-        (who, age)
+            .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok());
+        let lease = tags.get(LEASE_TAG).and_then(|v| lease::parse(v));
+        let verdict = lease::verdict(
+            journal::read(&who).as_ref(),
+            lease,
+            created,
+            jiff::Timestamp::now(),
+        );
+        Holder {
+            build_id: who,
+            key_pair_id: k.key_pair_id().unwrap_or_default().to_string(),
+            verdict,
+        }
     }))
 }
 

@@ -6,8 +6,11 @@
 //! while the source AMI is resolved; the key pair and security group are created together.
 
 pub mod cleanup;
+mod deadman;
 mod image;
+pub mod journal;
 mod launch;
+pub mod lease;
 pub mod lock;
 mod provision;
 pub mod source;
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use cleanup::{Cleanup, Undo};
+pub use image::{STATE_TAG, is_complete};
 
 use crate::aws::{AwsError, Clients};
 use crate::communicator::CommError;
@@ -78,6 +82,34 @@ fn tail_text(tail: &[String]) -> String {
         String::new()
     } else {
         format!("; last output:\n    {}", tail.join("\n    "))
+    }
+}
+
+/// A running build's signs of life: its journal entry on this machine and the renewal of its
+/// leases. Create it before the build creates anything; end it after cleanup.
+pub struct Liveness {
+    entry: journal::Entry,
+    _renewal: lease::Renewal,
+}
+
+impl Liveness {
+    pub fn start(clients: &Clients, recipe: &Recipe, build_id: &str) -> Liveness {
+        let mut entry = journal::Entry::for_this_process(build_id, &recipe.name, &clients.region);
+        entry.staging = provision::staging_locations(recipe, build_id);
+        // Without a journal, gc on this machine falls back to the lease: slower, still safe.
+        let _ = entry.write();
+        Liveness {
+            entry,
+            _renewal: lease::renew(clients.clone(), build_id.to_string()),
+        }
+    }
+
+    /// The build is over. With nothing left the entry goes; otherwise it stays, so `bake gc`
+    /// here knows at once that what is left belongs to a dead build.
+    pub fn end(self, nothing_left: bool) {
+        if nothing_left {
+            journal::remove(&self.entry.build_id);
+        }
     }
 }
 

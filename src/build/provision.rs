@@ -30,8 +30,73 @@ pub async fn provision(
         CommunicatorKind::Ssm => connect_ssm(recipe, builder, ui, sink, clients, build_id).await?,
     };
     provision_with(&mut comm, recipe, builder, plans, scripts, ui, clients).await?;
+    tidy(&mut comm, recipe, builder, ui).await?;
     comm.close().await;
     Ok(())
+}
+
+/// Runs one of bake's own root scripts on the builder as a step.
+async fn run_internal(comm: &mut Communicator, name: &str, script: &str) -> Result<(), BuildError> {
+    let step = Step {
+        name: name.to_string(),
+        body: crate::recipe::model::StepBody::Run(script.to_string()),
+        sudo: true,
+        env: Default::default(),
+        workdir: None,
+        timeout: Duration::from_secs(120),
+        retries: 0,
+        reboot: false,
+    };
+    let o = comm.run(&step, script).await?;
+    if o.exit_status != Some(0) {
+        return Err(BuildError::StepFailed {
+            step: name.to_string(),
+            status: format!("{:?}", o.exit_status),
+            attempts: 1,
+            tail: o.tail,
+        });
+    }
+    Ok(())
+}
+
+/// After the last step: disarm the dead-man switch and remove what bake itself put on the
+/// builder (the temporary authorized key, cloud-init's copies of the user data), so the image
+/// carries none of it. See [`super::deadman`].
+async fn tidy(
+    comm: &mut Communicator,
+    recipe: &Recipe,
+    builder: &Builder,
+    ui: &Ui,
+) -> Result<(), BuildError> {
+    let st = ui.stage(
+        "tidy",
+        "disarming the dead-man switch, removing the temporary key",
+    );
+    let blob = match recipe.communicator {
+        CommunicatorKind::Ssh => builder
+            .client_key
+            .public_key()
+            .to_openssh()
+            .ok()
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string)),
+        CommunicatorKind::Ssm => None,
+    };
+    let user = if recipe.ssh.username.is_empty() {
+        ssm::DEFAULT_USER
+    } else {
+        recipe.ssh.username.as_str()
+    };
+    let script = super::deadman::tidy_script(user, blob.as_deref(), &builder.instance_id);
+    match run_internal(comm, "tidy", &script).await {
+        Ok(()) => {
+            st.finish("dead-man switch disarmed; temporary key and user data copies removed");
+            Ok(())
+        }
+        Err(e) => {
+            st.fail(&e.to_string());
+            Err(e)
+        }
+    }
 }
 
 /// SSM: the build's S3 objects (staged uploads, command output) are removed by the undo stack.
@@ -60,6 +125,27 @@ pub fn register_staging_cleanup(recipe: &Recipe, cleanup: &Cleanup, build_id: &s
             prefix,
         });
     }
+}
+
+/// `s3://bucket/<prefix><build-id>/` for each bucket an SSM build stages objects in.
+pub fn staging_locations(recipe: &Recipe, build_id: &str) -> Vec<String> {
+    let Some(settings) = recipe
+        .ssm
+        .as_ref()
+        .filter(|_| recipe.communicator == CommunicatorKind::Ssm)
+    else {
+        return Vec::new();
+    };
+    let prefix = ssm::build_prefix(settings, build_id);
+    let mut out = vec![format!("s3://{}/{prefix}", settings.bucket)];
+    if let Some(b) = settings
+        .output_bucket
+        .as_ref()
+        .filter(|b| **b != settings.bucket)
+    {
+        out.push(format!("s3://{b}/{prefix}"));
+    }
+    out
 }
 
 /// SSM: no session, no inbound port.
@@ -166,6 +252,14 @@ async fn provision_with(
 
     for (step, script) in recipe.steps.iter().zip(scripts) {
         run_step(comm, step, script, ui, clients, builder).await?;
+        if step.reboot {
+            // The dead-man switch lives in /run: re-arm it with the time left.
+            let left = recipe
+                .builder
+                .max_lifetime
+                .saturating_sub(builder.launched.elapsed());
+            run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
+        }
     }
     Ok(())
 }

@@ -67,13 +67,21 @@ pub async fn build(
         })
         .collect();
 
+    // Ids, journal entries and lease renewals outlive the build future (cleanup needs them).
+    let ids: Vec<String> = recipes.iter().map(|_| build::new_build_id()).collect();
+    let lives: Vec<build::Liveness> = recipes
+        .iter()
+        .zip(&ids)
+        .map(|(r, id)| build::Liveness::start(&clients, r, id))
+        .collect();
+
     // All builds run inside one future so a signal cancels them together; each build's
     // cleanup stack lives outside it and survives the cancellation.
     let builds = futures::stream::iter(recipes.iter().enumerate())
         .map(|(i, r)| {
             let (clients, opts, ui, cleanup) = (&clients, &opts, &uis[i], cleanups[i].clone());
+            let id = ids[i].clone();
             async move {
-                let id = build::new_build_id();
                 ui.line(&format!(
                     "build {id} of recipe {} ({})",
                     r.name,
@@ -124,8 +132,11 @@ pub async fn build(
             ui.line("cleanup interrupted");
         }
     }
+    for l in lives {
+        l.end(left.is_empty());
+    }
     if !left.is_empty() {
-        ui.line("these resources were NOT removed; delete them by hand:");
+        ui.line("these resources were NOT removed; delete them by hand (or run `bake gc`):");
         for l in &left {
             ui.line(&format!("  - {l}"));
         }

@@ -3,6 +3,7 @@
 
 mod build;
 mod deploy;
+mod gc;
 mod images;
 
 use std::path::PathBuf;
@@ -50,14 +51,8 @@ pub struct Global {
 #[derive(Args, Debug, Clone, Default)]
 pub struct Vars {
     /// Set a recipe variable: --var name=value (repeatable).
-    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = crate::recipe::parse_var)]
     pub vars: Vec<(String, String)>,
-}
-
-fn parse_var(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +92,8 @@ pub enum Cmd {
     Images(images::ImagesCmd),
     /// Roll an image out to an Auto Scaling group (instance refresh); status, cancel, rollback.
     Deploy(deploy::DeployArgs),
+    /// List (or with --yes remove) what builds that no longer run left behind.
+    Gc(gc::GcArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -135,6 +132,7 @@ async fn run(cli: Cli) -> u8 {
         }
         Cmd::Images(cmd) => images::run(cmd, &g).await,
         Cmd::Deploy(args) => deploy::run(args, &g).await,
+        Cmd::Gc(args) => gc::run(args, &g).await,
     }
 }
 

@@ -101,9 +101,11 @@ pub enum CommError {
     Protocol(String),
 }
 
-/// Renders a step's body as the shell script that runs on the builder (env, workdir, sudo).
-/// Shared by every communicator so steps behave the same over SSH and SSM.
-pub fn step_command(step: &Step, script: &str) -> String {
+/// Renders a step as the shell script that runs on the builder (env, workdir, body). Shared by
+/// every communicator so steps behave the same over SSH and SSM. It never travels on a command
+/// line (sudo logs those, and `/proc/<pid>/cmdline` shows them to every local user): it is
+/// written to a private file, and [`run_file`] runs that file.
+pub fn step_script(step: &Step, script: &str) -> String {
     let mut cmd = String::new();
     for (k, v) in &step.env {
         cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
@@ -115,8 +117,18 @@ pub fn step_command(step: &Step, script: &str) -> String {
     if !cmd.ends_with('\n') {
         cmd.push('\n');
     }
-    let inner = format!("sh -ec {}", shell_quote(&cmd));
-    if step.sudo {
+    cmd
+}
+
+/// The command that runs the step script in file `path` (a shell word, e.g. `"$f"`) under
+/// `sh -e`, as root through `sudo` when `sudo`: the file is opened, then removed at once, so
+/// it is gone whatever the script does, and only this stub shows in process lists and logs.
+pub fn run_file(sudo: bool, path: &str) -> String {
+    let inner = format!(
+        "sh -ec {} {path}",
+        shell_quote("exec 9<\"$0\" && rm -f \"$0\" && . /dev/fd/9")
+    );
+    if sudo {
         format!("sudo -n -E -H {inner}")
     } else {
         inner
@@ -159,6 +171,42 @@ pub type SharedSink = Arc<dyn Sink>;
 #[cfg(test)]
 mod script_tests {
     use super::*;
+
+    #[test]
+    fn a_step_runs_from_a_file_that_is_gone_once_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        let step = Step {
+            name: "s".into(),
+            body: crate::recipe::model::StepBody::Run(String::new()),
+            sudo: false,
+            env: [("SECRET".to_string(), "x y".to_string())].into(),
+            workdir: Some("/".into()),
+            timeout: Duration::from_secs(5),
+            retries: 0,
+            reboot: false,
+        };
+        let text = step_script(
+            &step,
+            "echo \"$SECRET $(pwd)\"; test ! -e \"$0\" && echo gone; exit 3",
+        );
+        std::fs::write(&f, text).unwrap();
+        let cmd = run_file(false, &shell_quote(&f.display().to_string()));
+        assert!(!cmd.contains("SECRET"), "{cmd}");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "x y /\ngone\n");
+        assert!(!f.exists());
+    }
 
     #[test]
     fn plain_scripts_pass_through_and_shebang_scripts_run_their_interpreter() {

@@ -14,7 +14,8 @@
 //!   `HOME=/root`; any other step runs as the recipe's `ssh.username` (through `runuser`), or as
 //!   `ssm-user` (created on first use, as the SSM agent does for Session Manager) when the recipe
 //!   names none. The working directory is that user's home, as after an SSH login; `workdir`,
-//!   `env` and `sh -e` come from [`step_command`], shared with SSH.
+//!   `env` and `sh -e` come from [`step_script`], shared with SSH, and the script runs from a
+//!   private file removed as it starts (never on a command line, where `ps` would show it).
 //! - [`upload`]: files staged in `s3://<bucket>/<prefix><build-id>/` with their sha256 as
 //!   `ChecksumSHA256` (S3 verifies the bytes it received), fetched on the builder by presigned
 //!   GET URLs (curl, wget or python3: no AWS CLI needed), verified with `sha256sum -c` in place.
@@ -31,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
 
-use super::{CommError, SharedSink, StepOutcome, Stream, UploadPlan, shell_quote, step_command};
+use super::{
+    CommError, SharedSink, StepOutcome, Stream, UploadPlan, run_file, shell_quote, step_script,
+};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::recipe::model::{Ssm, Step};
 use crate::retry::{self, Backoff, Poll, PollError};
@@ -245,16 +248,19 @@ impl SsmCommunicator {
     }
 
     /// The agent keeps every command's script on the node (its orchestration directory), and
-    /// step scripts may carry secrets: removed before the image is made. Best effort.
+    /// its document state; step scripts may carry secrets: removed before the image is made.
+    /// Best effort.
     pub async fn close(self) {
-        let dir = format!(
-            "/var/lib/amazon/ssm/{}/document/orchestration",
-            self.instance_id
-        );
+        // The agent also keeps each finished command's document (with its parameters).
+        let base = format!("/var/lib/amazon/ssm/{}/document", self.instance_id);
         let _ = self
             .execute(
                 "tidy",
-                &format!("rm -rf -- {}", shell_quote(&dir)),
+                &format!(
+                    "rm -rf -- {} {}",
+                    shell_quote(&format!("{base}/orchestration")),
+                    shell_quote(&format!("{base}/state/completed"))
+                ),
                 Duration::from_secs(60),
                 "tidy",
             )
@@ -262,7 +268,7 @@ impl SsmCommunicator {
     }
 
     /// The shell script the agent runs for a step (as root): become the step's user, go to
-    /// its home, run [`step_command`] without `sudo` (root needs none, and the image may lack it).
+    /// its home, run [`step_script`] without `sudo` (root needs none, and the image may lack it).
     pub fn render(&self, step: &Step, script: &str) -> String {
         render(step, script, &self.user)
     }
@@ -587,11 +593,16 @@ struct Invocation {
 }
 
 fn render(step: &Step, script: &str, user: &str) -> String {
+    use sha2::Digest;
     let plain = Step {
         sudo: false,
         ..step.clone()
     };
-    let inner = step_command(&plain, script);
+    let inner = step_script(&plain, script);
+    let delim = format!(
+        "BAKE_STEP_{}",
+        &hex::encode(sha2::Sha256::digest(inner.as_bytes()))[..20]
+    );
     let u = shell_quote(user);
     let mut s = format!("U={u}\n");
     if user == DEFAULT_USER {
@@ -599,18 +610,24 @@ fn render(step: &Step, script: &str, user: &str) -> String {
         s.push_str("id -u \"$U\" >/dev/null 2>&1 || useradd -m -s /bin/sh \"$U\" || exit 125\n");
     }
     s.push_str("H=$(getent passwd \"$U\" | cut -d: -f6)\n");
+    // The step script goes to a private file (never onto a command line); the heredoc
+    // delimiter embeds the script's hash, so no line of it can end the heredoc early.
+    s.push_str(&format!(
+        "f=$(umask 077; mktemp /tmp/bake-step.XXXXXXXX) || exit 125\ncat > \"$f\" <<'{delim}'\n{inner}{delim}\n"
+    ));
+    let run = run_file(false, "\"$f\"");
     if step.sudo {
         s.push_str(
             "cd \"${H:-/root}\" 2>/dev/null || cd /\nexport HOME=/root USER=root LOGNAME=root\n",
         );
-        s.push_str(&format!("exec {inner}\n"));
+        s.push_str(&format!("exec {run}\n"));
     } else {
         s.push_str(
-            "[ -n \"$H\" ] || { echo \"bake: no user $U on the builder (over SSM, steps without sudo run as ssh.username)\" >&2; exit 125; }\n\
-             cd \"$H\" 2>/dev/null || cd /\n",
+            "[ -n \"$H\" ] || { rm -f \"$f\"; echo \"bake: no user $U on the builder (over SSM, steps without sudo run as ssh.username)\" >&2; exit 125; }\n\
+             chown \"$U\" \"$f\"\ncd \"$H\" 2>/dev/null || cd /\n",
         );
         s.push_str(&format!(
-            "exec runuser -u \"$U\" -- env HOME=\"$H\" USER=\"$U\" LOGNAME=\"$U\" {inner}\n"
+            "exec runuser -u \"$U\" -- env HOME=\"$H\" USER=\"$U\" LOGNAME=\"$U\" {run}\n"
         ));
     }
     s
@@ -640,8 +657,8 @@ mod tests {
         assert!(!root.contains("sudo"), "{root}");
         assert!(root.contains("export HOME=/root"));
         assert!(root.contains("exec sh -ec "));
-        // env and workdir come from step_command, quoted once more inside `sh -ec '…'`
-        assert!(root.contains("export A="), "{root}");
+        // env and workdir come from step_script, in the heredoc that fills the private file
+        assert!(root.contains("export A='x y'\n"), "{root}");
         assert!(root.contains("/opt"), "{root}");
         let user = render(&step(false), "echo hi", "admin");
         assert!(user.starts_with("U='admin'\n"));

@@ -23,6 +23,8 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             associate_public_ip: None,
             run_tags: BTreeMap::new(),
             root_volume: RootVolume::default(),
+            max_lifetime: Duration::from_secs(7200),
+            imds: Imds::V2,
         },
         ssh: Ssh {
             username: "admin".into(),

@@ -66,14 +66,18 @@ pub struct RecipeErrors {
     /// Sorted by position.
     pub errors: Vec<RecipeError>,
     /// The source again, named after the file, for miette's graphical report.
-    named: miette::NamedSource<String>,
+    /// (Boxed: an error type this size would make every `Result<Recipe, _>` large.)
+    named: Box<miette::NamedSource<String>>,
 }
 
 impl RecipeErrors {
     pub(crate) fn new(path: PathBuf, source: String, mut errors: Vec<RecipeError>) -> Self {
         errors.sort_by_key(|e| e.span.as_ref().map_or((0, 0), |s| (s.start + 1, s.end)));
         errors.dedup();
-        let named = miette::NamedSource::new(path.display().to_string(), source.clone());
+        let named = Box::new(miette::NamedSource::new(
+            path.display().to_string(),
+            source.clone(),
+        ));
         Self {
             path,
             source,
@@ -172,7 +176,7 @@ impl miette::Diagnostic for RecipeErrors {
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        Some(&self.named)
+        Some(&*self.named)
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {

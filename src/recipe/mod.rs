@@ -54,10 +54,40 @@ pub fn load_str_with_env(
         .map_err(|errors| RecipeErrors::new(path.to_path_buf(), src.to_string(), errors))
 }
 
-/// Splits a `--var` argument `NAME=VALUE`.
+/// Splits a `--var` argument `NAME=VALUE`: the one parser for `--var`, used by the CLI as its
+/// value parser and by anything else taking overrides as text. The name is trimmed and must be
+/// a variable name (letters, digits, `_`, `-`, starting with a letter or `_`); the value is
+/// everything after the first `=`, kept as written (it may be empty or contain `=`).
 pub fn parse_var(arg: &str) -> Result<(String, String), String> {
-    match arg.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("--var expects NAME=VALUE, got `{arg}`")),
+    let Some((k, v)) = arg.split_once('=') else {
+        return Err(format!("--var expects NAME=VALUE, got `{arg}`"));
+    };
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("--var expects NAME=VALUE, got `{arg}` (no name)"));
+    }
+    if !checks::is_var_name(k) {
+        return Err(format!(
+            "--var `{k}`: not a variable name (letters, digits, _ and -, starting with a letter or _)"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_var;
+
+    #[test]
+    fn parse_var_splits_at_the_first_equals_and_checks_the_name() {
+        let ok = |k: &str, v: &str| Ok((k.to_string(), v.to_string()));
+        assert_eq!(parse_var("version=1.2"), ok("version", "1.2"));
+        assert_eq!(parse_var("a=b=c"), ok("a", "b=c"));
+        assert_eq!(parse_var("empty="), ok("empty", ""));
+        assert_eq!(parse_var(" spaced =  v "), ok("spaced", "  v "));
+        assert_eq!(parse_var("db-pass_2=x"), ok("db-pass_2", "x"));
+        for bad in ["novalue", "=x", "  =x", "two words=x", "1st=x", "a.b=x", ""] {
+            assert!(parse_var(bad).is_err(), "{bad:?} should be rejected");
+        }
     }
 }

@@ -68,6 +68,21 @@ pub struct Builder {
     pub associate_public_ip: Option<bool>,
     pub run_tags: BTreeMap<String, String>,
     pub root_volume: RootVolume,
+    /// The builder powers itself off (and is terminated) this long after boot unless bake
+    /// disarms it first: a builder whose bake died stops costing money. Default 2h.
+    pub max_lifetime: Duration,
+    pub imds: Imds,
+}
+
+/// Instance metadata service on the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Imds {
+    /// IMDSv2 only (`HttpTokens=required`).
+    #[default]
+    V2,
+    /// IMDSv1 allowed too (`HttpTokens=optional`), for old tools in provisioning steps.
+    V1Allowed,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import shutdown
 from . import keep
 from . import timing as lab_timing
 from . import userdata as ud
@@ -304,6 +305,7 @@ class Lab:
         _write(run / "authorized_keys", "".join(k + "\n" for k in keys), 0o644)
         _write(run / "sshd_config", _sshd_config(sb.ip, host_keys), 0o644)
         _write(run / "setup.sh", _setup_script(sb.user), 0o755)
+        shutdown.provision(run, sb.instance_id)  # poweroff/shutdown inside reach the lab
         keep.provision(run, sb.instance_id, raw_ud)  # host keys, user data, syslog on the disk
         if data.scripts or data.runcmd:
             for i, s in enumerate(data.scripts):

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+from . import shutdown
 from .agent import Lab, LabError
 
 
@@ -25,7 +26,7 @@ class LabApp:
                 code, body = 500, {"error": f"{type(e).__name__}: {e}"}
             data = json.dumps(body, indent=1).encode()
             start_response(
-                f"{code} {'OK' if code == 200 else 'Error'}",
+                f"{code} {'OK' if code in (200, 202) else 'Error'}",
                 [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
             )
             return [data]
@@ -58,6 +59,8 @@ class LabApp:
                 "stdout": out.decode("utf-8", "replace"),
                 "stderr": err.decode("utf-8", "replace"),
             }
+        if route.startswith("instance-shutdown/") and method == "POST":
+            return shutdown.handle(route[len("instance-shutdown/"):])  # lab/shutdown.py
         if route == "unhealthy-image" and method == "POST":
             # instances launched from this image fail instance-refresh health checks
             n = int(environ.get("CONTENT_LENGTH") or 0)

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
-use crate::communicator::{CommError, SharedSink, StepOutcome, Stream, shell_quote, step_command};
+use crate::communicator::{
+    CommError, SharedSink, StepOutcome, Stream, run_file, shell_quote, step_script,
+};
 use crate::recipe::model::Step;
 
 /// Lines of output kept for error messages.
@@ -18,10 +20,6 @@ const TAIL_LINES: usize = 20;
 
 /// Longest line passed on as one; longer runs without a newline are cut into pieces.
 const MAX_LINE: usize = 64 * 1024;
-
-/// Above this, a rendered step no longer fits comfortably in one exec argument (Linux limits a
-/// single argv string to 128 KiB), so the script is shipped as a file first.
-const MAX_INLINE_COMMAND: usize = 64 * 1024;
 
 /// Printed to stderr before every step: the PID of the login shell that `exec`s the step. sshd
 /// makes that process a session leader, so the PID names the step's whole process tree and a
@@ -222,25 +220,6 @@ impl Lines<'_> {
     }
 }
 
-/// Ships a large script to a private temp file and returns a stub that runs it from there.
-async fn stage_script(handle: &Handle<Client>, script: &str) -> Result<String, CommError> {
-    let out = capture(
-        handle,
-        "umask 077; f=$(mktemp /tmp/bake-step.XXXXXXXX) && cat >\"$f\" && printf %s \"$f\"",
-        script.as_bytes().to_vec(),
-    )
-    .await?;
-    if out.status != Some(0) || out.stdout.is_empty() {
-        return Err(CommError::Protocol(format!(
-            "could not stage the step script: {}",
-            out.stderr_text()
-        )));
-    }
-    let path = shell_quote(&String::from_utf8_lossy(&out.stdout));
-    // Open then unlink at once, so the file is gone whatever the script does (even `exit`).
-    Ok(format!("exec 9<{path} && rm -f {path} && . /dev/fd/9\n"))
-}
-
 pub async fn run(
     handle: &Handle<Client>,
     remote: &Remote,
@@ -249,15 +228,21 @@ pub async fn run(
     script: &str,
 ) -> Result<StepOutcome, CommError> {
     let start = Instant::now();
-    let mut rendered = step_command(step, script);
-    if rendered.len() > MAX_INLINE_COMMAND {
-        let stub = stage_script(handle, &crate::communicator::script_body(script)).await?;
-        rendered = step_command(step, &stub);
-    }
-    let command = format!("printf '{PID_MARKER}%s\\n' \"$$\" >&2; exec {rendered}");
+    // The script (which may carry secrets) arrives on stdin into a private file (mktemp makes
+    // it 0600; the step's umask stays the login's); the command
+    // line — what sudo logs and `ps` shows — holds only this stub.
+    let command = format!(
+        "printf '{PID_MARKER}%s\\n' \"$$\" >&2; \
+         f=$(mktemp /tmp/bake-step.XXXXXXXX) && cat > \"$f\" || exit 125; exec {}",
+        run_file(step.sudo, "\"$f\"")
+    );
 
     let mut channel = open_exec(handle, command, "starting the step").await?;
-    // No input: a step that reads stdin gets EOF instead of hanging.
+    channel
+        .data(step_script(step, script).as_bytes())
+        .await
+        .map_err(|e| protocol("sending the step script", e))?;
+    // Then EOF: `cat` ends, and a step that reads stdin gets EOF instead of hanging.
     channel
         .eof()
         .await

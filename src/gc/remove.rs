@@ -1,0 +1,312 @@
+//! Removing a dead build's leftovers, in the order AWS allows: instances first (and waited
+//! for: their security group and volumes are in use until they are gone), then half-made
+//! images with their snapshots, orphan snapshots, volumes, security groups, key pairs and
+//! locks (by id: a lock taken over meanwhile has a new id and stays), staged S3 objects, and
+//! finally the build's journal entry. A failure is recorded on its resource; the rest goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::InstanceStateName;
+
+use super::{Build, Kind, Resource, is_build_id};
+use crate::aws::ec2;
+use crate::aws::{AwsError, Clients, Ctx};
+use crate::build::journal;
+use crate::retry::{self, Backoff, Poll};
+
+/// Removes everything of `build`, recording the outcome on each resource. True if all went.
+pub async fn remove(
+    c: &Clients,
+    build: &mut Build,
+    snapshot_users: &BTreeMap<String, BTreeSet<String>>,
+) -> bool {
+    let order = [
+        Kind::Instance,
+        Kind::Image,
+        Kind::Snapshot,
+        Kind::Volume,
+        Kind::SecurityGroup,
+        Kind::KeyPair,
+        Kind::Lock,
+        Kind::S3Objects,
+    ];
+    let mut ok = true;
+    for kind in order {
+        let batch: Vec<&mut Resource> = build
+            .resources
+            .iter_mut()
+            .filter(|r| r.kind == kind)
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        if kind == Kind::Instance {
+            let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
+            let res = terminate(c, &ids).await;
+            for r in batch {
+                ok &= record(
+                    r,
+                    res.as_ref()
+                        .map(|_| "terminated".to_string())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            continue;
+        }
+        let results = futures::future::join_all(
+            batch
+                .iter()
+                .map(|r| remove_one(c, r.kind, &r.id, r.name.as_deref(), snapshot_users)),
+        )
+        .await;
+        for (r, res) in batch.into_iter().zip(results) {
+            ok &= record(r, res.map_err(|e| e.to_string()));
+        }
+    }
+    if ok {
+        journal::remove(&build.build_id);
+    }
+    ok
+}
+
+fn record(r: &mut Resource, res: Result<String, String>) -> bool {
+    match res {
+        Ok(m) => {
+            r.result = Some(m);
+            true
+        }
+        Err(e) => {
+            r.error = Some(e);
+            false
+        }
+    }
+}
+
+async fn terminate(c: &Clients, ids: &[String]) -> Result<(), AwsError> {
+    match c
+        .ec2
+        .terminate_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .ctx("TerminateInstances", Some(&ids.join(",")))
+    {
+        Err(e) if !e.is_not_found() => return Err(e),
+        _ => {}
+    }
+    for id in ids {
+        ec2::wait_instance_state(
+            &c.ec2,
+            id,
+            InstanceStateName::Terminated,
+            Duration::from_secs(600),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn remove_one(
+    c: &Clients,
+    kind: Kind,
+    id: &str,
+    name: Option<&str>,
+    snapshot_users: &BTreeMap<String, BTreeSet<String>>,
+) -> Result<String, AwsError> {
+    let e = &c.ec2;
+    match kind {
+        Kind::Instance => unreachable!("instances are terminated together"),
+        Kind::Image => {
+            let Some(img) = ec2::describe_image(e, id).await? else {
+                return Ok("already gone".into());
+            };
+            let snaps = ec2::image_snapshots(&img);
+            // A snapshot another image also uses stays.
+            let keep: Vec<String> = snaps
+                .iter()
+                .filter(|s| {
+                    snapshot_users
+                        .get(*s)
+                        .is_some_and(|users| users.iter().any(|u| u != id))
+                })
+                .cloned()
+                .collect();
+            let deleted = ec2::deregister_with_snapshots(e, id, &snaps, &keep).await?;
+            Ok(format!(
+                "deregistered{}",
+                if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(", deleted {}", deleted.join(", "))
+                }
+            ))
+        }
+        Kind::Snapshot => {
+            ec2::delete_snapshot(e, id, Duration::from_secs(120)).await?;
+            Ok("deleted".into())
+        }
+        Kind::Volume => {
+            retry_in_use(
+                id,
+                "DeleteVolume",
+                &["VolumeInUse", "IncorrectState"],
+                || async { e.delete_volume().volume_id(id).send().await.map(|_| ()) },
+            )
+            .await?;
+            Ok("deleted".into())
+        }
+        Kind::SecurityGroup => {
+            retry_in_use(
+                id,
+                "DeleteSecurityGroup",
+                &["DependencyViolation"],
+                || async {
+                    e.delete_security_group()
+                        .group_id(id)
+                        .send()
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+            Ok("deleted".into())
+        }
+        Kind::KeyPair | Kind::Lock => {
+            let Some(name) = name else {
+                return Err(AwsError::new(
+                    "DeleteKeyPair",
+                    Some(id.to_string()),
+                    "no name",
+                ));
+            };
+            Ok(if ec2::delete_key_pair_if_id(e, name, id).await? {
+                "deleted".into()
+            } else {
+                "already gone (or replaced by a new holder)".into()
+            })
+        }
+        Kind::S3Objects => {
+            let rest = id.trim_start_matches("s3://");
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !prefix.split('/').any(is_build_id) {
+                // Never a whole bucket or someone else's prefix: only a build's own.
+                return Err(AwsError::new(
+                    "DeleteObject",
+                    Some(id.to_string()),
+                    "not a build's prefix",
+                ));
+            }
+            let n = delete_prefix(c, bucket, prefix).await?;
+            Ok(format!("deleted {n} object(s)"))
+        }
+    }
+}
+
+/// Retries a deletion while AWS says the resource is still in use (right after its instance
+/// terminated). Gone already is success.
+async fn retry_in_use<F, Fut, E>(
+    id: &str,
+    op: &'static str,
+    busy: &[&str],
+    call: F,
+) -> Result<(), AwsError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let r = retry::poll(
+        Backoff::AWS.with_timeout(Duration::from_secs(180)),
+        |_| async {
+            match call().await.ctx(op, Some(id)) {
+                Ok(()) => Poll::Ready(()),
+                Err(e) if e.is_not_found() => Poll::Ready(()),
+                Err(e) if e.code_is(busy) => Poll::Pending(format!("{id} still in use")),
+                Err(e) if e.is_throttling() => Poll::Throttled,
+                Err(e) => Poll::Fail(e),
+            }
+        },
+    )
+    .await;
+    r.map_err(|e| ec2::poll_failure(op, id, e))
+}
+
+/// Lists every key under `prefix`; None when the bucket does not exist.
+async fn keys(c: &Clients, bucket: &str, prefix: &str) -> Result<Option<Vec<String>>, AwsError> {
+    let what = format!("s3://{bucket}/{prefix}");
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = match c
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .ctx("ListObjectsV2", Some(&what))
+        {
+            Ok(p) => p,
+            Err(e) if e.code_is(&["NoSuchBucket"]) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        out.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(Some(out));
+        }
+    }
+}
+
+/// How many objects are under `prefix`; None when there are none (or no bucket).
+pub async fn count_objects(
+    c: &Clients,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Option<usize>, AwsError> {
+    Ok(keys(c, bucket, prefix)
+        .await?
+        .map(|k| k.len())
+        .filter(|n| *n > 0))
+}
+
+/// Staged objects under `prefix`, grouped by the build id in their key (the path segment
+/// `b-xxxxxxxxxx/`): (build id, that build's prefix, object count).
+pub async fn staged_by_build(
+    c: &Clients,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, String, usize)>, AwsError> {
+    let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for k in keys(c, bucket, prefix).await?.unwrap_or_default() {
+        let mut at = 0;
+        for seg in k.split('/') {
+            at += seg.len() + 1;
+            if is_build_id(seg) && at <= k.len() {
+                *by.entry((seg.to_string(), k[..at].to_string()))
+                    .or_default() += 1;
+                break;
+            }
+        }
+    }
+    Ok(by.into_iter().map(|((b, p), n)| (b, p, n)).collect())
+}
+
+async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
+    let list = keys(c, bucket, prefix).await?.unwrap_or_default();
+    for k in &list {
+        c.s3.delete_object()
+            .bucket(bucket)
+            .key(k)
+            .send()
+            .await
+            .ctx("DeleteObject", Some(k))?;
+    }
+    Ok(list.len())
+}
