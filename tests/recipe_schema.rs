@@ -363,10 +363,10 @@ fn validate(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
                 }
             }
             "minimum" | "maximum" => {
-                if let Some(n) = v.as_i64() {
-                    if (kw == "minimum" && n < num(s)) || (kw == "maximum" && n > num(s)) {
-                        fail(format!("{n} breaks {kw} {s}"));
-                    }
+                if let Some(n) = v.as_i64()
+                    && ((kw == "minimum" && n < num(s)) || (kw == "maximum" && n > num(s)))
+                {
+                    fail(format!("{n} breaks {kw} {s}"));
                 }
             }
             "minItems" => {

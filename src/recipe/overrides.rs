@@ -101,7 +101,9 @@ impl Overrides {
         self.files.iter().chain(&self.env).chain(&self.flags)
     }
 
-    /// The final value of each variable named by any override, as `--var` pairs.
+    /// The final value of each variable named by any override, as `--var` pairs (for showing
+    /// them; to load a recipe use [`load_with_overrides`](super::load_with_overrides), which
+    /// keeps each origin: as pairs every one would count as a `--var`).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut map = std::collections::BTreeMap::new();
         for o in self.iter() {
