@@ -12,12 +12,15 @@
 pub mod checks;
 mod diag;
 pub mod model;
+pub mod overrides;
 mod parse;
 
 use std::path::Path;
 
 pub use diag::{RecipeError, RecipeErrors, line_col};
 pub use model::Recipe;
+pub use overrides::Overrides;
+pub use parse::{known_keys, known_values};
 
 /// Reads, parses and validates the recipe at `path`. `vars` are `--var NAME=VALUE` overrides
 /// of the recipe's `[variables]`. Relative paths in the recipe are resolved against its
@@ -25,16 +28,20 @@ pub use model::Recipe;
 pub fn load(path: &Path, vars: &[(String, String)]) -> Result<Recipe, RecipeErrors> {
     match std::fs::read_to_string(path) {
         Ok(src) => load_str(&src, path, vars),
-        Err(e) => Err(RecipeErrors::new(
-            path.to_path_buf(),
-            String::new(),
-            vec![RecipeError::new(
-                None,
-                format!("cannot read recipe: {e}"),
-                "check the path (recipes are TOML files, e.g. recipes/web.toml)",
-            )],
-        )),
+        Err(e) => Err(unreadable(path, e)),
     }
+}
+
+fn unreadable(path: &Path, e: std::io::Error) -> RecipeErrors {
+    RecipeErrors::new(
+        path.to_path_buf(),
+        String::new(),
+        vec![RecipeError::new(
+            None,
+            format!("cannot read recipe: {e}"),
+            "check the path (recipes are TOML files, e.g. recipes/web.toml)",
+        )],
+    )
 }
 
 /// Like [`load`] with the source given; `path` names the file in messages and its directory
@@ -50,7 +57,31 @@ pub fn load_str_with_env(
     vars: &[(String, String)],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Recipe, RecipeErrors> {
-    parse::build(src, path, vars, env)
+    let vars = overrides::flag_overrides(vars);
+    parse::build(src, path, &vars, env)
+        .map_err(|errors| RecipeErrors::new(path.to_path_buf(), src.to_string(), errors))
+}
+
+/// Like [`load`] with every kind of override (var files, `BAKE_VAR_*`, `--var`), applied in
+/// their precedence order whatever order they were added in. A var file or `--var` naming a
+/// variable the recipe does not declare is an error; a `BAKE_VAR_*` one is not (the
+/// environment serves every recipe bake loads).
+pub fn load_with_overrides(path: &Path, overrides: &Overrides) -> Result<Recipe, RecipeErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => load_str_with_overrides(&src, path, overrides, &|name| std::env::var(name).ok()),
+        Err(e) => Err(unreadable(path, e)),
+    }
+}
+
+/// Like [`load_with_overrides`] with the source and the `{env.NAME}` lookup given.
+pub fn load_str_with_overrides(
+    src: &str,
+    path: &Path,
+    overrides: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Recipe, RecipeErrors> {
+    let vars: Vec<_> = overrides.iter().cloned().collect();
+    parse::build(src, path, &vars, env)
         .map_err(|errors| RecipeErrors::new(path.to_path_buf(), src.to_string(), errors))
 }
 

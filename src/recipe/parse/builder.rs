@@ -6,7 +6,7 @@ use super::super::model::{Builder, Imds, RootVolume};
 use super::sensitive::Exposed;
 use super::walker::{Cx, Sp, Span, Tbl};
 
-const BUILDER_KEYS: &[&str] = &[
+pub(super) const BUILDER_KEYS: &[&str] = &[
     "instance_type",
     "subnet_id",
     "security_group_ids",
@@ -20,7 +20,7 @@ const BUILDER_KEYS: &[&str] = &[
     "max_lifetime",
     "imds",
 ];
-const ROOT_VOLUME_KEYS: &[&str] = &[
+pub(super) const ROOT_VOLUME_KEYS: &[&str] = &[
     "size_gb",
     "type",
     "encrypted",
@@ -28,7 +28,7 @@ const ROOT_VOLUME_KEYS: &[&str] = &[
     "iops",
     "throughput",
 ];
-const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
+pub(super) const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
 
 /// The builder, and the span of `ssh_ingress_cidrs` when given (for communicator checks).
 pub(super) fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, Option<Span>)> {

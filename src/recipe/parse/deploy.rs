@@ -8,7 +8,7 @@ use toml::de::DeValue;
 use super::super::model::Deploy;
 use super::walker::{Cx, Tbl, integer_of};
 
-const DEPLOY_KEYS: &[&str] = &[
+pub(super) const DEPLOY_KEYS: &[&str] = &[
     "asg",
     "min_healthy_percentage",
     "max_healthy_percentage",

@@ -5,7 +5,7 @@ use super::super::model::Image;
 use super::sensitive::Exposed;
 use super::walker::{Cx, Tbl};
 
-const IMAGE_KEYS: &[&str] = &["name", "description", "tags", "snapshot_tags"];
+pub(super) const IMAGE_KEYS: &[&str] = &["name", "description", "tags", "snapshot_tags"];
 
 pub(super) fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -> Option<Image> {
     let Some(t) = cx.table(root, "image", "[image]".to_string()) else {

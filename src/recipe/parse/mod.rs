@@ -28,7 +28,9 @@ use toml::de::DeTable;
 use super::checks;
 use super::diag::RecipeError;
 use super::model::{CommunicatorKind, Recipe};
+use super::overrides::Override;
 use sensitive::Exposed;
+pub(super) use walker::type_name;
 use walker::{Cx, Sp, Tbl};
 
 /// Keys of the top level (also the candidates for "did you mean"); each section module has
@@ -48,12 +50,44 @@ const TOP_KEYS: &[&str] = &[
     "image",
     "deploy",
 ];
+const COMMUNICATORS: &[&str] = &["ssh", "ssm"];
+
+/// Every fixed-key section the parser knows, as (section path, keys): `""` is the top level,
+/// `a.b` a nested table, `x[]` each table of the array `[[x]]`. Tables of free names
+/// (`variables`, `env`, tags, `filters`) are not sections. The recipe's JSON Schema is tested
+/// against this list (`tests/recipe_schema.rs`), so the two cannot drift apart.
+pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("", TOP_KEYS),
+        ("source", source::SOURCE_KEYS),
+        ("source.filter", source::FILTER_KEYS),
+        ("builder", builder::BUILDER_KEYS),
+        ("builder.root_volume", builder::ROOT_VOLUME_KEYS),
+        ("ssh", ssh::SSH_KEYS),
+        ("ssm", ssm::SSM_KEYS),
+        ("upload[]", upload::UPLOAD_KEYS),
+        ("step[]", step::STEP_KEYS),
+        ("image", image::IMAGE_KEYS),
+        ("deploy", deploy::DEPLOY_KEYS),
+    ]
+}
+
+/// Every key whose string value must be one of a fixed list, as (section path.key, values),
+/// with section paths as in [`known_keys`].
+pub fn known_values() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("communicator", COMMUNICATORS),
+        ("source.filter.architecture", source::ARCHITECTURES),
+        ("builder.root_volume.type", builder::VOLUME_TYPES),
+        ("ssh.interface", ssh::INTERFACES),
+    ]
+}
 
 /// Parses and validates; returns the recipe, or every problem found.
 pub(crate) fn build(
     src: &str,
     path: &Path,
-    vars: &[(String, String)],
+    vars: &[Override],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Recipe, Vec<RecipeError>> {
     let (doc, syntax) = DeTable::parse_recoverable(src);
@@ -123,7 +157,7 @@ pub(crate) fn build(
                     span: s.span,
                 }),
                 other => {
-                    let help = match checks::suggest(other, &["ssh", "ssm"]) {
+                    let help = match checks::suggest(other, COMMUNICATORS) {
                     Some(x) if x != other => format!("did you mean \"{x}\"? bake talks to builders over \"ssh\" or \"ssm\""),
                     _ => "bake talks to builders over \"ssh\" (default) or \"ssm\" (Session Manager)".to_string(),
                 };

@@ -9,9 +9,9 @@ use super::super::checks;
 use super::super::model::{Source, SourceFilter};
 use super::walker::{Cx, Tbl, type_name};
 
-const SOURCE_KEYS: &[&str] = &["ami", "filter"];
-const FILTER_KEYS: &[&str] = &["owners", "name", "architecture", "filters"];
-const ARCHITECTURES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
+pub(super) const SOURCE_KEYS: &[&str] = &["ami", "filter"];
+pub(super) const FILTER_KEYS: &[&str] = &["owners", "name", "architecture", "filters"];
+pub(super) const ARCHITECTURES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
 
 pub(super) fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
     let Some(t) = cx.table(root, "source", "[source]".to_string()) else {

@@ -7,8 +7,8 @@ use super::super::checks;
 use super::super::model::{CommunicatorKind, Ssh, SshInterface};
 use super::walker::{Cx, Span, Tbl};
 
-const SSH_KEYS: &[&str] = &["username", "port", "interface", "timeout"];
-const INTERFACES: &[&str] = &["private_ip", "public_ip", "private_dns", "public_dns"];
+pub(super) const SSH_KEYS: &[&str] = &["username", "port", "interface", "timeout"];
+pub(super) const INTERFACES: &[&str] = &["private_ip", "public_ip", "private_dns", "public_dns"];
 
 pub(super) fn ssh(
     cx: &mut Cx<'_>,

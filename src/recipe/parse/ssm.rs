@@ -7,7 +7,7 @@ use super::super::checks;
 use super::super::model::{CommunicatorKind, Ssm};
 use super::walker::{Cx, Span, Tbl};
 
-const SSM_KEYS: &[&str] = &["bucket", "prefix", "output_bucket", "timeout"];
+pub(super) const SSM_KEYS: &[&str] = &["bucket", "prefix", "output_bucket", "timeout"];
 
 pub(super) fn ssm(
     cx: &mut Cx<'_>,

@@ -9,7 +9,7 @@ use super::super::model::{Step, StepBody};
 use super::sensitive::Exposed;
 use super::walker::{Cx, Span, Tbl};
 
-const STEP_KEYS: &[&str] = &[
+pub(super) const STEP_KEYS: &[&str] = &[
     "name", "run", "script", "sudo", "env", "workdir", "timeout", "retries", "reboot",
 ];
 

@@ -7,7 +7,7 @@ use super::super::checks;
 use super::super::model::Upload;
 use super::walker::{Cx, Tbl};
 
-const UPLOAD_KEYS: &[&str] = &["source", "destination", "mode", "owner"];
+pub(super) const UPLOAD_KEYS: &[&str] = &["source", "destination", "mode", "owner"];
 
 pub(super) fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
     let mut out = Vec::new();

@@ -1,16 +1,18 @@
-//! `[variables]`, the `sensitive` list and `--var` overrides: the values `{var.NAME}` stands
-//! for, and which of them are secrets.
+//! `[variables]`, the `sensitive` list and the overrides (`--var`, var files, `BAKE_VAR_*`):
+//! the values `{var.NAME}` stands for, and which of them are secrets.
 
 use toml::de::DeValue;
 
 use super::super::checks;
+use super::super::overrides::{Origin, Override};
 use super::walker::{Cx, Tbl, type_name};
 
-/// Reads `[variables]` and `sensitive`, applies `--var` overrides; returns the secrets.
+/// Reads `[variables]` and `sensitive`, applies the overrides in order (a later one wins);
+/// returns the secrets.
 pub(super) fn variables(
     cx: &mut Cx<'_>,
     root: &Tbl<'_, '_>,
-    overrides: &[(String, String)],
+    overrides: &[Override],
 ) -> Vec<String> {
     let vt = cx.table(root, "variables", "[variables]".to_string());
     if let Some(vt) = &vt {
@@ -44,22 +46,43 @@ pub(super) fn variables(
             }
         }
     }
-    for (k, v) in overrides {
+    for o in overrides {
+        let k = &o.name;
         if cx.vars.contains_key(k) {
-            cx.vars.insert(k.clone(), v.clone());
-        } else {
-            let names: Vec<&str> = cx.vars.keys().map(String::as_str).collect();
-            let help = match checks::suggest(k, &names) {
-                Some(s) => format!("did you mean `--var {s}=…`?"),
-                None => format!("declare it in the recipe: [variables] {k} = \"default value\""),
-            };
-            let span = vt.as_ref().map(|t| t.span.clone());
-            cx.err(
-                span,
-                format!("--var `{k}`: the recipe declares no variable `{k}`"),
-                help,
-            );
+            cx.vars.insert(k.clone(), o.value.clone());
+            continue;
         }
+        let names: Vec<&str> = cx.vars.keys().map(String::as_str).collect();
+        let suggestion = checks::suggest(k, &names);
+        let (message, help) = match &o.origin {
+            // the environment serves every recipe bake loads: a variable this one does not
+            // declare is meant for another
+            Origin::Env { .. } => continue,
+            Origin::Flag => (
+                format!("--var `{k}`: the recipe declares no variable `{k}`"),
+                match suggestion {
+                    Some(s) => format!("did you mean `--var {s}=…`?"),
+                    None => {
+                        format!("declare it in the recipe: [variables] {k} = \"default value\"")
+                    }
+                },
+            ),
+            Origin::File { path, line, col } => (
+                format!(
+                    "var file {}:{line}:{col}: the recipe declares no variable `{k}`",
+                    path.display()
+                ),
+                match suggestion {
+                    Some(s) => format!("did you mean `{s}`? (fix the name in {})", path.display()),
+                    None => format!(
+                        "declare it in the recipe ([variables] {k} = \"default value\"), or remove it from {}",
+                        path.display()
+                    ),
+                },
+            ),
+        };
+        let span = vt.as_ref().map(|t| t.span.clone());
+        cx.err(span, message, help);
     }
     let mut secrets = Vec::new();
     if let Some((_, v)) = cx.get(root, "sensitive") {

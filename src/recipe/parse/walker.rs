@@ -33,7 +33,7 @@ pub(super) struct Tbl<'a, 'i> {
     pub name: String,
 }
 
-pub(super) fn type_name(v: &DeValue<'_>) -> &'static str {
+pub(in crate::recipe) fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
