@@ -148,3 +148,66 @@ fn good_example_validates_quickly_and_as_json() {
     // on a release build.
     assert!(took < Duration::from_secs(2), "validate took {took:?}");
 }
+
+/// `--var-file`, `BAKE_VAR_<name>` and `--var` reach the recipe in that order of precedence,
+/// and a bad var file is exit 2 with its own file:line:col, still without any AWS call.
+#[test]
+fn var_files_and_env_overrides_reach_the_recipe() {
+    let (ep, hits) = tripwire();
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        r#"name = "vars-{var.who}"
+[variables]
+who = "recipe"
+[source]
+ami = "ami-0123456789abcdef0"
+[builder]
+instance_type = "t3.micro"
+[ssh]
+username = "admin"
+[image]
+name = "{recipe}-x"
+"#,
+    )
+    .unwrap();
+    let file = dir.path().join("vars.toml");
+    std::fs::write(&file, "who = \"file\"\n").unwrap();
+    let name = |args: &[&str], env: Option<&str>| {
+        let mut c = bake(&ep);
+        c.args(["--output", "json", "validate"])
+            .args(args)
+            .arg(&recipe);
+        if let Some(v) = env {
+            c.env("BAKE_VAR_who", v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["recipes"][0]["name"].as_str().unwrap().to_string()
+    };
+    let f = file.to_str().unwrap();
+    assert_eq!(name(&[], None), "vars-recipe");
+    assert_eq!(name(&["--var-file", f], None), "vars-file");
+    assert_eq!(name(&["--var-file", f], Some("env")), "vars-env");
+    assert_eq!(
+        name(&["--var-file", f, "--var", "who=flag"], Some("env")),
+        "vars-flag"
+    );
+
+    std::fs::write(&file, "who = 3\n").unwrap();
+    let out = bake(&ep)
+        .args(["validate", "--var-file", f])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vars.toml:1:"), "no position in: {err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "validate must not call AWS");
+}

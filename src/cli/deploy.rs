@@ -13,7 +13,6 @@ use super::build::{interrupted, load_clients};
 use super::{EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Vars, report_error};
 use crate::aws::Clients;
 use crate::deploy::{self, DeployRequest, GroupNow, PrefFlags, RefreshView, Retention, Started};
-use crate::recipe;
 use crate::ui::{Output, Ui, fmt_duration};
 
 #[derive(Args, Debug)]
@@ -124,10 +123,10 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
     let t0 = Instant::now();
     // ---- input: everything checked before any AWS call
     let loaded = match &a.recipe {
-        Some(p) => match recipe::load(p, &a.vars.vars) {
+        Some(p) => match a.vars.load(p) {
             Ok(r) => Some(r),
             Err(e) => {
-                eprint!("{}", e.render());
+                eprint!("{e}");
                 return EXIT_INPUT;
             }
         },

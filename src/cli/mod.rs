@@ -53,6 +53,27 @@ pub struct Vars {
     /// Set a recipe variable: --var name=value (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = crate::recipe::parse_var)]
     pub vars: Vec<(String, String)>,
+    /// Read variable values from a TOML file of `name = "value"` lines (repeatable; a later
+    /// file wins). Precedence: recipe default < --var-file < BAKE_VAR_<name> < --var.
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+}
+
+impl Vars {
+    /// Loads one recipe with every override source applied; the error is already rendered.
+    pub fn load(&self, path: &std::path::Path) -> Result<Recipe, String> {
+        let mut o = recipe::Overrides::new();
+        for f in &self.var_files {
+            o.add_var_file(f).map_err(|e| e.render())?;
+        }
+        o.add_env(std::env::vars_os()).map_err(|errs| {
+            errs.iter()
+                .map(|e| format!("error: {e}\n"))
+                .collect::<String>()
+        })?;
+        o.add_flags(&self.vars);
+        recipe::load_with_overrides(path, &o).map_err(|e| e.render())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,10 +162,10 @@ pub fn load_all(paths: &[PathBuf], vars: &Vars) -> Option<Vec<Recipe>> {
     let mut ok = Vec::new();
     let mut bad = false;
     for p in paths {
-        match recipe::load(p, &vars.vars) {
+        match vars.load(p) {
             Ok(r) => ok.push(r),
             Err(e) => {
-                eprint!("{}", e.render());
+                eprint!("{e}");
                 bad = true;
             }
         }
