@@ -5,13 +5,13 @@
 //! `communicator` → `fingerprint` → `aws` → `recipe`, with `ui` and `retry` used throughout.
 
 pub mod aws;
-pub mod build;
 pub mod cli;
-pub mod communicator;
 pub mod deploy;
-pub mod fingerprint;
 pub mod gc;
 pub mod images;
+pub mod pipeline;
+pub mod plan;
 pub mod recipe;
+pub mod remote;
 pub mod retry;
 pub mod ui;

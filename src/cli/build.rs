@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, report_error};
 use crate::aws::Clients;
-use crate::build::{self, BuildOptions, BuildResult, Cleanup};
+use crate::pipeline::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
 use crate::ui::{Output, Ui, fmt_duration};
 
@@ -68,11 +68,11 @@ pub async fn build(
         .collect();
 
     // Ids, journal entries and lease renewals outlive the build future (cleanup needs them).
-    let ids: Vec<String> = recipes.iter().map(|_| build::new_build_id()).collect();
-    let lives: Vec<build::Liveness> = recipes
+    let ids: Vec<String> = recipes.iter().map(|_| pipeline::new_build_id()).collect();
+    let lives: Vec<pipeline::Liveness> = recipes
         .iter()
         .zip(&ids)
-        .map(|(r, id)| build::Liveness::start(&clients, r, id))
+        .map(|(r, id)| pipeline::Liveness::start(&clients, r, id))
         .collect();
 
     // All builds run inside one future so a signal cancels them together; each build's
@@ -87,7 +87,7 @@ pub async fn build(
                     r.name,
                     r.path.display()
                 ));
-                let res = build::run(clients, r, opts, ui, &cleanup, &id).await;
+                let res = pipeline::run(clients, r, opts, ui, &cleanup, &id).await;
                 (i, res)
             }
         })
@@ -146,7 +146,7 @@ pub async fn build(
     // The summary covers cleanup too: it is part of what a build costs.
     for (o, u) in outcomes.iter_mut().zip(&uis) {
         if let Outcome::Built(b) = o {
-            b.stages = build::stage_times(u);
+            b.stages = pipeline::stage_times(u);
             b.seconds = started.elapsed().as_secs_f64();
         }
     }

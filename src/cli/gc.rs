@@ -50,7 +50,7 @@ pub async fn run(args: GcArgs, g: &Global) -> u8 {
             .into_iter()
             .all(|ok| ok);
         for id in &survey.stale_journal {
-            crate::build::journal::remove(id);
+            crate::pipeline::journal::remove(id);
         }
     }
     let dead = survey.builds.iter().filter(|b| b.remove).count();

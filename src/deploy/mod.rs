@@ -91,7 +91,7 @@ pub enum DeployError {
     #[error("image {0} not found or not available")]
     ImageNotAvailable(String),
     #[error("recipe fingerprint: {0}")]
-    Fingerprint(#[from] crate::build::BuildError),
+    Fingerprint(#[from] crate::pipeline::BuildError),
     #[error("waiting for instance refresh {id}: {message}")]
     Wait { id: String, message: String },
 }

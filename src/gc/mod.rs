@@ -21,9 +21,9 @@ pub use remove::remove;
 
 use crate::aws::ec2::{self, filter, tag_map};
 use crate::aws::{AwsError, Clients, Ctx};
-use crate::build::journal::{self, Entry};
-use crate::build::lease::{self, LEASE_TAG, Verdict};
-use crate::build::{STATE_TAG, is_complete};
+use crate::pipeline::journal::{self, Entry};
+use crate::pipeline::lease::{self, LEASE_TAG, Verdict};
+use crate::pipeline::{STATE_TAG, is_complete};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -413,7 +413,7 @@ fn split_s3(loc: &str) -> Option<(String, String)> {
     Some((b.to_string(), p.to_string()))
 }
 
-/// A build id as [`crate::build::new_build_id`] makes them.
+/// A build id as [`crate::pipeline::new_build_id`] makes them.
 pub fn is_build_id(s: &str) -> bool {
     s.len() == 12
         && s.starts_with("b-")

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::aws::Clients;
 use crate::aws::ec2::{self, filter, tag_map};
-use crate::build::{self, BuildError};
-use crate::fingerprint;
+use crate::pipeline::{self, BuildError};
+use crate::plan;
 use crate::recipe::model::Recipe;
 
 /// One recipe's plan: its fingerprint, whether a build would be skipped, and otherwise what
@@ -29,7 +29,7 @@ pub struct PlanRow {
 }
 
 pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, BuildError> {
-    let build::Inputs { fp, source, .. } = build::inputs(clients, recipe).await?;
+    let pipeline::Inputs { fp, source, .. } = pipeline::inputs(clients, recipe).await?;
     let mine = ec2::own_images(
         &clients.ec2,
         vec![filter("tag:bake:recipe", [recipe.name.as_str()])],
@@ -54,7 +54,7 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
                         .to_string(),
                 ]
             } else {
-                fingerprint::diff_inputs(&fp, &recorded)
+                plan::diff_inputs(&fp, &recorded)
             };
             (img.image_id().map(str::to_string), changed)
         }
@@ -72,7 +72,7 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
 
 /// The `bake:inputs*` tag values of the current fingerprint version, in order.
 fn recorded_inputs(tags: &BTreeMap<String, String>) -> Vec<String> {
-    let prefix = format!("v{}:", fingerprint::VERSION);
+    let prefix = format!("v{}:", plan::VERSION);
     let mut parts: Vec<(usize, String)> = tags
         .iter()
         .filter_map(|(k, v)| {

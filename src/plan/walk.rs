@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::HashCache;
-use crate::communicator::{EntryKind, PlannedEntry, UploadPlan};
 use crate::recipe::model::Upload;
+use crate::remote::{EntryKind, PlannedEntry, UploadPlan};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]

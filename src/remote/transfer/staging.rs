@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::ssh::tarball::{self, Kind, Owner};
-use super::{CommError, EntryKind, UploadPlan, shell_quote};
+use super::tar::{self, Kind, Owner};
+use crate::remote::{CommError, EntryKind, UploadPlan, shell_quote};
 
 /// One thing to create on the builder.
 #[derive(Debug, Clone)]
@@ -179,7 +179,7 @@ pub(crate) fn tar_header(buf: &mut Vec<u8>, item: &Item, mtime: u64) {
         EntryKind::Dir => Kind::Dir,
         EntryKind::Symlink(t) => Kind::Symlink { target: t },
     };
-    tarball::header(buf, name, &kind, item.mode, &owner, mtime);
+    tar::header(buf, name, &kind, item.mode, &owner, mtime);
 }
 
 /// Shell that fails up front on owners of `owned` the builder does not know (tar would
@@ -300,8 +300,8 @@ pub(crate) fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::communicator::PlannedEntry;
     use crate::recipe::model::Upload;
+    use crate::remote::PlannedEntry;
 
     #[test]
     fn owner_fields() {

@@ -7,7 +7,7 @@
 pub mod any;
 pub mod ssh;
 pub mod ssm;
-mod staging;
+pub(crate) mod transfer;
 
 use std::sync::Arc;
 use std::time::Duration;

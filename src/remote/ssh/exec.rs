@@ -10,10 +10,10 @@ use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
-use crate::communicator::{
+use crate::recipe::model::Step;
+use crate::remote::{
     CommError, SharedSink, StepOutcome, Stream, run_file, shell_quote, step_script,
 };
-use crate::recipe::model::Step;
 
 /// Lines of output kept for error messages.
 const TAIL_LINES: usize = 20;

@@ -18,12 +18,12 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Done, SsmCommunicator};
-use crate::communicator::ssh::tarball;
-use crate::communicator::staging::{
+use crate::remote::transfer::staging::{
     Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
     tar_mtime, upload_err,
 };
-use crate::communicator::{CommError, EntryKind, UploadPlan, shell_quote};
+use crate::remote::transfer::tar;
+use crate::remote::{CommError, EntryKind, UploadPlan, shell_quote};
 
 /// Files at least this large are staged as objects of their own (streamed from disk); smaller
 /// ones go into the tar object, built in memory.
@@ -48,10 +48,10 @@ fn build_tar(items: &[Item]) -> Result<(Vec<u8>, [u8; 32]), CommError> {
                     format!("{} changed while uploading", item.local.display()),
                 ));
             }
-            buf.extend(std::iter::repeat_n(0u8, tarball::padding(item.size)));
+            buf.extend(std::iter::repeat_n(0u8, tar::padding(item.size)));
         }
     }
-    tarball::finish(&mut buf);
+    tar::finish(&mut buf);
     let hash: [u8; 32] = Sha256::digest(&buf).into();
     Ok((buf, hash))
 }

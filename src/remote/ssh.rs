@@ -21,7 +21,6 @@
 mod connect;
 mod exec;
 mod sftp;
-pub(crate) mod tarball; // also builds the SSM upload bundle
 mod upload;
 
 #[cfg(test)]

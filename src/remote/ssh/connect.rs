@@ -11,7 +11,7 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertific
 use russh::{Preferred, cipher};
 
 use super::SshTarget;
-use crate::communicator::{CommError, SharedSink};
+use crate::remote::{CommError, SharedSink};
 use crate::retry::{self, Backoff, Poll, PollError};
 
 /// Upper bound for one TCP connect + handshake + auth. A booting builder either answers

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use super::exec::{capture, protocol};
-use crate::communicator::staging::{Item, upload_err};
-use crate::communicator::{CommError, shell_quote};
+use crate::remote::transfer::staging::{Item, upload_err};
+use crate::remote::{CommError, shell_quote};
 
 /// How files at or above the stream threshold travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

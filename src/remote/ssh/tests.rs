@@ -13,10 +13,8 @@ use russh::keys::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 
 use super::{SshCommunicator, SshTarget};
-use crate::communicator::{
-    CommError, EntryKind, PlannedEntry, SharedSink, Sink, Stream, UploadPlan,
-};
 use crate::recipe::model::{Step, StepBody, Upload};
+use crate::remote::{CommError, EntryKind, PlannedEntry, SharedSink, Sink, Stream, UploadPlan};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -774,7 +772,7 @@ async fn reconnect_after_the_connection_drops() {
 
 /// Uploads `plan` (one large file) over the SFTP transport, whatever `LARGE_FILES` says.
 async fn sftp_upload(comm: &SshCommunicator, plan: &UploadPlan) -> Result<(), CommError> {
-    let items = crate::communicator::staging::items(std::slice::from_ref(plan));
+    let items = crate::remote::transfer::staging::items(std::slice::from_ref(plan));
     let item = items
         .into_iter()
         .find(|i| i.kind == EntryKind::File)

@@ -51,12 +51,13 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use super::exec::{Captured, Chunk, capture, pipe};
-use super::{sftp, tarball};
-use crate::communicator::staging::{
+use super::sftp;
+use crate::remote::transfer::staging::{
     Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, split_streams,
     tar_header, tar_mtime, upload_err,
 };
-use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
+use crate::remote::transfer::tar;
+use crate::remote::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
 
 /// Files at least this large get their own raw stream with the hash overlapped; below it the
 /// per-file cost of a channel outweighs the extra read for verification.
@@ -109,7 +110,7 @@ fn read_file(
     let mut left = item.size;
     while left > 0 {
         if buf.len() >= CHUNK {
-            let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
+            let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tar::BLOCK * 4));
             if tx
                 .blocking_send(Ok((full, std::mem::take(accounted))))
                 .is_err()
@@ -118,7 +119,7 @@ fn read_file(
             }
         }
         // `read_to_end` fills spare capacity without zeroing it first: at a gigabyte that matters.
-        let want = (CHUNK.saturating_sub(buf.len())).max(tarball::BLOCK) as u64;
+        let want = (CHUNK.saturating_sub(buf.len())).max(tar::BLOCK) as u64;
         let n = (&mut reader)
             .take(want.min(left))
             .read_to_end(buf)
@@ -141,7 +142,7 @@ fn read_file(
 /// Produces the tar stream for `items` on a blocking thread.
 fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
     let mtime = tar_mtime();
-    let mut buf = Vec::with_capacity(CHUNK + tarball::BLOCK * 4);
+    let mut buf = Vec::with_capacity(CHUNK + tar::BLOCK * 4);
     let mut accounted = 0u64;
     for item in &items {
         tar_header(&mut buf, item, mtime);
@@ -150,10 +151,10 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
-            buf.extend(std::iter::repeat_n(0u8, tarball::padding(item.size)));
+            buf.extend(std::iter::repeat_n(0u8, tar::padding(item.size)));
         }
         if buf.len() >= CHUNK {
-            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + tar::BLOCK * 4));
             if tx
                 .blocking_send(Ok((full, std::mem::take(&mut accounted))))
                 .is_err()
@@ -162,7 +163,7 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
             }
         }
     }
-    tarball::finish(&mut buf);
+    tar::finish(&mut buf);
     let _ = tx.blocking_send(Ok((buf, accounted)));
 }
 
