@@ -8,7 +8,24 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::remote::{Sink, Stream};
+/// Where step output and upload progress go (the UI implements this).
+pub trait Sink: Send + Sync {
+    /// One line of a step's output, without the trailing newline.
+    fn step_line(&self, step: &str, stream: Stream, line: &str);
+    /// Upload progress: `done` of `total` bytes sent so far, over all uploads.
+    fn upload_progress(&self, done: u64, total: u64);
+    /// A human-readable status note ("waiting for SSH on 127.0.1.4:22 (attempt 3)").
+    fn note(&self, msg: &str);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The sink the transports write to, shared between their tasks.
+pub type SharedSink = Arc<dyn Sink>;
 
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

@@ -21,10 +21,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use hashcache::HashCache;
-pub use walk::{PlanError, plan_uploads};
+pub use walk::{EntryKind, PlanError, PlannedEntry, UploadPlan, plan_uploads};
 
 use crate::recipe::model::{Recipe, StepBody};
-use crate::remote::{EntryKind, UploadPlan};
 
 /// Bumped whenever the definition changes, so an old image never matches by accident.
 pub const VERSION: u32 = 1;

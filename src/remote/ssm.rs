@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
 
-use super::{
-    CommError, SharedSink, StepOutcome, Stream, UploadPlan, run_file, shell_quote, step_script,
-};
+use super::transfer::script::{run_file, shell_quote, step_script};
+use super::{CommError, StepOutcome};
 use crate::aws::{AwsError, Clients, Ctx};
+use crate::plan::UploadPlan;
 use crate::recipe::model::{Ssm, Step};
 use crate::retry::{self, Backoff, Poll, PollError};
+use crate::ui::{SharedSink, Stream};
 
 /// What the API returns of stdout / stderr at most (characters).
 pub const STDOUT_LIMIT: usize = 24_000;

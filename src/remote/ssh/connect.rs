@@ -11,8 +11,9 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertific
 use russh::{Preferred, cipher};
 
 use super::SshTarget;
-use crate::remote::{CommError, SharedSink};
+use crate::remote::CommError;
 use crate::retry::{self, Backoff, Poll, PollError};
+use crate::ui::SharedSink;
 
 /// Upper bound for one TCP connect + handshake + auth. A booting builder either answers
 /// quickly or not at all; waiting longer on one attempt only delays the next one.

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use crate::recipe::model::Step;
-use crate::remote::{
-    CommError, SharedSink, StepOutcome, Stream, run_file, shell_quote, step_script,
-};
+use crate::remote::transfer::script::{run_file, shell_quote, step_script};
+use crate::remote::{CommError, StepOutcome};
+use crate::ui::{SharedSink, Stream};
 
 /// Lines of output kept for error messages.
 const TAIL_LINES: usize = 20;

@@ -13,8 +13,10 @@ use russh::keys::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 
 use super::{SshCommunicator, SshTarget};
+use crate::plan::{EntryKind, PlannedEntry, UploadPlan};
 use crate::recipe::model::{Step, StepBody, Upload};
-use crate::remote::{CommError, EntryKind, PlannedEntry, SharedSink, Sink, Stream, UploadPlan};
+use crate::remote::CommError;
+use crate::ui::{SharedSink, Sink, Stream};
 
 const SSHD: &str = "/usr/sbin/sshd";
 

@@ -18,12 +18,14 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Done, SsmCommunicator};
+use crate::plan::{EntryKind, UploadPlan};
+use crate::remote::CommError;
+use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::staging::{
     Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
     tar_mtime, upload_err,
 };
 use crate::remote::transfer::tar;
-use crate::remote::{CommError, EntryKind, UploadPlan, shell_quote};
 
 /// Files at least this large are staged as objects of their own (streamed from disk); smaller
 /// ones go into the tar object, built in memory.

@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::script::shell_quote;
 use super::tar::{self, Kind, Owner};
-use crate::remote::{CommError, EntryKind, UploadPlan, shell_quote};
+use crate::plan::{EntryKind, UploadPlan};
+use crate::remote::CommError;
 
 /// One thing to create on the builder.
 #[derive(Debug, Clone)]
@@ -300,8 +302,8 @@ pub(crate) fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::PlannedEntry;
     use crate::recipe::model::Upload;
-    use crate::remote::PlannedEntry;
 
     #[test]
     fn owner_fields() {
