@@ -278,7 +278,7 @@ pub async fn plan(recipes: Vec<Recipe>, g: &Global) -> u8 {
     let mut rows = Vec::new();
     let mut code = 0;
     for r in &recipes {
-        match crate::images::plan_one(&clients, r).await {
+        match crate::pipeline::lookup::plan_one(&clients, r).await {
             Ok(p) => rows.push(p),
             Err(e) => {
                 report_error(&e);

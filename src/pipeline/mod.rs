@@ -12,6 +12,7 @@ pub mod journal;
 mod launch;
 pub mod lease;
 pub mod lock;
+pub mod lookup;
 mod provision;
 pub mod source;
 
