@@ -10,6 +10,8 @@ Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
     GET  /lab-api/wait/<instance-id>  waits until the instance's sshd is up (or failed)
     POST /lab-api/unhealthy-image     {"image_id", "unhealthy"?: true} instances from it fail
                                       instance-refresh health checks (lab/refresh.py)
+    /lab-api/faults, /lab-api/faults/profile, /lab-api/calls, /lab-api/instance-state
+                                      injected faults and call counts (lab/faults.py)
 """
 
 from __future__ import annotations
@@ -78,11 +80,15 @@ def main() -> None:
     from lab import refresh
 
     refresh.install(lab)  # Auto Scaling instance refresh, DeleteLaunchTemplateVersions
+    from lab import faults, strict
+
+    strict.install()  # EC2's rules moto lacks, always on (lab/strict.py)
+    faults.install()  # resource birth times for the visibility lag (lab/faults.py)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     moto_app = DomainDispatcherApplication(create_backend_app)
-    app = LabApp(moto_app, lab)
+    app = faults.FaultApp(LabApp(moto_app, lab))  # LAB_FAULTS, /lab-api/faults, /lab-api/calls
     server = make_server("127.0.0.1", args.port, app, threaded=True)
 
     stopping = threading.Event()

@@ -63,11 +63,11 @@ def test_image_attributes_and_tags_like_ec2(ec2, res, debian_ami):
     assert img["Description"] == "described later"
     assert img["RootDeviceType"] == "ebs" and img["RootDeviceName"] == "/dev/xvda"
     assert img["OwnerId"] == "123456789012"
-    # a terminated instance cannot be imaged
+    # a terminated instance cannot be imaged (EC2's answer; lab/strict.py)
     ec2.terminate_instances(InstanceIds=[a["InstanceId"]])
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ec2.create_image(InstanceId=a["InstanceId"], Name=res.name("dead"))
-    assert e.value.response["Error"]["Code"] == "IncorrectInstanceState"
+    assert e.value.response["Error"]["Code"] == "InvalidParameterValue"
     # deregister, then the snapshot can go (and not before)
     snap = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     with pytest.raises(botocore.exceptions.ClientError):
