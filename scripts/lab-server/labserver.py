@@ -12,6 +12,9 @@ Binds 127.0.0.1 only. Besides moto's own endpoints it serves:
                                       instance-refresh health checks (lab/refresh.py)
     /lab-api/faults, /lab-api/faults/profile, /lab-api/calls, /lab-api/instance-state
                                       injected faults and call counts (lab/faults.py)
+    GET|POST /lab-api/profile         {"profile": "instant"|"realistic", "time_scale"?: 0.1}
+                                      (lab/timing.py; env LAB_PROFILE, LAB_TIME_SCALE)
+    GET  /lab-api/leftovers           what is left in the lab's AWS (lab/leftovers.py)
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def main() -> None:
 
     lab = Lab(lab_dir)
     lab.prepare()
+    from lab import timing
+
+    timing.install_early(lab)  # realistic profile: stopping / shutting-down (under the patches)
     patches.install(lab, base_users, base_images)
     from lab import ssm as lab_ssm
 
@@ -84,6 +90,7 @@ def main() -> None:
 
     strict.install()  # EC2's rules moto lacks, always on (lab/strict.py)
     faults.install()  # resource birth times for the visibility lag (lab/faults.py)
+    timing.install(lab)  # realistic profile: pending, SYN drop, image and profile delays
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 

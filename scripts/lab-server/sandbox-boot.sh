@@ -61,12 +61,23 @@ mkdir -p "$M/run/sshd" "$M/run/lab"
 chmod 755 "$M/run/sshd"
 
 # lab-provided files: sshd config, host keys, authorized keys, setup scripts.
-# They live on /run (tmpfs), so they never end up in the instance's disk or an image.
+# They live on /run (tmpfs); keep.sh copies what a real instance keeps on its disk (host
+# keys, user data) to where cloud-init puts it.
 cp -a "$D/run/." "$M/run/lab/"
 chmod 700 "$M/run/lab"
 
 # cloud-init's job: default user, sudoers, authorized_keys (every boot, idempotent)
 chroot "$M" /bin/sh /run/lab/setup.sh
+# what cloud-init leaves on the disk: host keys in /etc/ssh, the user data (lab/keep.py)
+if [ -f "$M/run/lab/keep.sh" ]; then chroot "$M" /bin/sh /run/lab/keep.sh; fi
+
+# syslog on /dev/log -> /var/log/auth.log, /var/log/syslog (sudo logs there); up before
+# anything that may log (user data, sshd sessions)
+if [ -f "$M/run/lab/syslogd.py" ] && [ -x "$M/usr/bin/python3" ]; then
+  chroot "$M" /bin/sh -c 'nohup /usr/bin/python3 /run/lab/syslogd.py >/dev/null 2>&1 &'
+  i=0
+  while [ ! -S "$M/dev/log" ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
+fi
 
 # first boot only: user-data scripts / runcmd, in the background like cloud-final
 if [ -f "$M/run/lab/firstboot.sh" ]; then

@@ -157,7 +157,16 @@ class Resources:
             self.ec2.terminate_instances(InstanceIds=live)
         for ami in self.images:
             try:
+                # as on EC2, deregistering leaves the image's snapshots (scripts/lab leftovers)
+                img = self.ec2.describe_images(ImageIds=[ami])["Images"]
+                snaps = [m["Ebs"]["SnapshotId"] for i in img for m in i.get("BlockDeviceMappings", [])
+                         if m.get("Ebs", {}).get("SnapshotId")]
                 self.ec2.deregister_image(ImageId=ami)
+                for snap in snaps:
+                    try:
+                        self.ec2.delete_snapshot(SnapshotId=snap)
+                    except Exception:  # noqa: BLE001  (still used by another image)
+                        pass
             except Exception:  # noqa: BLE001
                 pass
         for k in self.keys:

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import keep
+from . import timing as lab_timing
 from . import userdata as ud
 
 log = logging.getLogger("lab.agent")
@@ -126,6 +128,8 @@ class Lab:
         # must retry its first connection, and how fast it notices sshd is part of what the
         # lab measures. LAB_SYNC_BOOT=1 makes them return only once sshd answers.
         self.sync_boot = os.environ.get("LAB_SYNC_BOOT", "0") == "1"
+        # LAB_PROFILE / LAB_TIME_SCALE: how long EC2's transitions take here (lab/timing.py)
+        self.timing = lab_timing.Timing()
 
     def settle(self, futures: list[Future | None]) -> None:
         futs = [f for f in futures if f is not None]
@@ -137,6 +141,7 @@ class Lab:
         """Called once at server start: nothing of a previous run survives (moto's state
         is in memory, so neither may the sandboxes be)."""
         self.kill_stale()
+        self.timing.shutdown()  # a previous server's SYN-drop rules
         for d in (self.instances_dir, self.layers_dir, self.trash_dir):
             if d.exists():
                 self._rmtree(d)
@@ -181,6 +186,7 @@ class Lab:
             with self.lock:
                 self.images[ami_id] = ImageInfo(list(info.layers), info.user)
             return
+        self.timing.abort(sb)  # a boot still waiting for its time (realistic) gives way
         fut = sb.executor.submit(self._freeze, sb, ami_id)
         fut.result()
 
@@ -199,6 +205,7 @@ class Lab:
             sb.layers = [ami_id] + sb.layers
             self.images[ami_id] = ImageInfo(list(sb.layers), sb.user)
         if was_running:
+            self.timing.plan(sb, pending=False)
             self._boot(sb)
 
     def copy_image(self, source_ami_id: str, new_ami_id: str) -> None:
@@ -258,6 +265,7 @@ class Lab:
         with self.lock:
             self.sandboxes[iid] = sb
             self.live_ips.add(ip)
+        self.timing.plan(sb)
         return sb.executor.submit(self._provision_and_boot, sb, pubkeys, raw_ud)
 
     def _provision_and_boot(self, sb: Sandbox, pubkeys: list[str], raw_ud: bytes | None) -> None:
@@ -296,6 +304,7 @@ class Lab:
         _write(run / "authorized_keys", "".join(k + "\n" for k in keys), 0o644)
         _write(run / "sshd_config", _sshd_config(sb.ip, host_keys), 0o644)
         _write(run / "setup.sh", _setup_script(sb.user), 0o755)
+        keep.provision(run, sb.instance_id, raw_ud)  # host keys, user data, syslog on the disk
         if data.scripts or data.runcmd:
             for i, s in enumerate(data.scripts):
                 _write(run / f"user-script-{i:02d}", s, 0o755)
@@ -305,6 +314,8 @@ class Lab:
         if not is_lab_ip(sb.ip):
             sb.state, sb.error = "failed", f"refusing to start sshd on non-loopback address {sb.ip!r}"
             log.error("%s: %s", sb.instance_id, sb.error)
+            return
+        if not self.timing.wait_boot(sb):  # realistic profile: pending, SYNs dropped, port closed
             return
         lower = ":".join(str(self.layers_dir / layer) for layer in sb.layers)
         env = {
@@ -380,12 +391,19 @@ class Lab:
         def op(sb: Sandbox) -> None:
             if sb.proc is None:
                 self._boot(sb)
+        sb = self.sandboxes.get(instance_id)
+        if sb is not None and sb.proc is None and sb.state != "terminated":
+            self.timing.plan(sb)
         return self._op(instance_id, op, wait=False)
 
     def stop(self, instance_id: str) -> None:
         def op(sb: Sandbox) -> None:
             self._kill(sb)
             sb.state = "stopped"
+            self.timing.stopped(sb)
+        sb = self.sandboxes.get(instance_id)
+        if sb is not None:
+            self.timing.abort(sb)
         self._op(instance_id, op)
 
     def reboot(self, instance_id: str) -> Future | None:
@@ -397,6 +415,8 @@ class Lab:
         sb = self.sandboxes.get(instance_id)
         if sb is not None and sb.state == "running":
             sb.state = "rebooting"
+        if sb is not None and sb.state != "terminated":
+            self.timing.plan(sb, pending=False)
         return self._op(instance_id, op, wait=False)
 
     def terminate(self, instance_id: str) -> None:
@@ -407,8 +427,10 @@ class Lab:
         sb = self.sandboxes.get(instance_id)
         if sb is None or sb.state == "terminated":
             return
+        self.timing.abort(sb)
         self._op(instance_id, op)
         sb.executor.shutdown(wait=False)
+        self.timing.gone(sb.ip)
         self.release_ip(sb.ip)
         self.gc_layers()
 
@@ -430,8 +452,10 @@ class Lab:
         with self.lock:
             sandboxes = list(self.sandboxes.values())
         for sb in sandboxes:
+            self.timing.abort(sb)
             self._kill(sb)
             sb.state = "stopped"
+        self.timing.shutdown()
 
     def reset(self) -> None:
         """moto reset: kill all sandboxes, forget everything, delete all disks and layers."""
@@ -538,9 +562,10 @@ class Lab:
 # ---------------------------------------------------------------- generators
 def _sshd_config(ip: str, host_keys: list[str]) -> str:
     lines = [
-        "# generated by the bake lab; lives on the sandbox's /run (tmpfs)",
+        "# generated by the bake lab; lives on the sandbox's /run (tmpfs); host keys: /etc/ssh",
         f"ListenAddress {ip}:22",
-        *[f"HostKey /run/lab/{k}" for k in host_keys],
+        # on the disk, where cloud-init puts them (run/keep.sh copies them there)
+        *[f"HostKey /etc/ssh/{k}" for k in host_keys],
         "PidFile /run/sshd.pid",
         "UsePAM no",
         "PermitRootLogin prohibit-password",

@@ -416,7 +416,9 @@ class Refreshes:
         warmup = float(prefs.get("InstanceWarmup") or 0)
         t0 = time.monotonic()
         for inst in new:
-            if not _healthy(self.lab, inst.id, inst.private_ip_address, t0 + max(warmup, HEALTH_GRACE)):
+            # (+ the realistic profile's longest boot: the grace only absorbs a slow machine)
+            grace = HEALTH_GRACE + self.lab.timing.extra_boot_seconds()
+            if not _healthy(self.lab, inst.id, inst.private_ip_address, t0 + max(warmup, grace)):
                 bad.append(inst)
         if bad:
             for s in group.instance_states:

@@ -48,6 +48,7 @@ import threading
 import time
 from typing import Any
 
+from . import keep
 from .agent import Lab
 
 log = logging.getLogger("lab.ssm")
@@ -276,6 +277,10 @@ class Ssm:
         code = inv.proc.returncode
         sb_now = self.lab.sandboxes.get(iid)
         went_down = sb_now is None or sb_now.boots != boots or sb_now.state != "running"
+        if not went_down:  # the agent's own files on the instance's disk (lab/keep.py)
+            keep.ssm_files(pid1, orch, iid, cmd, {"Status": "Cancelled" if inv.cancelled else (
+                "TimedOut" if timed_out else ("Success" if code == 0 else "Failed")), "ResponseCode": code},
+                out, err)
         with inv.lock:
             if inv.cancelled:
                 self._finish(inv, "Cancelled", "Cancelled", -1, out, err, backend)

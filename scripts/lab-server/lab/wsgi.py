@@ -63,4 +63,17 @@ class LabApp:
             n = int(environ.get("CONTENT_LENGTH") or 0)
             req = json.loads(environ["wsgi.input"].read(n) or b"{}")
             return 200, self.lab.refreshes.set_unhealthy(req["image_id"], bool(req.get("unhealthy", True)))
+        if route == "profile":  # realistic timing (lab/timing.py)
+            if method == "POST":
+                n = int(environ.get("CONTENT_LENGTH") or 0)
+                req = json.loads(environ["wsgi.input"].read(n) or b"{}")
+                try:
+                    return 200, self.lab.timing.set(req.get("profile"), req.get("time_scale"))
+                except ValueError as e:
+                    return 400, {"error": str(e)}
+            return 200, self.lab.timing.info()
+        if route == "leftovers":
+            from .leftovers import report
+
+            return 200, report(self.lab)
         return 404, {"error": f"no such lab endpoint: {method} /lab-api/{route}"}
