@@ -114,7 +114,8 @@ pub async fn make_image(
     let res = ec2::settle(
         "CreateImage",
         name,
-        Duration::from_secs(600),
+        // Bounded: "not in state" also answers an instance that terminated and never will be.
+        Duration::from_secs(120),
         create_image_transient,
         || {
             let req = req.clone();

@@ -85,6 +85,8 @@ pub async fn acquire(
                 Err(e) => return Poll::Fail(e),
             }
             match holder(clients, name).await {
+                // Our own earlier attempt took it; its answer was lost.
+                Ok(Some((holder, _))) if holder == build_id => Poll::Ready(Acquired::Held),
                 Ok(Some((holder, age))) if age > STALE_AFTER => {
                     ui.line(&format!("lock {name} of build {holder} is {}s old: taking it over", age.as_secs()));
                     let _ = delete_key_pair(ec2, name).await;
