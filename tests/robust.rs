@@ -190,8 +190,8 @@ fn assert_intact(lab: &Lab, image: &str, snaps: &[String], context: &str) {
     });
 }
 
-/// Everything of `name`'s builds that is left, by Describe calls and by the lab's report; the
-/// images in `except_images` are meant to stay.
+/// Asserts nothing of `name`'s builds is left, by Describe calls and by the lab's report (build
+/// locks included); with `keep_images` the images the builds made are meant to stay.
 fn assert_nothing_left(lab: &Lab, name: &str, keep_images: bool, context: &str) {
     lab.assert_no_leftovers(name, context);
     let except: &[&str] = if keep_images { &["image"] } else { &[] };
@@ -200,6 +200,18 @@ fn assert_nothing_left(lab: &Lab, name: &str, keep_images: bool, context: &str) 
         Vec::<String>::new(),
         "{context}"
     );
+    // Build locks carry no recipe: find them by the fingerprints the builds printed.
+    for fp in context.split("fingerprint ").skip(1) {
+        let short: String = fp.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        if short.len() >= 12 {
+            let lock = format!("bake-lock-{}", &short[..12]);
+            assert_eq!(
+                lab_leftovers(&lab.env, &lock, &[]),
+                Vec::<String>::new(),
+                "build lock left\n{context}"
+            );
+        }
+    }
 }
 
 /// Every instance ever launched for `recipe` (terminated ones included).

@@ -187,6 +187,8 @@ pub struct Token(u64);
 pub struct Cleanup {
     stack: Mutex<Vec<(u64, Undo)>>,
     next: Mutex<u64>,
+    /// Build locks this build took (their release may not see them yet).
+    held_locks: Mutex<Vec<String>>,
 }
 
 impl Cleanup {
@@ -226,6 +228,12 @@ impl Cleanup {
         }
     }
 
+    /// This build took the build lock `name`: releasing it keeps looking for a while when the
+    /// new key pair is not visible yet, instead of taking "not found" for "not held".
+    pub fn lock_held(&self, name: &str) {
+        self.held_locks.lock().unwrap().push(name.to_string());
+    }
+
     /// The resource is a result, not a leftover (the finished image).
     pub fn keep(&self, t: Token) {
         self.stack.lock().unwrap().retain(|(n, _)| *n != t.0);
@@ -253,9 +261,16 @@ impl Cleanup {
             .partition(|(_, u)| matches!(u, Undo::TerminateInstance { .. }));
         let (dependent, independent): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|(_, u)| u.after_builder_gone());
+        let held = self.held_locks.lock().unwrap().clone();
+        let held = &held;
         let one = |(n, undo): (u64, Undo)| async move {
             let stage = ui.stage("cleanup", &format!("removing {undo}"));
-            let res = undo_one(clients, &undo).await;
+            let res = match &undo {
+                Undo::ReleaseLock { name, build_id } if held.contains(name) => {
+                    release_held_lock(clients, name, build_id).await
+                }
+                _ => undo_one(clients, &undo).await,
+            };
             match &res {
                 Ok(msg) => {
                     stage.finish(msg);
@@ -485,6 +500,27 @@ async fn terminate(
         r?;
     }
     Ok(format!("terminated {}", ids.join(", ")))
+}
+
+/// Releases a lock this build took: its key pair, found by name and this build's tag, looking
+/// for a while since a lock taken a moment ago may not be visible yet.
+async fn release_held_lock(c: &Clients, name: &str, build_id: &str) -> Result<String, AwsError> {
+    let found = find(&format!("build lock {name}"), KNOWN_ID_GRACE, || async {
+        Ok(ec2::describe_key_pair(&c.ec2, name)
+            .await?
+            .filter(|k| tagged_with_build(k.tags(), build_id))
+            .into_iter()
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    if found.is_empty() {
+        return Ok(format!("lock {name} no longer held by this build"));
+    }
+    Ok(if ec2::delete_key_pair(&c.ec2, name).await? {
+        format!("released lock {name}")
+    } else {
+        format!("lock {name} already gone")
+    })
 }
 
 /// Deletes a security group, waiting while EC2 still reports it in use (its instance has only

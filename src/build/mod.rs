@@ -135,7 +135,7 @@ pub async fn run(
             )
             .await?
             {
-                lock::Acquired::Held => {}
+                lock::Acquired::Held => cleanup.lock_held(&lock::lock_name(&fp.hash)),
                 lock::Acquired::Built(h) => hit = Some(h),
             }
         }
