@@ -502,6 +502,43 @@ pub fn user_data(own: Option<&str>, host_key: &PrivateKey) -> Result<String, Bui
 mod tests {
     use super::*;
 
+    fn err(code: &str, message: &str) -> AwsError {
+        AwsError {
+            code: Some(code.into()),
+            ..AwsError::new("RunInstances", None, message)
+        }
+    }
+
+    #[test]
+    fn run_instances_waits_out_what_is_new_and_fails_on_the_rest() {
+        let profile = err(
+            "InvalidParameterValue",
+            "Value (bake-builder) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+        );
+        assert!(run_instances_transient(&profile));
+        assert!(run_instances_transient(&err(
+            "InvalidGroup.NotFound",
+            "sg-1"
+        )));
+        assert!(run_instances_transient(&err(
+            "InvalidKeyPair.NotFound",
+            "k"
+        )));
+        assert!(!run_instances_transient(&err(
+            "InvalidAMIID.NotFound",
+            "ami-1"
+        )));
+        assert!(!run_instances_transient(&err(
+            "InvalidParameterValue",
+            "Invalid value 't9.huge' for InstanceType"
+        )));
+        // A refusal made nothing; a 5xx or no answer at all may have.
+        assert!(profile.is_refusal());
+        assert!(!err("InternalError", "").is_refusal());
+        assert!(!err("RequestLimitExceeded", "").is_refusal());
+        assert!(!AwsError::new("RunInstances", None, "connection reset").is_refusal());
+    }
+
     #[test]
     fn user_data_carries_host_key_and_merges_own() {
         let k = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
