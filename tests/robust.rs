@@ -19,6 +19,9 @@ use common::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The lab's hostile profile with its default figures (scripts/lab-server/lab/faults.py).
+const HOSTILE_DEFAULTS: &str = r#"{"faults": "hostile", "seed": 11, "buckets": true, "throttle": 0.02, "5xx": 0.03, "lost": 0.03, "lag": 3, "lag_min": 0}"#;
+
 /// Holds the lab for one test and clears fault rules and profile when dropped.
 struct LabFaults<'a> {
     lab: &'a Lab,
@@ -36,14 +39,13 @@ impl<'a> LabFaults<'a> {
         f
     }
 
+    /// No rules, faults off, and the profile's figures back at the lab's defaults (a profile
+    /// update only changes the keys it names).
     fn clear(&self) {
         lab_api(&self.lab.env, "DELETE", "faults", "");
-        lab_api(
-            &self.lab.env,
-            "POST",
-            "faults/profile",
-            r#"{"faults": "off"}"#,
-        );
+        let off = HOSTILE_DEFAULTS.replace("hostile", "off");
+        lab_api(&self.lab.env, "POST", "faults/profile", &off);
+        lab_api(&self.lab.env, "DELETE", "calls", "");
     }
 
     /// Adds rules; returns their ids.
@@ -586,8 +588,12 @@ fn five_builds_at_once_on_a_hostile_ec2_all_succeed_and_leave_nothing() {
             )
         })
         .collect();
-    // EC2's token buckets, throttling, 5xx, lost answers and visibility lag, all at once.
-    f.profile(serde_json::json!({"faults": "hostile", "seed": 7}));
+    // EC2's token buckets, throttling, 5xx, lost answers and visibility lag, all at once, at
+    // several times the lab's default rates.
+    f.profile(serde_json::json!({
+        "faults": "hostile", "seed": 7, "buckets": true, "throttle": 0.1, "5xx": 0.1,
+        "lost": 0.1, "lag": 3, "lag_min": 0
+    }));
     let out = lab
         .bake(&tmp.path().join("cache"))
         .args(["build", "-j", "5", "--plain", "--output", "json"])
@@ -598,6 +604,12 @@ fn five_builds_at_once_on_a_hostile_ec2_all_succeed_and_leave_nothing() {
     f.clear();
     let err = stderr(&out);
     assert!(out.status.success(), "faults {faults}:\n{err}");
+    for kind in ["throttle", "5xx", "lost", "hidden"] {
+        assert!(
+            faults[kind].as_u64().unwrap_or(0) > 0,
+            "no {kind} faults: {faults}"
+        );
+    }
     let v = json(&out);
     let builds = v["builds"].as_array().unwrap();
     assert_eq!(builds.len(), 5);
