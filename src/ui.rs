@@ -107,7 +107,12 @@ impl Ui {
             Some(mp) => {
                 let _ = mp.println(format!("{}{msg}", self.prefix));
             }
-            None => eprintln!("{} {}{msg}", timestamp(), self.prefix),
+            // Not eprintln!: after SIGHUP the terminal may be gone, and a failed write must
+            // not panic in the middle of cleanup.
+            None => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{} {}{msg}", timestamp(), self.prefix);
+            }
         }
     }
 

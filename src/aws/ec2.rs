@@ -2,6 +2,7 @@
 //! on EC2 state built on the single [`crate::retry::poll`] helper.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
@@ -108,6 +109,51 @@ pub async fn delete_key_pair_if_id(ec2: &Client, name: &str, id: &str) -> Result
         Some(k) if k.key_pair_id() == Some(id) => delete_key_pair(ec2, name).await,
         _ => Ok(false),
     }
+}
+
+/// How long a resource bake just created may still answer "not found" (EC2 is eventually
+/// consistent: a new id can be unknown to the next call for seconds).
+pub const VISIBILITY: Duration = Duration::from_secs(60);
+
+/// Not found, which right after a create means "not yet".
+pub fn not_yet_visible(e: &AwsError) -> bool {
+    e.is_not_found()
+}
+
+/// Calls `call` until it succeeds, waiting out throttling and every error `transient` says
+/// will pass (a new id not visible yet, a profile still propagating, a state still changing),
+/// for at most `timeout`; any other error fails at once.
+pub async fn settle<T, F, Fut>(
+    op: &'static str,
+    what: &str,
+    timeout: Duration,
+    transient: impl Fn(&AwsError) -> bool,
+    mut call: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    let transient = &transient;
+    let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| {
+        let fut = call();
+        async move {
+            match fut.await {
+                Ok(v) => Poll::Ready(v),
+                Err(e) if e.is_throttling() => Poll::Throttled,
+                Err(e) if transient(&e) => Poll::Pending(e.to_string()),
+                Err(e) => Poll::Fail(e),
+            }
+        }
+    })
+    .await;
+    r.map_err(|e| poll_failure(op, what, e))
+}
+
+/// Whether `tags` carry `bake:build-id=<build_id>`.
+pub fn tagged_with_build(tags: &[Tag], build_id: &str) -> bool {
+    tags.iter()
+        .any(|t| t.key() == Some("bake:build-id") && t.value() == Some(build_id))
 }
 
 /// Turns an AWS error inside a poll attempt into throttling (retry harder) or failure.

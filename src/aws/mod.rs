@@ -3,11 +3,45 @@
 //!
 //! bake knows nothing of the lab: it honours `AWS_ENDPOINT_URL`, `AWS_REGION`, profiles, SSO and
 //! the rest of the standard chain exactly like any SDK client.
+//!
+//! ## Retries and throttling
+//!
+//! The SDK's default (standard mode, 3 attempts, backoff from 1 s) gives up after ~2.2 s when
+//! EC2 throttles: real throttling is bursty (an empty bucket refills at a few tokens per
+//! second), so three quick attempts often all land inside one burst. The EC2 client therefore
+//! uses standard mode with [`EC2_MAX_ATTEMPTS`] attempts and backoff capped at
+//! [`EC2_MAX_BACKOFF`] (about a minute of retrying in the worst case), and its own retry
+//! partition with a larger retry quota ([`EC2_RETRY_QUOTA`]): the default quota (500 tokens, 5
+//! per throttled retry) is shared by every client of a region in the process and would be spent
+//! by `-j 20` builds in a few bursts, after which every error fails at once.
+//!
+//! Adaptive mode was considered and not chosen: its client-side limiter is one rate for the
+//! whole client, so throttling of RunInstances would also slow down every Describe, while EC2
+//! keeps a bucket per action class. bake paces itself per class instead ([`budget`]), shared
+//! by every build of the process, so `-j N` does not throttle itself. `AWS_RETRY_MODE` and
+//! `AWS_MAX_ATTEMPTS`, when set, win over these choices.
+//!
+//! Throttling that outlasts the SDK's retries, and EC2's eventual consistency (a new id that
+//! is "not found" for a few seconds), are waited out by the callers with [`crate::retry`].
 
+pub mod budget;
 pub mod ec2;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use aws_config::BehaviorVersion;
+use aws_sdk_ec2::config::retry::{RetryConfig, RetryPartition, TokenBucket};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+
+use budget::{Budgeted, RateBudget};
+
+/// Attempts per EC2 call (the SDK's default is 3).
+pub const EC2_MAX_ATTEMPTS: u32 = 8;
+/// Ceiling of the SDK's exponential backoff between attempts.
+pub const EC2_MAX_BACKOFF: Duration = Duration::from_secs(20);
+/// Retry quota of bake's EC2 retry partition (the SDK's default is 500).
+pub const EC2_RETRY_QUOTA: usize = 10_000;
 
 /// The clients a command needs, built from one loaded configuration.
 #[derive(Clone, Debug)]
@@ -17,6 +51,8 @@ pub struct Clients {
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub s3: aws_sdk_s3::Client,
     pub region: String,
+    /// The client-side request budget every EC2 call of this process goes through.
+    pub budget: Arc<RateBudget>,
 }
 
 impl Clients {
@@ -40,14 +76,52 @@ impl Clients {
         let s3_conf = aws_sdk_s3::config::Builder::from(&conf)
             .force_path_style(true)
             .build();
+        let budget = Arc::new(RateBudget::new());
         Ok(Clients {
-            ec2: aws_sdk_ec2::Client::new(&conf),
+            ec2: aws_sdk_ec2::Client::from_conf(ec2_config(&conf, budget.clone())),
             ssm: aws_sdk_ssm::Client::new(&conf),
             autoscaling: aws_sdk_autoscaling::Client::new(&conf),
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             region,
+            budget,
         })
     }
+}
+
+/// The EC2 client's configuration: the loaded one, with bake's retry settings (unless the
+/// environment chose its own) and every request paced by `budget`.
+fn ec2_config(conf: &aws_config::SdkConfig, budget: Arc<RateBudget>) -> aws_sdk_ec2::Config {
+    let mut b = aws_sdk_ec2::config::Builder::from(conf);
+    let env_chose = ["AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if !env_chose {
+        b = b.retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(EC2_MAX_ATTEMPTS)
+                .with_max_backoff(EC2_MAX_BACKOFF),
+        );
+    }
+    b = b.retry_partition(
+        RetryPartition::custom("bake-ec2")
+            .token_bucket(TokenBucket::new(EC2_RETRY_QUOTA))
+            .build(),
+    );
+    // The HTTP client the SDK would use by default (or the configured one), behind the budget.
+    let inner = conf.http_client().or_else(|| {
+        aws_smithy_runtime::client::defaults::default_http_client_plugin_v2(
+            BehaviorVersion::latest(),
+        )
+        .and_then(|p| {
+            use aws_sdk_ec2::config::{RuntimeComponentsBuilder, RuntimePlugin};
+            p.runtime_components(&RuntimeComponentsBuilder::new("bake"))
+                .http_client()
+        })
+    });
+    if let Some(inner) = inner {
+        b = b.http_client(Budgeted::new(inner, budget));
+    }
+    b.build()
 }
 
 /// A failed AWS call: which operation, on what, and what AWS said.
@@ -111,6 +185,25 @@ impl AwsError {
             "TooManyRequestsException",
             "RequestThrottled",
         ])
+    }
+
+    /// AWS answered and said no: the call did nothing. Not so for throttling, server-side
+    /// errors and calls that got no answer at all (timeouts, lost connections), after which
+    /// the request may or may not have taken effect.
+    pub fn is_refusal(&self) -> bool {
+        match self.code.as_deref() {
+            None => false,
+            Some(_) if self.is_throttling() => false,
+            Some(c) => !matches!(
+                c,
+                "InternalError"
+                    | "InternalFailure"
+                    | "ServiceUnavailable"
+                    | "Unavailable"
+                    | "RequestTimeout"
+                    | "RequestTimeoutException"
+            ),
+        }
     }
 
     /// The thing is already gone: for cleanup, that is success.

@@ -14,14 +14,61 @@ use crate::pipeline::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
 use crate::ui::{Output, Ui, fmt_duration};
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT, SIGTERM or SIGHUP.
 pub async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+/// The signals a build reacts to, installed once at the start so none is missed (or kills the
+/// process) between one wait and the next.
+///
+/// SIGINT, SIGTERM and SIGHUP stop the builds and start cleanup. Only a second SIGINT (Ctrl-C
+/// again) abandons cleanup. SIGTERM and SIGHUP during cleanup do not: CI cancels a job with
+/// SIGINT, then SIGTERM 7.5 s later, then SIGKILL 2.5 s after that, and abandoning at the
+/// SIGTERM would leave everything behind that the remaining seconds could still remove.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    sigints: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    Int,
+    Term,
+    Hup,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+            sigints: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Sig {
+        let s = tokio::select! {
+            _ = self.int.recv() => Sig::Int,
+            _ = self.term.recv() => Sig::Term,
+            _ = self.hup.recv() => Sig::Hup,
+        };
+        if s == Sig::Int {
+            self.sigints += 1;
+        }
+        s
     }
 }
 
@@ -49,6 +96,7 @@ pub async fn build(
     manifest: Option<&Path>,
 ) -> u8 {
     let started = std::time::Instant::now();
+    let mut signals = Signals::install();
     let Some(clients) = load_clients(g).await else {
         return EXIT_FAILED;
     };
@@ -108,28 +156,52 @@ pub async fn build(
                 };
             }
         }
-        _ = interrupted() => {
+        sig = signals.next() => {
             was_interrupted = true;
-            ui.line("interrupted: cleaning up (press Ctrl-C again to stop cleaning and leave resources behind)");
+            ui.line(&format!(
+                "{}: cleaning up (press Ctrl-C {} to stop cleaning and leave resources behind)",
+                sig_name(sig),
+                if sig == Sig::Int { "again" } else { "twice" }
+            ));
         }
     }
 
-    // Clean every build's temporaries; a second signal stops and says exactly what is left.
+    // Clean every build's temporaries. Only a second SIGINT stops this, and then says exactly
+    // what is left; SIGTERM and SIGHUP let it finish.
     let cleaning =
         futures::future::join_all(cleanups.iter().zip(&uis).map(|(c, u)| c.run(&clients, u)));
+    tokio::pin!(cleaning);
     let mut left: Vec<String> = Vec::new();
-    tokio::select! {
-        failed = cleaning => {
-            for f in failed.into_iter().flatten() {
-                left.push(format!("{} ({})", f.0, f.1));
+    loop {
+        tokio::select! {
+            failed = &mut cleaning => {
+                for f in failed.into_iter().flatten() {
+                    left.push(format!("{} ({})", f.0, f.1));
+                }
+                break;
             }
-        }
-        _ = interrupted() => {
-            was_interrupted = true;
-            for c in &cleanups {
-                left.extend(c.pending().iter().map(|u| u.to_string()));
+            sig = signals.next() => {
+                was_interrupted = true;
+                if sig == Sig::Int && signals.sigints >= 2 {
+                    for c in &cleanups {
+                        left.extend(c.pending().iter().map(|u| u.to_string()));
+                    }
+                    ui.line("cleanup interrupted");
+                    break;
+                }
+                // Say what is still being removed now: if SIGKILL follows, this is the record.
+                let pending: Vec<String> = cleanups
+                    .iter()
+                    .flat_map(|c| c.pending())
+                    .map(|u| u.to_string())
+                    .collect();
+                ui.line(&format!(
+                    "{}: still cleaning up ({}); press Ctrl-C {} to stop and leave resources behind",
+                    sig_name(sig),
+                    if pending.is_empty() { "nearly done".to_string() } else { pending.join("; ") },
+                    if signals.sigints == 0 { "twice" } else { "again" },
+                ));
             }
-            ui.line("cleanup interrupted");
         }
     }
     for l in lives {
@@ -175,6 +247,14 @@ pub async fn build(
         0
     } else {
         EXIT_FAILED
+    }
+}
+
+fn sig_name(s: Sig) -> &'static str {
+    match s {
+        Sig::Int => "interrupted (SIGINT)",
+        Sig::Term => "terminated (SIGTERM)",
+        Sig::Hup => "hung up (SIGHUP)",
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{ImageState, InstanceStateName, ResourceType};
+use aws_sdk_ec2::types::{Image, ImageState, InstanceStateName, ResourceType};
 
 use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
@@ -75,15 +75,25 @@ pub async fn make_image(
     ui: &Ui,
     cleanup: &Cleanup,
     build_id: &str,
+    name: &str,
 ) -> Result<MadeImage, BuildError> {
     let ec2 = &clients.ec2;
     let id = &builder.instance_id;
     let st = ui.stage("stop", &format!("stopping {id}"));
-    ec2.stop_instances()
-        .instance_ids(id)
-        .send()
-        .await
-        .ctx("StopInstances", Some(id))?;
+    ec2::settle(
+        "StopInstances",
+        id,
+        Duration::from_secs(300),
+        |e| e.is_not_found() || e.code_is(&["IncorrectInstanceState"]),
+        || async {
+            ec2.stop_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .ctx("StopInstances", Some(id))
+        },
+    )
+    .await?;
     ec2::wait_instance_state(
         ec2,
         id,
@@ -93,48 +103,95 @@ pub async fn make_image(
     .await?;
     st.finish(&format!("{id} stopped"));
 
-    let name = image_name(&recipe.image.name, &recipe.name, fp);
     let tags = image_tags(recipe, fp, source, build_id);
     let mut snap_tags = tags.clone();
     snap_tags.extend(recipe.image.snapshot_tags.clone());
     let st = ui.stage("image", &format!("creating {name}"));
-    let token = cleanup.push(Undo::DeregisterImage { name: name.clone() });
-    let out = ec2
+    let undo = cleanup.push(Undo::image(name, build_id));
+    let req = ec2
         .create_image()
         .instance_id(id)
-        .name(&name)
+        .name(name)
         .set_description(recipe.image.description.clone())
         .no_reboot(true)
         .tag_specifications(tag_spec(ResourceType::Image, &tags))
-        .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags))
-        .send()
-        .await
-        .ctx("CreateImage", Some(&name))?;
-    let ami = out.image_id().unwrap_or_default().to_string();
+        .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags));
+    // CreateImage takes no client token: a retry after a lost answer is refused as a
+    // duplicate name, and the image of that name carrying this build's tag is the one the
+    // first attempt made.
+    let res = ec2::settle(
+        "CreateImage",
+        name,
+        // Bounded: "not in state" also answers an instance that terminated and never will be.
+        Duration::from_secs(120),
+        create_image_transient,
+        || {
+            let req = req.clone();
+            async move { req.send().await.ctx("CreateImage", Some(name)) }
+        },
+    )
+    .await;
+    let ami = match res {
+        Ok(out) => out.image_id().unwrap_or_default().to_string(),
+        Err(e) if e.code_is(&["InvalidAMIName.Duplicate"]) => {
+            match adopt_image(ec2, name, build_id).await? {
+                Ok(ami) => ami,
+                Err(other) => {
+                    cleanup.refused(undo);
+                    return Err(name_taken(name, &other));
+                }
+            }
+        }
+        Err(e) => {
+            if e.is_refusal() {
+                cleanup.refused(undo);
+            }
+            return Err(e.into());
+        }
+    };
+    if ami.is_empty() {
+        return Err(AwsError::new(
+            "CreateImage",
+            Some(name.into()),
+            "no image id in the answer",
+        )
+        .into());
+    }
+    cleanup.resolve(undo, &ami);
     st.update(&format!("{ami} pending"));
     let img = ec2::wait_image_available(ec2, &ami, Duration::from_secs(3600)).await?;
     let snapshots = ec2::image_snapshots(&img);
     // Make sure every snapshot carries the tags even where CreateImage ignored the snapshot
-    // TagSpecification; CreateTags is idempotent.
+    // TagSpecification; CreateTags is idempotent. The snapshots are new: "not found" is "not yet".
     snap_tags.insert(STATE_TAG.into(), "complete".into());
     snap_tags.remove(super::lease::LEASE_TAG);
     if !snapshots.is_empty() {
-        ec2.create_tags()
-            .set_resources(Some(snapshots.clone()))
-            .set_tags(Some(tag_list(&snap_tags)))
-            .send()
-            .await
-            .ctx("CreateTags", Some(&snapshots.join(",")))?;
+        let what = snapshots.join(",");
+        ec2::settle(
+            "CreateTags",
+            &what,
+            ec2::VISIBILITY,
+            ec2::not_yet_visible,
+            || async {
+                ec2.create_tags()
+                    .set_resources(Some(snapshots.clone()))
+                    .set_tags(Some(tag_list(&snap_tags)))
+                    .send()
+                    .await
+                    .ctx("CreateTags", Some(&what))
+            },
+        )
+        .await?;
     }
     mark_complete(ec2, &ami, &snapshots).await?;
-    cleanup.keep(token);
+    cleanup.keep(undo);
     st.finish(&format!(
         "{ami} available, snapshots {}",
         snapshots.join(", ")
     ));
     Ok(MadeImage {
         ami_id: ami,
-        name,
+        name: name.to_string(),
         snapshots,
     })
 }
@@ -175,6 +232,73 @@ async fn mark_complete(
 /// Whether an image's tags say a build finished it (no state tag: made before the tag existed).
 pub fn is_complete(tags: &BTreeMap<String, String>) -> bool {
     tags.get(STATE_TAG).is_none_or(|s| s == "complete")
+}
+
+/// CreateImage refusals that pass: the instance is new ("not found" is "not yet") or still
+/// settling into `stopped` ("not in state", `IncorrectInstanceState`).
+fn create_image_transient(e: &AwsError) -> bool {
+    e.code_is(&["InvalidInstanceID.NotFound", "IncorrectInstanceState"])
+        || (e.code_is(&["InvalidParameterValue"]) && e.message.contains("not in state"))
+}
+
+/// After `InvalidAMIName.Duplicate`: the image of that name, if it is this build's (an earlier
+/// attempt made it and its answer was lost), as `Ok(id)`; somebody else's as `Err(image)`.
+async fn adopt_image(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+    build_id: &str,
+) -> Result<Result<String, Image>, AwsError> {
+    ec2::settle(
+        "adopt image",
+        name,
+        ec2::VISIBILITY,
+        ec2::not_yet_visible,
+        || async {
+            let imgs = ec2::own_images(ec2, vec![filter("name", [name])]).await?;
+            if let Some(ours) = imgs
+                .iter()
+                .find(|i| ec2::tagged_with_build(i.tags(), build_id))
+            {
+                return Ok(Ok(ours.image_id().unwrap_or_default().to_string()));
+            }
+            match imgs.into_iter().next() {
+                Some(other) => Ok(Err(other)),
+                // The name is taken (EC2 said so) but the image is not visible yet.
+                None => Err(AwsError {
+                    code: Some("InvalidAMIID.NotFound".into()),
+                    ..AwsError::new("DescribeImages", Some(name.into()), "not visible yet")
+                }),
+            }
+        },
+    )
+    .await
+}
+
+/// Refuses to build when this account already has an image named `name`: EC2 would refuse the
+/// CreateImage at the very end, and bake never removes an image it did not make (not even with
+/// `--force`). Runs before anything is created.
+pub async fn check_name_free(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<(), BuildError> {
+    let imgs = ec2::own_images(ec2, vec![filter("name", [name])]).await?;
+    match imgs.into_iter().next() {
+        Some(other) => Err(name_taken(name, &other)),
+        None => Ok(()),
+    }
+}
+
+fn name_taken(name: &str, other: &Image) -> BuildError {
+    let t = ec2::tag_map(other.tags());
+    let who = match (t.get("bake:recipe"), t.get("bake:build-id")) {
+        (Some(r), Some(b)) => format!("made by bake build {b} of recipe {r}"),
+        _ => "not made by bake".to_string(),
+    };
+    BuildError::Config(format!(
+        "image name {name:?} is already taken in this account by {} ({who}, created {}); \
+         bake never replaces or removes an image it did not make, not even with --force: \
+         change [image] name (e.g. add {{timestamp}}) or deregister {} yourself",
+        other.image_id().unwrap_or("an image"),
+        other.creation_date().unwrap_or("at an unknown time"),
+        other.image_id().unwrap_or("it"),
+    ))
 }
 
 /// An available image of ours with this fingerprint: (id, name, snapshots). Newest wins.

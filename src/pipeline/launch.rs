@@ -20,7 +20,7 @@ use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
 use super::source::SourceImage;
 use crate::aws::ec2::{self, filter, tag_spec};
-use crate::aws::{Clients, Ctx};
+use crate::aws::{AwsError, Clients, Ctx};
 use crate::recipe::model::{CommunicatorKind, Imds, Recipe, SshInterface};
 use crate::ui::Ui;
 
@@ -69,18 +69,37 @@ pub async fn launch(
         if !ssh {
             return Ok::<_, BuildError>(None);
         }
-        cleanup.push(Undo::DeleteKeyPair { name: name.clone() });
+        let undo = cleanup.push(Undo::key_pair(&name, build_id));
         let public = client_key
             .public_key()
             .to_openssh()
             .map_err(|e| BuildError::Config(e.to_string()))?;
-        ec2.import_key_pair()
+        let res = ec2
+            .import_key_pair()
             .key_name(&name)
             .public_key_material(Blob::new(public.into_bytes()))
             .tag_specifications(tag_spec(ResourceType::KeyPair, &tags))
             .send()
             .await
-            .ctx("ImportKeyPair", Some(&name))?;
+            .ctx("ImportKeyPair", Some(&name));
+        let id = match res {
+            Ok(out) => out.key_pair_id().map(str::to_string),
+            // A retry after a lost answer finds the key pair its first attempt made.
+            Err(e) if e.code_is(&["InvalidKeyPair.Duplicate"]) => Some(
+                adopt_key_pair(clients, &name, build_id, e)
+                    .await
+                    .inspect_err(|_| cleanup.refused(undo))?,
+            ),
+            Err(e) => {
+                if e.is_refusal() {
+                    cleanup.refused(undo);
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(id) = id {
+            cleanup.resolve(undo, &id);
+        }
         Ok(Some(name.clone()))
     };
     let sg_fut = async {
@@ -103,11 +122,8 @@ pub async fn launch(
         } else {
             vec![vpc_cidr]
         };
-        cleanup.push(Undo::DeleteSecurityGroup {
-            name: name.clone(),
-            build_id: build_id.to_string(),
-        });
-        let sg = ec2
+        let undo = cleanup.push(Undo::security_group(&name, build_id));
+        let res = ec2
             .create_security_group()
             .group_name(&name)
             .description(format!(
@@ -118,8 +134,22 @@ pub async fn launch(
             .tag_specifications(tag_spec(ResourceType::SecurityGroup, &tags))
             .send()
             .await
-            .ctx("CreateSecurityGroup", Some(&name))?;
-        let sg_id = sg.group_id().unwrap_or_default().to_string();
+            .ctx("CreateSecurityGroup", Some(&name));
+        let sg_id = match res {
+            Ok(sg) => sg.group_id().unwrap_or_default().to_string(),
+            Err(e) if e.code_is(&["InvalidGroup.Duplicate"]) => {
+                adopt_security_group(clients, &name, &vpc_id, build_id, e)
+                    .await
+                    .inspect_err(|_| cleanup.refused(undo))?
+            }
+            Err(e) => {
+                if e.is_refusal() {
+                    cleanup.refused(undo);
+                }
+                return Err(e.into());
+            }
+        };
+        cleanup.resolve(undo, &sg_id);
         if ssh {
             let ranges = cidrs
                 .iter()
@@ -130,19 +160,38 @@ pub async fn launch(
                         .build()
                 })
                 .collect();
-            ec2.authorize_security_group_ingress()
-                .group_id(&sg_id)
-                .ip_permissions(
-                    IpPermission::builder()
-                        .ip_protocol("tcp")
-                        .from_port(recipe.ssh.port as i32)
-                        .to_port(recipe.ssh.port as i32)
-                        .set_ip_ranges(Some(ranges))
-                        .build(),
-                )
-                .send()
-                .await
-                .ctx("AuthorizeSecurityGroupIngress", Some(&sg_id))?;
+            let perm = IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(recipe.ssh.port as i32)
+                .to_port(recipe.ssh.port as i32)
+                .set_ip_ranges(Some(ranges))
+                .build();
+            // The group is new: "not found" is "not yet"; a duplicate rule is our own earlier
+            // attempt whose answer was lost.
+            let res = ec2::settle(
+                "AuthorizeSecurityGroupIngress",
+                &sg_id,
+                ec2::VISIBILITY,
+                ec2::not_yet_visible,
+                || {
+                    let req = ec2
+                        .authorize_security_group_ingress()
+                        .group_id(&sg_id)
+                        .ip_permissions(perm.clone());
+                    let sg = &sg_id;
+                    async move {
+                        req.send()
+                            .await
+                            .map(|_| ())
+                            .ctx("AuthorizeSecurityGroupIngress", Some(sg))
+                    }
+                },
+            )
+            .await;
+            match res {
+                Err(e) if e.code_is(&["InvalidPermission.Duplicate"]) => {}
+                r => r?,
+            }
         }
         Ok(vec![sg_id])
     };
@@ -182,7 +231,6 @@ pub async fn launch(
         .set_subnet_id(recipe.builder.subnet_id.clone())
         .set_security_group_ids(Some(sg_ids))
         .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
-        .client_token(build_id)
         // The dead-man switch's power-off ends the instance, not just stops it.
         .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
         .metadata_options(
@@ -211,17 +259,40 @@ pub async fn launch(
     if let Some(bdm) = root_volume(recipe, source) {
         req = req.block_device_mappings(bdm);
     }
-    cleanup.push(Undo::TerminateBuildInstances {
-        build_id: build_id.to_string(),
-    });
+    // The client token makes RunInstances idempotent: a retry after a lost answer (the SDK's
+    // or ours) returns the instance the first attempt launched instead of a second one.
+    let req = req.client_token(build_id);
+    let undo = cleanup.push(Undo::instance(build_id, build_id));
     let launched = std::time::Instant::now();
-    let out = req.send().await.ctx("RunInstances", Some(&source.id))?;
+    let res = ec2::settle(
+        "RunInstances",
+        &source.id,
+        Duration::from_secs(300),
+        run_instances_transient,
+        || {
+            let req = req.clone();
+            async move { req.send().await.ctx("RunInstances", Some(&source.id)) }
+        },
+    )
+    .await;
+    let out = match res {
+        Ok(out) => out,
+        Err(e) => {
+            if e.is_refusal() {
+                cleanup.refused(undo);
+            }
+            return Err(e.into());
+        }
+    };
     let id = out
         .instances()
         .first()
         .and_then(|i| i.instance_id())
         .unwrap_or_default()
         .to_string();
+    if !id.is_empty() {
+        cleanup.resolve(undo, &id);
+    }
     st.update(&format!("{id} pending"));
     let inst = ec2::wait_instance_state(
         ec2,
@@ -263,6 +334,92 @@ pub async fn launch(
         host_key: host_key.public_key().clone(),
         launched,
     })
+}
+
+/// Errors of RunInstances that pass: what the build created a moment ago (key pair, security
+/// group) not visible yet, and an instance profile IAM has not propagated to EC2 yet.
+fn run_instances_transient(e: &AwsError) -> bool {
+    e.code_is(&[
+        "InvalidKeyPair.NotFound",
+        "InvalidGroup.NotFound",
+        "InvalidSecurityGroupID.NotFound",
+    ]) || (e.code_is(&["InvalidParameterValue"])
+        && e.message
+            .to_ascii_lowercase()
+            .contains("iam instance profile"))
+}
+
+/// `name` exists (ImportKeyPair said duplicate): ours if it carries this build's tag, i.e. an
+/// earlier attempt made it and its answer was lost. Returns its id.
+async fn adopt_key_pair(
+    clients: &Clients,
+    name: &str,
+    build_id: &str,
+    dup: AwsError,
+) -> Result<String, BuildError> {
+    let found = ec2::settle(
+        "adopt key pair",
+        name,
+        ec2::VISIBILITY,
+        ec2::not_yet_visible,
+        || async {
+            match ec2::describe_key_pair(&clients.ec2, name).await? {
+                Some(k) => Ok(k),
+                None => Err(AwsError {
+                    code: Some("InvalidKeyPair.NotFound".into()),
+                    ..AwsError::new("DescribeKeyPairs", Some(name.into()), "not visible yet")
+                }),
+            }
+        },
+    )
+    .await?;
+    if ec2::tagged_with_build(found.tags(), build_id) {
+        Ok(found.key_pair_id().unwrap_or(name).to_string())
+    } else {
+        Err(BuildError::Aws(dup))
+    }
+}
+
+/// Like [`adopt_key_pair`] for the temporary security group: returns its id.
+async fn adopt_security_group(
+    clients: &Clients,
+    name: &str,
+    vpc_id: &str,
+    build_id: &str,
+    dup: AwsError,
+) -> Result<String, BuildError> {
+    let found = ec2::settle(
+        "adopt security group",
+        name,
+        ec2::VISIBILITY,
+        ec2::not_yet_visible,
+        || async {
+            let out = clients
+                .ec2
+                .describe_security_groups()
+                .filters(filter("group-name", [name]))
+                .filters(filter("vpc-id", [vpc_id]))
+                .send()
+                .await
+                .ctx("DescribeSecurityGroups", Some(name))?;
+            out.security_groups()
+                .first()
+                .cloned()
+                .ok_or_else(|| AwsError {
+                    code: Some("InvalidGroup.NotFound".into()),
+                    ..AwsError::new(
+                        "DescribeSecurityGroups",
+                        Some(name.into()),
+                        "not visible yet",
+                    )
+                })
+        },
+    )
+    .await?;
+    match found.group_id() {
+        Some(id) if ec2::tagged_with_build(found.tags(), build_id) => Ok(id.to_string()),
+        _ => Err(BuildError::Aws(dup)),
+    }
 }
 
 /// The VPC the builder lands in (the subnet's, or the default VPC) and its CIDR block.
@@ -382,6 +539,43 @@ pub fn user_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn err(code: &str, message: &str) -> AwsError {
+        AwsError {
+            code: Some(code.into()),
+            ..AwsError::new("RunInstances", None, message)
+        }
+    }
+
+    #[test]
+    fn run_instances_waits_out_what_is_new_and_fails_on_the_rest() {
+        let profile = err(
+            "InvalidParameterValue",
+            "Value (bake-builder) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+        );
+        assert!(run_instances_transient(&profile));
+        assert!(run_instances_transient(&err(
+            "InvalidGroup.NotFound",
+            "sg-1"
+        )));
+        assert!(run_instances_transient(&err(
+            "InvalidKeyPair.NotFound",
+            "k"
+        )));
+        assert!(!run_instances_transient(&err(
+            "InvalidAMIID.NotFound",
+            "ami-1"
+        )));
+        assert!(!run_instances_transient(&err(
+            "InvalidParameterValue",
+            "Invalid value 't9.huge' for InstanceType"
+        )));
+        // A refusal made nothing; a 5xx or no answer at all may have.
+        assert!(profile.is_refusal());
+        assert!(!err("InternalError", "").is_refusal());
+        assert!(!err("RequestLimitExceeded", "").is_refusal());
+        assert!(!AwsError::new("RunInstances", None, "connection reset").is_refusal());
+    }
 
     #[test]
     fn user_data_carries_host_key_dead_man_and_own() {

@@ -90,6 +90,8 @@ pub async fn acquire(
                 Err(e) => return Poll::Fail(e),
             }
             match holder(clients, name).await {
+                // Our own earlier attempt took it; its answer was lost.
+                Ok(Some(h)) if h.build_id == build_id => Poll::Ready(Acquired::Held),
                 Ok(Some(h)) if h.verdict.is_dead() => {
                     ui.line(&format!(
                         "lock {name} of build {}: its holder is dead ({}): taking it over",

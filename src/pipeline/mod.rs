@@ -148,10 +148,13 @@ pub async fn run(
         crate::ui::fmt_bytes(total_bytes)
     ));
 
+    // The image's name is fixed now, and refused before anything is created if it is taken.
+    let image_name = image::image_name(&recipe.image.name, &recipe.name, &fp);
     let mut hit = None;
     if !opts.force {
         hit = image::find_by_fingerprint(&clients.ec2, &fp.hash).await?;
         if hit.is_none() {
+            image::check_name_free(&clients.ec2, &image_name).await?;
             // Nobody has it yet: take the per-fingerprint lock, or wait for whoever holds it.
             let public = lock_key_material();
             match lock::acquire(
@@ -165,10 +168,12 @@ pub async fn run(
             )
             .await?
             {
-                lock::Acquired::Held => {}
+                lock::Acquired::Held => cleanup.lock_held(&lock::lock_name(&fp.hash)),
                 lock::Acquired::Built(h) => hit = Some(h),
             }
         }
+    } else {
+        image::check_name_free(&clients.ec2, &image_name).await?;
     }
     if let Some(hit) = hit {
         {
@@ -198,7 +203,15 @@ pub async fn run(
     let builder = launch::launch(clients, recipe, &source, ui, cleanup, build_id).await?;
     provision::provision(recipe, &builder, &plans, &scripts, ui, clients, build_id).await?;
     let made = image::make_image(
-        clients, recipe, &builder, &fp, &source, ui, cleanup, build_id,
+        clients,
+        recipe,
+        &builder,
+        &fp,
+        &source,
+        ui,
+        cleanup,
+        build_id,
+        &image_name,
     )
     .await?;
 

@@ -510,3 +510,53 @@ pub fn json(o: &Output) -> serde_json::Value {
         )
     })
 }
+
+/// Calls the lab's own API (`/lab-api/<path>`, JSON in and out) over plain HTTP on loopback.
+pub fn lab_api(
+    env: &BTreeMap<String, String>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let ep = env["AWS_ENDPOINT_URL"]
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    assert!(
+        ep.starts_with("127.") || ep.starts_with("localhost"),
+        "network rule: {ep}"
+    );
+    let mut s = std::net::TcpStream::connect(ep).expect("lab API");
+    write!(
+        s,
+        "{method} /lab-api/{path} HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2"),
+        "lab API {method} {path}: {resp}"
+    );
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// What the lab's leftovers report (`/lab-api/leftovers`) holds of `recipe`'s builds (by the
+/// `bake:recipe` tag or a name that carries the recipe), as "kind id" lines, leaving out the
+/// kinds in `except` (e.g. the images a successful build is meant to leave).
+pub fn lab_leftovers(env: &BTreeMap<String, String>, recipe: &str, except: &[&str]) -> Vec<String> {
+    let v = lab_api(env, "GET", "leftovers", "");
+    let mut out = Vec::new();
+    for it in v["leftovers"].as_array().cloned().unwrap_or_default() {
+        let kind = it["kind"].as_str().unwrap_or_default();
+        let ours = it["tags"]["bake:recipe"].as_str() == Some(recipe)
+            || it["name"].as_str().is_some_and(|n| n.contains(recipe))
+            || it["id"].as_str().is_some_and(|n| n.contains(recipe));
+        if ours && !except.contains(&kind) {
+            out.push(format!("{kind} {}", it["id"].as_str().unwrap_or_default()));
+        }
+    }
+    out
+}

@@ -1,0 +1,258 @@
+//! The client-side request budget: one token bucket per EC2 action class, shared by every build
+//! of the process (`bake build -j 20 …`), so bake paces itself below EC2's own throttling
+//! instead of bursting into `RequestLimitExceeded` and burning its retries.
+//!
+//! EC2 throttles per account and region with a token bucket per action class ("Request
+//! throttling" in the EC2 API reference). The budget mirrors those classes with a smaller burst
+//! and 80 % of the refill rate, leaving headroom for other clients of the account and for
+//! requests that reach EC2 closer together than they left here.
+//!
+//! It sits in front of the wire as a wrapper around the SDK's HTTP client, so every call site
+//! and every SDK retry attempt is covered without touching them: a request first reserves a
+//! token of its class and waits until that token is due (callers queue in arrival order).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::{HttpClient, RuntimeComponents, SharedHttpClient};
+use aws_smithy_runtime_api::client::http::{
+    HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+
+/// EC2's action classes, as far as their buckets differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// RunInstances has a small bucket of its own (EC2: 5, refilled 2/s).
+    RunInstances,
+    /// CreateTags (EC2: 100, 10/s).
+    CreateTags,
+    /// Describe*/Get*/List* (EC2: 100, 20/s).
+    NonMutating,
+    /// Every other action (EC2: 50, 5/s).
+    Mutating,
+}
+
+impl Class {
+    pub fn of(action: &str) -> Class {
+        match action {
+            "RunInstances" => Class::RunInstances,
+            "CreateTags" => Class::CreateTags,
+            a if a.starts_with("Describe") || a.starts_with("Get") || a.starts_with("List") => {
+                Class::NonMutating
+            }
+            _ => Class::Mutating,
+        }
+    }
+
+    /// (burst, refill per second) of bake's bucket for the class.
+    fn shape(self) -> (f64, f64) {
+        match self {
+            Class::RunInstances => (2.0, 1.6),
+            Class::CreateTags => (50.0, 8.0),
+            Class::NonMutating => (50.0, 16.0),
+            Class::Mutating => (25.0, 4.0),
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A token bucket that hands out reservations: taking a token never fails, it says how long
+/// to wait until the token is due, so concurrent callers are served in order.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    capacity: f64,
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn new(capacity: f64, rate: f64, now: Instant) -> Bucket {
+        Bucket {
+            capacity,
+            rate,
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    /// Takes one token at `now`; returns how long the caller must wait before using it.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = self.at.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// The buckets of one process, one per [`Class`].
+#[derive(Debug)]
+pub struct RateBudget {
+    buckets: Mutex<Vec<Bucket>>,
+}
+
+impl Default for RateBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateBudget {
+    pub fn new() -> RateBudget {
+        let now = Instant::now();
+        let classes = [
+            Class::RunInstances,
+            Class::CreateTags,
+            Class::NonMutating,
+            Class::Mutating,
+        ];
+        let buckets = classes
+            .iter()
+            .map(|c| {
+                let (cap, rate) = c.shape();
+                Bucket::new(cap, rate, now)
+            })
+            .collect();
+        RateBudget {
+            buckets: Mutex::new(buckets),
+        }
+    }
+
+    /// Reserves a token for `action` at `now`: the wait before sending it.
+    pub fn reserve_at(&self, action: &str, now: Instant) -> Duration {
+        self.buckets.lock().unwrap()[Class::of(action).index()].reserve(now)
+    }
+
+    /// Waits until a request of `action` may go out.
+    pub async fn acquire(&self, action: &str) {
+        let wait = self.reserve_at(action, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The EC2 action of a query-protocol request body (`Action=RunInstances&Version=…`).
+pub fn action_of(body: &[u8]) -> Option<&str> {
+    let body = std::str::from_utf8(body).ok()?;
+    body.split('&').find_map(|kv| kv.strip_prefix("Action="))
+}
+
+/// An HTTP client that waits for the budget before handing each request to `inner`.
+#[derive(Debug, Clone)]
+pub struct Budgeted {
+    inner: SharedHttpClient,
+    budget: Arc<RateBudget>,
+}
+
+impl Budgeted {
+    pub fn new(inner: SharedHttpClient, budget: Arc<RateBudget>) -> Budgeted {
+        Budgeted { inner, budget }
+    }
+}
+
+impl HttpClient for Budgeted {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(BudgetedConnector {
+            inner: self.inner.http_connector(settings, components),
+            budget: self.budget.clone(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct BudgetedConnector {
+    inner: SharedHttpConnector,
+    budget: Arc<RateBudget>,
+}
+
+impl HttpConnector for BudgetedConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let action = request
+            .body()
+            .bytes()
+            .and_then(action_of)
+            .map(str::to_string);
+        let (inner, budget) = (self.inner.clone(), self.budget.clone());
+        HttpConnectorFuture::new(async move {
+            if let Some(a) = action {
+                budget.acquire(&a).await;
+            }
+            inner.call(request).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_is_free_then_tokens_come_at_the_refill_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 2.0, t0);
+        assert_eq!(b.reserve(t0), Duration::ZERO);
+        assert_eq!(b.reserve(t0), Duration::ZERO);
+        // Queued callers wait one refill interval more each.
+        assert_eq!(b.reserve(t0), Duration::from_millis(500));
+        assert_eq!(b.reserve(t0), Duration::from_millis(1000));
+        // Debt is paid off by time; the bucket refills only up to its capacity.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.reserve(later), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_clock_running_backwards_never_adds_tokens() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let mut b = Bucket::new(1.0, 1.0, t0);
+        assert_eq!(b.reserve(t0), Duration::ZERO);
+        let earlier = t0 - Duration::from_secs(5);
+        assert_eq!(b.reserve(earlier), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn classes_follow_ec2s_buckets_and_are_shared_per_class() {
+        assert_eq!(Class::of("RunInstances"), Class::RunInstances);
+        assert_eq!(Class::of("CreateTags"), Class::CreateTags);
+        assert_eq!(Class::of("DescribeInstances"), Class::NonMutating);
+        assert_eq!(Class::of("GetConsoleOutput"), Class::NonMutating);
+        assert_eq!(Class::of("TerminateInstances"), Class::Mutating);
+        let budget = RateBudget::new();
+        let t0 = Instant::now();
+        // RunInstances' small burst runs out while describes are still free.
+        let runs: Vec<Duration> = (0..4)
+            .map(|_| budget.reserve_at("RunInstances", t0))
+            .collect();
+        assert_eq!(runs[..2], [Duration::ZERO, Duration::ZERO]);
+        assert!(runs[2] > Duration::ZERO && runs[3] > runs[2], "{runs:?}");
+        assert_eq!(budget.reserve_at("DescribeInstances", t0), Duration::ZERO);
+    }
+
+    #[test]
+    fn action_is_read_from_the_query_body() {
+        assert_eq!(
+            action_of(b"Action=RunInstances&Version=2016-11-15&MinCount=1"),
+            Some("RunInstances")
+        );
+        assert_eq!(
+            action_of(b"Version=2016-11-15&Action=CreateTags"),
+            Some("CreateTags")
+        );
+        assert_eq!(action_of(b"{\"json\": true}"), None);
+    }
+}
