@@ -8,24 +8,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, report_error};
-use crate::aws::Clients;
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, load_clients, report_error};
 use crate::pipeline::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
 use crate::ui::{Output, Ui, fmt_duration};
-
-/// Resolves on SIGINT, SIGTERM or SIGHUP.
-pub async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-}
 
 /// The signals a build reacts to, installed once at the start so none is missed (or kills the
 /// process) between one wait and the next.
@@ -76,16 +62,6 @@ enum Outcome {
     Built(BuildResult),
     Failed(String),
     Interrupted,
-}
-
-pub async fn load_clients(g: &Global) -> Option<Clients> {
-    match Clients::load(g.region.as_deref(), g.profile.as_deref()).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            report_error(&e);
-            None
-        }
-    }
 }
 
 pub async fn build(

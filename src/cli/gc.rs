@@ -3,8 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::build::load_clients;
-use super::{EXIT_FAILED, Global, report_error};
+use super::{EXIT_FAILED, Global, load_clients, report_error};
 use crate::gc::{self, Options};
 use crate::ui::Output;
 

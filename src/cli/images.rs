@@ -3,8 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::build::load_clients;
-use super::{EXIT_FAILED, EXIT_INPUT, Global, report_error};
+use super::{EXIT_FAILED, EXIT_INPUT, Global, load_clients, report_error};
 use crate::images::retention::{self, Verdict};
 use crate::ui::Output;
 
