@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Done, SsmCommunicator};
@@ -220,7 +219,7 @@ pub(super) async fn put(
         .bucket(bucket)
         .key(key)
         .body(body)
-        .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha256))
+        .checksum_sha256(aws_smithy_types::base64::encode(sha256))
         .send()
         .await
         .map_err(|e| {
