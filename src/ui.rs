@@ -272,7 +272,7 @@ impl Sink for Ui {
             (Some(_), Some((pb, _))) => pb.set_position(done),
             (None, _) => {
                 // Plain output: a line per quarter, not per chunk.
-                let quarter = if total == 0 { 4 } else { done * 4 / total };
+                let quarter = (done * 4).checked_div(total).unwrap_or(4);
                 let last = up.as_ref().map(|u| u.1).unwrap_or(u64::MAX);
                 if last != quarter {
                     drop(up);
@@ -287,10 +287,10 @@ impl Sink for Ui {
                 }
             }
         }
-        if done >= total {
-            if let Some((pb, _)) = up.take() {
-                pb.finish_and_clear();
-            }
+        if done >= total
+            && let Some((pb, _)) = up.take()
+        {
+            pb.finish_and_clear();
         }
     }
 
@@ -346,7 +346,7 @@ mod tests {
         let ui = Ui::new(true);
         let key = "-----BEGIN KEY-----\nAAAAsecretline1\n}\nBBBBsecretline2\n-----END KEY-----"
             .to_string();
-        ui.add_secrets(&[key.clone()]);
+        ui.add_secrets(std::slice::from_ref(&key));
         assert_eq!(ui.redact(&format!("k={key}!")), "k=[redacted]!");
         assert_eq!(ui.redact("  step | BBBBsecretline2"), "  step | [redacted]");
         assert_eq!(ui.redact(&key.replace('\n', "\\n")), "[redacted]");

@@ -59,7 +59,7 @@ impl Signals {
 }
 
 enum Outcome {
-    Built(BuildResult),
+    Built(Box<BuildResult>),
     Failed(String),
     Interrupted,
 }
@@ -124,7 +124,7 @@ pub async fn build(
         done = builds => {
             for (i, res) in done {
                 outcomes[i] = match res {
-                    Ok(r) => Outcome::Built(r),
+                    Ok(r) => Outcome::Built(Box::new(r)),
                     Err(e) => {
                         uis[i].line(&format!("build failed: {}", uis[i].redact(&e.to_string())));
                         Outcome::Failed(uis[i].redact(&e.to_string()))
@@ -205,7 +205,7 @@ pub async fn build(
             .iter()
             .filter_map(|o| {
                 if let Outcome::Built(r) = o {
-                    Some(r)
+                    Some(&**r)
                 } else {
                     None
                 }
@@ -334,7 +334,7 @@ pub async fn plan(recipes: Vec<Recipe>, g: &Global) -> u8 {
     let mut rows = Vec::new();
     let mut code = 0;
     for r in &recipes {
-        match crate::pipeline::lookup::plan_one(&clients, r).await {
+        match pipeline::lookup::plan_one(&clients, r).await {
             Ok(p) => rows.push(p),
             Err(e) => {
                 report_error(&e);

@@ -48,8 +48,8 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
                     Output::Json => println!("{}", json!({ "images": list })),
                     Output::Text => {
                         println!(
-                            "{:<22} {:<14} {:<12} {:<21} {:<30} {}",
-                            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS", "USED BY"
+                            "{:<22} {:<14} {:<12} {:<21} {:<30} USED BY",
+                            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS"
                         );
                         for i in &list {
                             let snaps: Vec<String> = i

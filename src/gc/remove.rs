@@ -213,7 +213,7 @@ async fn retry_in_use<F, Fut, E>(
 ) -> Result<(), AwsError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
+    Fut: Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let r = retry::poll(

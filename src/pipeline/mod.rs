@@ -254,7 +254,7 @@ pub fn stage_times(ui: &Ui) -> Vec<StageTime> {
 pub struct Inputs {
     pub fp: Fingerprint,
     pub source: source::SourceImage,
-    pub plans: Vec<crate::plan::UploadPlan>,
+    pub plans: Vec<plan::UploadPlan>,
     pub scripts: Vec<String>,
 }
 

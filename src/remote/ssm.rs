@@ -470,7 +470,7 @@ impl SsmCommunicator {
                             None => {
                                 cut = Some(format!(
                                     "stdout cut at {STDOUT_LIMIT} characters by the SSM API; the full copy in s3://{bucket}/{base}/stdout could not be read"
-                                ))
+                                ));
                             }
                         }
                     }
@@ -480,7 +480,7 @@ impl SsmCommunicator {
                             None => {
                                 cut = Some(format!(
                                     "stderr cut at {STDERR_LIMIT} characters by the SSM API; the full copy in s3://{bucket}/{base}/stderr could not be read"
-                                ))
+                                ));
                             }
                         }
                     }
@@ -489,7 +489,7 @@ impl SsmCommunicator {
                     cut = Some(format!(
                         "output cut by the SSM API (stdout at {STDOUT_LIMIT}, stderr at {STDERR_LIMIT} characters); \
                          set ssm.output_bucket to get all of it"
-                    ))
+                    ));
                 }
             }
         }

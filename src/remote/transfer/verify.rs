@@ -83,7 +83,7 @@ pub(crate) fn finish_outcome(
         }
         _ => Err(upload_err(
             &path,
-            format!("{doing} on the builder failed: {}", stderr),
+            format!("{doing} on the builder failed: {stderr}"),
         )),
     }
 }
