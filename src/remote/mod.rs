@@ -1,8 +1,10 @@
 //! Talking to a builder instance: uploads and provisioning steps.
 //!
-//! The build pipeline sees one interchangeable [`Communicator`]; SSH and SSM are two
-//! implementations of the same operations, so cleanup, fingerprints and output stay one
-//! pipeline.
+//! The build pipeline sees one interchangeable [`any::Communicator`]; SSH ([`ssh`]) and SSM
+//! ([`ssm`]) are two implementations of the same operations, so cleanup, fingerprints and
+//! output stay one pipeline. The two never import each other: what both send (tar streams, the
+//! plans flattened into builder paths, the step shell, hash verification) is in `transfer`.
+//! This file holds their shared interface: step outcomes and errors.
 
 pub mod any;
 pub mod ssh;
