@@ -55,8 +55,8 @@ use crate::plan::{EntryKind, UploadPlan};
 use crate::remote::CommError;
 use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::staging::{
-    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, split_streams,
-    tar_header, tar_mtime, upload_err,
+    Item, file_bytes, file_hashes, items, owners_and_roots, split_streams, tar_extract, tar_header,
+    tar_mtime, upload_err,
 };
 use crate::remote::transfer::tar;
 use crate::remote::transfer::verify;
@@ -234,14 +234,12 @@ pub async fn upload(
 }
 
 /// The builder side of one tar stream. Refuses unknown owners up front: tar would silently
-/// fall back to root. Existing directories keep their metadata (uploading into /usr/local/bin
-/// must not chmod it), and existing symlinks to directories stay symlinks where tar supports
-/// that. Idempotent, so streams running side by side can each run it.
+/// fall back to root. Idempotent, so streams running side by side can each run it.
 fn tar_script(items: &[Item]) -> String {
     format!(
-        "set -e\numask 022\n{}{TAR_KEEP_SYMLINKS}\
-         exec tar -x -p --same-owner --no-overwrite-dir $k -C / -f -\n",
-        owners_and_roots(items, items)
+        "set -e\numask 022\n{}{}",
+        owners_and_roots(items, items),
+        tar_extract("-", true)
     )
 }
 
@@ -351,17 +349,7 @@ async fn upload_raw(
     item: Item,
 ) -> Result<(), CommError> {
     let expected = item.sha256.map(hex::encode).unwrap_or_default();
-    let dest = shell_quote(&item.dest);
-    let parent = shell_quote(
-        item.dest
-            .rsplit_once('/')
-            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }),
-    );
-    let mut script = format!(
-        "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
-         trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\n"
-    );
-    script.push_str(&verify::verify_and_move(&item, hasher(remote)));
+    let script = verify::receive_script(&item, hasher(remote));
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
     let path = item.dest.clone();

@@ -21,8 +21,8 @@ use crate::plan::{EntryKind, UploadPlan};
 use crate::remote::CommError;
 use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::staging::{
-    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
-    tar_mtime, upload_err,
+    Item, file_bytes, file_hashes, items, owners_and_roots, tar_extract, tar_header, tar_mtime,
+    upload_err,
 };
 use crate::remote::transfer::tar;
 
@@ -113,11 +113,11 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
         done += small_bytes;
         c.sink.upload_progress(done, total);
         script.push_str(&format!(
-            "fetch {} \"$T/bundle.tar\"\ncheck {} \"$T/bundle.tar\" 'upload bundle'\n\
-             {TAR_KEEP_SYMLINKS}\
-             tar -x -p --same-owner --no-overwrite-dir $k -C / -f \"$T/bundle.tar\"\nrm -f \"$T/bundle.tar\"\n",
+            "fetch {} \"$T/bundle.tar\"\ncheck {} \"$T/bundle.tar\" 'upload bundle'\n{}\
+             rm -f \"$T/bundle.tar\"\n",
             shell_quote(&url),
-            hex::encode(hash)
+            hex::encode(hash),
+            tar_extract("\"$T/bundle.tar\"", false),
         ));
     }
     for (n, item) in large.iter().enumerate() {

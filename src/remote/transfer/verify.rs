@@ -58,6 +58,24 @@ pub(crate) fn verify_and_move(item: &Item, hasher: &str) -> String {
     script
 }
 
+/// The root shell that receives one large file on stdin into a temp file next to its
+/// destination (creating the parent first), then passes it through [`verify_and_move`]; the
+/// temp file is removed whatever happens.
+pub(crate) fn receive_script(item: &Item, hasher: &str) -> String {
+    let dest = shell_quote(&item.dest);
+    let parent = shell_quote(
+        item.dest
+            .rsplit_once('/')
+            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }),
+    );
+    let mut script = format!(
+        "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
+         trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\n"
+    );
+    script.push_str(&verify_and_move(item, hasher));
+    script
+}
+
 /// Reads the exit status and stderr of [`verify_and_move`]'s script: exit 3 with
 /// `bake-sha256:<hex>` on stderr is a checksum mismatch.
 pub(crate) fn finish_outcome(
@@ -90,7 +108,14 @@ pub(crate) fn finish_outcome(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    use sha2::{Digest, Sha256};
+
     use super::*;
+    use crate::plan::EntryKind;
 
     #[test]
     fn parses_both_hasher_formats() {
@@ -100,5 +125,102 @@ mod tests {
         assert_eq!(m.get("/opt/x y"), Some(&h));
         assert_eq!(m.get("/opt/z"), Some(&h));
         assert_eq!(m.len(), 3);
+    }
+
+    fn item(dest: &str, expected: &[u8]) -> Item {
+        Item {
+            dest: dest.to_string(),
+            local: "/nonexistent".into(),
+            kind: EntryKind::File,
+            size: expected.len() as u64,
+            mode: 0o640,
+            owner: None,
+            sha256: Some(Sha256::digest(expected).into()),
+            root: false,
+        }
+    }
+
+    /// Runs [`receive_script`] under `sh` with `bytes` on stdin, as the raw stream does.
+    fn receive(item: &Item, bytes: &[u8]) -> Result<(), CommError> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(receive_script(item, hasher(false)))
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let expected = item.sha256.map(hex::encode).unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let status = out.status.code().map(|c| c as u32);
+        finish_outcome(status, &stderr, item.dest.clone(), expected, "writing")
+    }
+
+    fn leftovers(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = walk(dir);
+        names.sort();
+        names
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_matching_file_lands_with_its_mode_in_a_new_directory_and_no_temp_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("new/sub/file");
+        let it = item(dest.to_str().unwrap(), b"hello");
+        receive(&it, b"hello").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        assert_eq!(leftovers(dir.path()), vec!["file".to_string()]);
+    }
+
+    #[test]
+    fn a_mismatch_is_a_checksum_error_naming_the_builder_hash_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("file");
+        std::fs::write(&dest, b"old").unwrap();
+        let it = item(dest.to_str().unwrap(), b"hello");
+        match receive(&it, b"changed on the way") {
+            Err(CommError::Checksum {
+                path,
+                local,
+                remote,
+            }) => {
+                assert_eq!(path, dest.to_str().unwrap());
+                assert_eq!(local, hex::encode(Sha256::digest(b"hello")));
+                assert_eq!(remote, hex::encode(Sha256::digest(b"changed on the way")));
+            }
+            other => panic!("expected a checksum error, got {other:?}"),
+        }
+        // The destination keeps its old content; the temp file is gone.
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        assert_eq!(leftovers(dir.path()), vec!["file".to_string()]);
+    }
+
+    #[test]
+    fn any_other_failure_is_an_upload_error_with_the_builder_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        // The parent is a regular file: mkdir -p fails before anything is written.
+        let it = item(blocker.join("file").to_str().unwrap(), b"x");
+        let e = receive(&it, b"x").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, CommError::Upload { .. }), "{msg}");
+        assert!(msg.contains("writing on the builder failed"), "{msg}");
     }
 }
