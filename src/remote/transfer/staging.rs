@@ -457,8 +457,8 @@ mod tests {
     }
 
     /// The unpack fragment under a real `sh` and `tar`, fed a stream built from the items as
-    /// the transports build it: files, modes and a symlink land, the root directory is created
-    /// by the script, and an existing directory keeps its own mode.
+    /// the transports build it: files, modes and a symlink land, and an existing directory
+    /// keeps its own mode.
     #[test]
     fn items_unpack_under_sh_and_an_existing_directory_keeps_its_mode() {
         use std::io::Write;
@@ -467,8 +467,6 @@ mod tests {
         std::fs::write(src.path().join("keep/f.txt"), b"hi").unwrap();
         let dst = tempfile::tempdir().unwrap();
         let out = dst.path().join("out");
-        std::fs::create_dir_all(out.join("keep")).unwrap();
-        std::fs::set_permissions(out.join("keep"), std::fs::Permissions::from_mode(0o700)).unwrap();
         let entry = |rel: &str, kind: EntryKind, size: u64| PlannedEntry {
             rel: rel.into(),
             kind,
@@ -500,7 +498,6 @@ mod tests {
             }
         }
         tar::finish(&mut tar_bytes);
-        std::fs::remove_dir_all(&out).unwrap();
         std::fs::create_dir_all(out.join("keep")).unwrap();
         std::fs::set_permissions(out.join("keep"), std::fs::Permissions::from_mode(0o700)).unwrap();
         let script = format!(
