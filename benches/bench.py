@@ -523,22 +523,7 @@ class Bench:
         return self.report()
 
     def run_realistic(self):
-        """The realistic set (benches/realistic.py): its own table and results file."""
-        r = realistic.Realistic(self)
-        text = r.run(self.a.realistic, self.a.rounds, self.a.time_scale)
-        print(text)
-        if self.failures:
-            print("\nFAILURES:\n  " + "\n  ".join(self.failures))
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        result = dict(
-            when=stamp, kind="realistic", rounds=self.a.rounds, workloads=self.a.realistic, bake=str(self.bake),
-            packer=subprocess.run(["packer", "version"], capture_output=True, text=True).stdout.strip(),
-            failures=self.failures, table=text, **r.results())
-        out = self.out / f"results-realistic-{stamp}.json"
-        out.write_text(json.dumps(result, indent=1))
-        (self.out / "latest-realistic.json").write_text(json.dumps(result, indent=1))
-        print(f"\nresults: {out}")
-        return 1 if self.failures else 0
+        return realistic.run_set(self)
 
     def rebuild_round(self, rnd, files_dir, big):
         """Workload 5: build once (untimed), then time unchanged rebuilds (the cache hit)."""
@@ -802,10 +787,7 @@ def rerender(path):
     """Prints the table of a saved results JSON again (with this version's report code)."""
     d = json.loads(Path(path).read_text())
     if d.get("kind") == "realistic":
-        r = realistic.Realistic.__new__(realistic.Realistic)
-        r.runs, r.leftovers, r.scale, r.checkpoints = d["runs"], d["leftovers"], d["time_scale"], d["checkpoints"]
-        print(r.report(d["workloads"]))
-        return 1 if d["failures"] else 0
+        return realistic.rerender(d)
     b = Bench.__new__(Bench)
     b.samples = {tuple(k.split("/", 1)): v for k, v in d["samples"].items()}
     b.stages, b.floor, b.failures = d.get("bake_stages", {}), d.get("api_floor", {}), d.get("failures", [])

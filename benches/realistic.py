@@ -487,6 +487,33 @@ class Realistic:
                     runs=self.runs, leftovers=self.leftovers)
 
 
+def run_set(b):
+    """Runs the realistic set for bench.Bench `b`; prints its tables, writes its results file."""
+    r = Realistic(b)
+    text = r.run(b.a.realistic, b.a.rounds, b.a.time_scale)
+    print(text)
+    if b.failures:
+        print("\nFAILURES:\n  " + "\n  ".join(b.failures))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result = dict(
+        when=stamp, kind="realistic", rounds=b.a.rounds, workloads=b.a.realistic, bake=str(b.bake),
+        packer=subprocess.run(["packer", "version"], capture_output=True, text=True).stdout.strip(),
+        failures=b.failures, table=text, **r.results())
+    out = b.out / f"results-realistic-{stamp}.json"
+    out.write_text(json.dumps(result, indent=1))
+    (b.out / "latest-realistic.json").write_text(json.dumps(result, indent=1))
+    print(f"\nresults: {out}")
+    return 1 if b.failures else 0
+
+
+def rerender(d):
+    """Prints the tables of a saved realistic results JSON again."""
+    r = Realistic.__new__(Realistic)
+    r.runs, r.leftovers, r.scale, r.checkpoints = d["runs"], d["leftovers"], d["time_scale"], d["checkpoints"]
+    print(r.report(d["workloads"]))
+    return 1 if d["failures"] else 0
+
+
 def table(head, rows):
     w = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(cells)) + " |"
