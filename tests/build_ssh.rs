@@ -1,6 +1,8 @@
 //! `bake build` over SSH against the lab, driving the real binary: the whole bake, failures,
 //! interruption and host key pinning, each ending with nothing of the build left behind.
 
+#![cfg(feature = "lab")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

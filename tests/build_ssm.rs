@@ -6,6 +6,8 @@
 //! IAM is not one of bake's SDK crates, so the instance profiles are made with the lab's
 //! Python (boto3), like the lab's own tests do.
 
+#![cfg(feature = "lab")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Content-addressed images against the lab: cache hits and misses, `bake plan`, concurrent
 //! builds of the same inputs, and retention that never deletes what is in use.
 
+#![cfg(feature = "lab")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,8 @@
 //!
 //! Run with a lab: `BAKE_LAB_DIR=/path/to/lab cargo test --test deploy`.
 
+#![cfg(feature = "lab")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! carry — driving the real binary against the lab. Every test has its own state directory
 //! (journal) and recipe name, and checks what is left with the lab's leftovers report.
 
+#![cfg(feature = "lab")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,8 @@
 //! The tests here change lab-wide settings (fault rules, the fault profile), so they take one
 //! lock and run one at a time; each restores the lab when it ends, even when it fails.
 
+#![cfg(feature = "lab")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

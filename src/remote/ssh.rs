@@ -23,7 +23,8 @@ mod exec;
 mod sftp;
 mod upload;
 
-#[cfg(test)]
+// They start a real sshd, so only with `--features sshd`.
+#[cfg(all(test, feature = "sshd"))]
 mod tests;
 
 use std::sync::Arc;
