@@ -323,7 +323,7 @@ class Bench:
         if r.rc != 0:
             self.fail(f"bake {wl} round {rnd}", r)
             return None
-        res = json.loads(r.stdout)
+        res = json.loads(r.stdout)["builds"][0]
         assert res["cached"] is False, f"bake {wl}: unexpected cache hit"
         st = self.stages.setdefault(wl, {})
         record_stages(st, res, r.log_path)
@@ -542,7 +542,7 @@ class Bench:
             if r.rc != 0:
                 self.fail(f"bake rebuild round {rnd}", r)
                 continue
-            res = json.loads(r.stdout)
+            res = json.loads(r.stdout)["builds"][0]
             if not res["cached"]:
                 self.failures.append(f"bake rebuild round {rnd}: not a cache hit")
                 continue

@@ -299,7 +299,7 @@ class Realistic:
             b.failures.append(f"bake {wl} round {rnd}: exit {rc} (log {logp})")
             log(f"FAILED bake {wl}: exit {rc}; see {logp}")
             return None
-        res = json.loads("\n".join(l for _, l in out))
+        res = json.loads("\n".join(l for _, l in out))["builds"][0]
         if res["cached"]:
             b.failures.append(f"bake {wl} round {rnd}: unexpected cache hit")
         lines = bake_lines(logp)

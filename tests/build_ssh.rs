@@ -45,7 +45,7 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
         .output()
         .unwrap();
     assert!(out.status.success(), "build failed:\n{}", stderr(&out));
-    let v = json(&out);
+    let v = one_build(&out);
     let ami = v["ami_id"].as_str().unwrap().to_string();
     let fp = v["fingerprint"].as_str().unwrap().to_string();
     assert!(ami.starts_with("ami-"));

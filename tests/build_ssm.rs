@@ -239,7 +239,7 @@ fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
         !err.contains("key pair bake-"),
         "SSM made a key pair: {err}"
     );
-    let v = json(&out);
+    let v = one_build(&out);
     let ssm_ami = v["ami_id"].as_str().unwrap().to_string();
     let imgs = lab.images_of(ssm_name);
     assert_eq!(imgs.len(), 1);
@@ -253,14 +253,14 @@ fn web_ssm_twin_bakes_the_same_files_as_ssh_and_leaves_nothing() {
 
     let out = c.build(&["--output", "json"], &ssh_recipe);
     assert!(out.status.success(), "SSH build failed:\n{}", stderr(&out));
-    let ssh_ami = json(&out)["ami_id"].as_str().unwrap().to_string();
+    let ssh_ami = one_build(&out)["ami_id"].as_str().unwrap().to_string();
 
     // The communicator is not part of the fingerprint: web.toml under the SSM build's name
     // finds the SSM image and launches nothing.
     let same = example(&c.dir().join("same"), "web.toml", ssm_name);
     let out = c.build(&["--output", "json"], &same);
     assert!(out.status.success(), "{}", stderr(&out));
-    let hit = json(&out);
+    let hit = one_build(&out);
     assert_eq!(hit["cached"], true, "{}", stderr(&out));
     assert_eq!(hit["ami_id"].as_str(), Some(ssm_ami.as_str()));
 

@@ -1,84 +1,85 @@
 //! `bake build` and `bake plan`: load clients once, run builds (several at once with -j), own
 //! each build's cleanup stack so Ctrl-C/SIGTERM and failures end with nothing left, print the
-//! summary, JSON and manifest.
+//! [`Builds`] report and the manifest. The signal handling is in [`super::signals`].
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::json;
 
-use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, load_clients, report_error};
+use super::signals::{Sig, Signals, sig_name};
+use super::{CliError, Global, Report, Vars, load_all, load_clients};
+use crate::aws::Clients;
+use crate::pipeline::lookup::PlanRow;
 use crate::pipeline::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
-use crate::ui::{Output, Ui, fmt_duration};
+use crate::ui::{Ui, fmt_duration};
 
-/// The signals a build reacts to, installed once at the start so none is missed (or kills the
-/// process) between one wait and the next.
-///
-/// SIGINT, SIGTERM and SIGHUP stop the builds and start cleanup. Only a second SIGINT (Ctrl-C
-/// again) abandons cleanup. SIGTERM and SIGHUP during cleanup do not: CI cancels a job with
-/// SIGINT, then SIGTERM 7.5 s later, then SIGKILL 2.5 s after that, and abandoning at the
-/// SIGTERM would leave everything behind that the remaining seconds could still remove.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    sigints: u32,
+/// The flags of `bake build` beyond the recipes and their variables.
+pub struct BuildFlags {
+    pub jobs: usize,
+    pub force: bool,
+    pub manifest: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sig {
-    Int,
-    Term,
-    Hup,
-}
-
-impl Signals {
-    fn install() -> Signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        Signals {
-            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
-            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
-            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
-            sigints: 0,
-        }
-    }
-
-    async fn next(&mut self) -> Sig {
-        let s = tokio::select! {
-            _ = self.int.recv() => Sig::Int,
-            _ = self.term.recv() => Sig::Term,
-            _ = self.hup.recv() => Sig::Hup,
-        };
-        if s == Sig::Int {
-            self.sigints += 1;
-        }
-        s
-    }
-}
-
+/// One recipe's build in the report: the image, or why there is none.
+#[derive(Serialize)]
+#[serde(untagged)]
 enum Outcome {
     Built(Box<BuildResult>),
-    Failed(String),
-    Interrupted,
+    Failed {
+        recipe: String,
+        region: String,
+        error: String,
+    },
+}
+
+/// `bake build`: `{"format_version", "builds": [...], "left_behind": [...]}`, one entry per
+/// recipe in the order given, whatever their number.
+#[derive(Serialize)]
+pub struct Builds {
+    builds: Vec<Outcome>,
+    left_behind: Vec<String>,
+    #[serde(skip)]
+    interrupted: bool,
 }
 
 pub async fn build(
-    recipes: Vec<Recipe>,
+    paths: &[PathBuf],
+    vars: &Vars,
     g: &Global,
-    jobs: usize,
-    force: bool,
-    manifest: Option<&Path>,
-) -> u8 {
-    let started = std::time::Instant::now();
-    let mut signals = Signals::install();
-    let Some(clients) = load_clients(g).await else {
-        return EXIT_FAILED;
-    };
+    flags: &BuildFlags,
+) -> Result<Builds, CliError> {
+    let recipes = load_all(paths, vars)?;
+    let signals = Signals::install();
+    let clients = load_clients(g).await?;
     let ui = Ui::new(g.plain);
+    let report = run_builds(&recipes, &clients, &ui, flags, signals).await;
+    if let Some(m) = &flags.manifest {
+        let built: Vec<&BuildResult> = report.built().collect();
+        if let Err(e) = write_manifest(m, &built) {
+            ui.line(&format!("could not write manifest {}: {e}", m.display()));
+        }
+    }
+    Ok(report)
+}
+
+/// Runs every build (`-j` at once) and then every cleanup, reacting to signals throughout.
+async fn run_builds(
+    recipes: &[Recipe],
+    clients: &Clients,
+    ui: &Ui,
+    flags: &BuildFlags,
+    mut signals: Signals,
+) -> Builds {
+    let started = std::time::Instant::now();
+    let (clients, jobs) = (clients.clone(), flags.jobs);
     let several = recipes.len() > 1;
-    let opts = BuildOptions { force };
+    let opts = BuildOptions { force: flags.force };
     let cleanups: Vec<Arc<Cleanup>> = recipes.iter().map(|_| Arc::new(Cleanup::new())).collect();
     let uis: Vec<Ui> = recipes
         .iter()
@@ -118,7 +119,16 @@ pub async fn build(
         .buffer_unordered(jobs.max(1))
         .collect::<Vec<_>>();
 
-    let mut outcomes: Vec<Outcome> = recipes.iter().map(|_| Outcome::Interrupted).collect();
+    let region = clients.region.clone();
+    let failed = |r: &Recipe, error: String| Outcome::Failed {
+        recipe: r.name.clone(),
+        region: region.clone(),
+        error,
+    };
+    let mut outcomes: Vec<Outcome> = recipes
+        .iter()
+        .map(|r| failed(r, "interrupted".into()))
+        .collect();
     let mut was_interrupted = false;
     tokio::select! {
         done = builds => {
@@ -127,7 +137,7 @@ pub async fn build(
                     Ok(r) => Outcome::Built(Box::new(r)),
                     Err(e) => {
                         uis[i].line(&format!("build failed: {}", uis[i].redact(&e.to_string())));
-                        Outcome::Failed(uis[i].redact(&e.to_string()))
+                        failed(&recipes[i], uis[i].redact(&e.to_string()))
                     }
                 };
             }
@@ -199,104 +209,68 @@ pub async fn build(
         }
     }
 
-    let region = clients.region.clone();
-    if let Some(m) = manifest {
-        let built: Vec<&BuildResult> = outcomes
-            .iter()
-            .filter_map(|o| {
-                if let Outcome::Built(r) = o {
-                    Some(&**r)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        if let Err(e) = write_manifest(m, &built) {
-            ui.line(&format!("could not write manifest {}: {e}", m.display()));
-        }
-    }
-    print_results(&recipes, &outcomes, &left, g.output, &region);
-
-    if was_interrupted {
-        EXIT_INTERRUPTED
-    } else if outcomes.iter().all(|o| matches!(o, Outcome::Built(_))) && left.is_empty() {
-        0
-    } else {
-        EXIT_FAILED
+    Builds {
+        builds: outcomes,
+        left_behind: left,
+        interrupted: was_interrupted,
     }
 }
 
-fn sig_name(s: Sig) -> &'static str {
-    match s {
-        Sig::Int => "interrupted (SIGINT)",
-        Sig::Term => "terminated (SIGTERM)",
-        Sig::Hup => "hung up (SIGHUP)",
+impl Builds {
+    fn built(&self) -> impl Iterator<Item = &BuildResult> {
+        self.builds.iter().filter_map(|o| match o {
+            Outcome::Built(b) => Some(&**b),
+            Outcome::Failed { .. } => None,
+        })
     }
 }
 
-fn print_results(
-    recipes: &[Recipe],
-    outcomes: &[Outcome],
-    left: &[String],
-    output: Output,
-    region: &str,
-) {
-    match output {
-        Output::Json => {
-            let items: Vec<_> = recipes
-                .iter()
-                .zip(outcomes)
-                .map(|(r, o)| match o {
-                    Outcome::Built(b) => serde_json::to_value(b).unwrap(),
-                    Outcome::Failed(e) => json!({ "recipe": r.name, "region": region, "error": e }),
-                    Outcome::Interrupted => {
-                        json!({ "recipe": r.name, "region": region, "error": "interrupted" })
-                    }
-                })
-                .map(|mut v| {
-                    v["left_behind"] = json!(left);
-                    v
-                })
-                .collect();
-            if items.len() == 1 {
-                println!("{}", items[0]);
+impl Report for Builds {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for b in self.built() {
+            let how = if b.cached {
+                "existing image (cache hit)"
             } else {
-                println!("{}", json!({ "builds": items, "left_behind": left }));
+                "built"
+            };
+            let _ = writeln!(
+                t,
+                "{}: {} {} in {} ({how})",
+                b.recipe,
+                b.region,
+                b.ami_id,
+                fmt_duration(Duration::from_secs_f64(b.seconds))
+            );
+            let _ = writeln!(t, "  name        {}", b.ami_name);
+            let _ = writeln!(t, "  fingerprint {}", b.fingerprint);
+            if !b.snapshots.is_empty() {
+                let _ = writeln!(t, "  snapshots   {}", b.snapshots.join(", "));
+            }
+            for s in &b.stages {
+                let d = fmt_duration(Duration::from_secs_f64(s.seconds));
+                let _ = writeln!(t, "  {:<24}{d}", s.name);
             }
         }
-        Output::Text => {
-            for (r, o) in recipes.iter().zip(outcomes) {
-                match o {
-                    Outcome::Built(b) => {
-                        let how = if b.cached {
-                            "existing image (cache hit)"
-                        } else {
-                            "built"
-                        };
-                        println!(
-                            "{}: {} {} in {} ({how})",
-                            r.name,
-                            b.region,
-                            b.ami_id,
-                            fmt_duration(std::time::Duration::from_secs_f64(b.seconds))
-                        );
-                        println!("  name        {}", b.ami_name);
-                        println!("  fingerprint {}", b.fingerprint);
-                        if !b.snapshots.is_empty() {
-                            println!("  snapshots   {}", b.snapshots.join(", "));
-                        }
-                        for s in &b.stages {
-                            println!(
-                                "  {:<24}{}",
-                                s.name,
-                                fmt_duration(std::time::Duration::from_secs_f64(s.seconds))
-                            );
-                        }
-                    }
-                    Outcome::Failed(e) => eprintln!("{}: FAILED: {e}", r.name),
-                    Outcome::Interrupted => eprintln!("{}: interrupted", r.name),
+        t.trim_end().to_string()
+    }
+
+    fn outcome(&self) -> Result<(), CliError> {
+        for o in &self.builds {
+            if let Outcome::Failed { recipe, error, .. } = o {
+                if error == "interrupted" {
+                    eprintln!("{recipe}: interrupted");
+                } else {
+                    eprintln!("{recipe}: FAILED: {error}");
                 }
             }
+        }
+        if self.interrupted {
+            Err(CliError::Interrupted)
+        } else if self.built().count() == self.builds.len() && self.left_behind.is_empty() {
+            Ok(())
+        } else {
+            Err(CliError::Failed)
         }
     }
 }
@@ -327,42 +301,49 @@ fn write_manifest(path: &Path, built: &[&BuildResult]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub async fn plan(recipes: Vec<Recipe>, g: &Global) -> u8 {
-    let Some(clients) = load_clients(g).await else {
-        return EXIT_FAILED;
-    };
-    let mut rows = Vec::new();
-    let mut code = 0;
+/// `bake plan`: `{"format_version", "plans": [...]}`.
+#[derive(Serialize)]
+pub struct Plans {
+    plans: Vec<PlanRow>,
+}
+
+pub async fn plan(paths: &[PathBuf], vars: &Vars, g: &Global) -> Result<Plans, CliError> {
+    let recipes = load_all(paths, vars)?;
+    let clients = load_clients(g).await?;
+    let mut plans = Vec::new();
     for r in &recipes {
-        match pipeline::lookup::plan_one(&clients, r).await {
-            Ok(p) => rows.push(p),
-            Err(e) => {
-                report_error(&e);
-                code = EXIT_FAILED;
-            }
-        }
+        plans.push(
+            pipeline::lookup::plan_one(&clients, r)
+                .await
+                .map_err(CliError::runtime)?,
+        );
     }
-    match g.output {
-        Output::Json => println!("{}", json!({ "plans": rows })),
-        Output::Text => {
-            for p in &rows {
-                match &p.hit {
-                    Some(ami) => println!("{}: {} hit: {ami}", p.recipe, &p.fingerprint[..12]),
-                    None => {
-                        println!("{}: {} miss: would build", p.recipe, &p.fingerprint[..12]);
-                        match &p.newest {
-                            Some(n) => {
-                                println!("  compared with newest image {n}:");
-                                for c in &p.changed {
-                                    println!("    {c}");
-                                }
-                            }
-                            None => println!("  no earlier image of this recipe"),
-                        }
-                    }
+    Ok(Plans { plans })
+}
+
+impl Report for Plans {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for p in &self.plans {
+            let fp = &p.fingerprint[..12];
+            let Some(newest) = (match &p.hit {
+                Some(ami) => {
+                    let _ = writeln!(t, "{}: {fp} hit: {ami}", p.recipe);
+                    continue;
                 }
+                None => {
+                    let _ = writeln!(t, "{}: {fp} miss: would build", p.recipe);
+                    &p.newest
+                }
+            }) else {
+                let _ = writeln!(t, "  no earlier image of this recipe");
+                continue;
+            };
+            let _ = writeln!(t, "  compared with newest image {newest}:");
+            for c in &p.changed {
+                let _ = writeln!(t, "    {c}");
             }
         }
+        t.trim_end().to_string()
     }
-    code
 }

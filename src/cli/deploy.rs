@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{
-    EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Vars, interrupted, load_clients,
-    report_error,
+    CliError, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Vars, fail, interrupted,
+    load_clients, report_error,
 };
 use crate::aws::Clients;
 use crate::deploy::{self, DeployRequest, GroupNow, PrefFlags, RefreshView, Retention, Started};
@@ -127,10 +127,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
     let loaded = match &a.recipe {
         Some(p) => match a.vars.load(p) {
             Ok(r) => Some(r),
-            Err(e) => {
-                eprint!("{e}");
-                return EXIT_INPUT;
-            }
+            Err(e) => return fail(CliError::Recipe(vec![e]), g.output),
         },
         None => None,
     };
@@ -168,8 +165,9 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
         Err(e) => return input_error(&e, g),
     };
 
-    let Some(clients) = load_clients(g).await else {
-        return EXIT_FAILED;
+    let clients = match load_clients(g).await {
+        Ok(c) => c,
+        Err(e) => return fail(e, g.output),
     };
     let ui = Ui::new(g.plain);
     if let Some(r) = &loaded {
@@ -450,8 +448,9 @@ fn print_refresh(asg: &str, r: &RefreshView, now: Option<&GroupNow>) {
 }
 
 async fn status(asg: &str, g: &Global) -> u8 {
-    let Some(clients) = load_clients(g).await else {
-        return EXIT_FAILED;
+    let clients = match load_clients(g).await {
+        Ok(c) => c,
+        Err(e) => return fail(e, g.output),
     };
     let list = match deploy::refreshes(&clients, asg, &[]).await {
         Ok(l) => l,
@@ -491,8 +490,9 @@ async fn status(asg: &str, g: &Global) -> u8 {
 
 /// `cancel` (rollback = false) or `rollback`: request it, then follow to the end.
 async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
-    let Some(clients) = load_clients(g).await else {
-        return EXIT_FAILED;
+    let clients = match load_clients(g).await {
+        Ok(c) => c,
+        Err(e) => return fail(e, g.output),
     };
     let (verb, want) = if rollback {
         ("rollback", "RollbackSuccessful")

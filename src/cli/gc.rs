@@ -1,11 +1,12 @@
 //! `bake gc`: list (default) or remove (`--yes`) what dead builds left behind.
 
-use clap::Args;
-use serde_json::json;
+use std::fmt::Write as _;
 
-use super::{EXIT_FAILED, Global, load_clients, report_error};
+use clap::Args;
+use serde::Serialize;
+
+use super::{CliError, Global, Report, load_clients};
 use crate::gc::{self, Options};
-use crate::ui::Output;
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -21,21 +22,23 @@ pub struct GcArgs {
     pub buckets: Vec<String>,
 }
 
-pub async fn run(args: GcArgs, g: &Global) -> u8 {
-    let Some(c) = load_clients(g).await else {
-        return EXIT_FAILED;
-    };
+/// `bake gc`: `{"format_version", "region", "removed", "builds": [...]}`.
+#[derive(Serialize)]
+pub struct GcReport {
+    region: String,
+    removed: bool,
+    builds: Vec<gc::Build>,
+    #[serde(skip)]
+    failed: bool,
+}
+
+pub async fn run(args: GcArgs, g: &Global) -> Result<GcReport, CliError> {
+    let c = load_clients(g).await?;
     let opts = Options {
         older_than: args.older_than,
         buckets: args.buckets,
     };
-    let mut survey = match gc::survey(&c, &opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            report_error(&e);
-            return EXIT_FAILED;
-        }
-    };
+    let mut survey = gc::survey(&c, &opts).await.map_err(CliError::runtime)?;
     let mut failed = false;
     if args.yes {
         let users = survey.snapshot_users.clone();
@@ -52,58 +55,72 @@ pub async fn run(args: GcArgs, g: &Global) -> u8 {
             crate::pipeline::journal::remove(id);
         }
     }
-    let dead = survey.builds.iter().filter(|b| b.remove).count();
-    match g.output {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "region": c.region,
-                "removed": args.yes,
-                "builds": survey.builds,
-            })
-        ),
-        Output::Text => {
-            for b in survey.builds.iter().filter(|b| b.remove) {
-                println!(
-                    "{} (recipe {}, started {}): dead: {}",
-                    b.build_id,
-                    b.recipe.as_deref().unwrap_or("?"),
-                    b.started.as_deref().unwrap_or("?"),
-                    b.verdict.reason()
-                );
-                for r in &b.resources {
-                    match (&r.result, &r.error) {
-                        (Some(m), _) => println!("  removed {r}: {m}"),
-                        (_, Some(e)) => println!("  NOT removed {r}: {e}"),
-                        _ => println!("  {r}"),
-                    }
-                }
-            }
-            for b in survey.builds.iter().filter(|b| !b.remove) {
-                let why = if b.verdict.is_dead() {
-                    format!(
-                        "dead ({}) but younger than --older-than",
-                        b.verdict.reason()
-                    )
-                } else {
-                    format!("running: {}", b.verdict.reason())
+    Ok(GcReport {
+        region: c.region.clone(),
+        removed: args.yes,
+        builds: survey.builds,
+        failed,
+    })
+}
+
+impl Report for GcReport {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for b in self.builds.iter().filter(|b| b.remove) {
+            let _ = writeln!(
+                t,
+                "{} (recipe {}, started {}): dead: {}",
+                b.build_id,
+                b.recipe.as_deref().unwrap_or("?"),
+                b.started.as_deref().unwrap_or("?"),
+                b.verdict.reason()
+            );
+            for r in &b.resources {
+                let _ = match (&r.result, &r.error) {
+                    (Some(m), _) => writeln!(t, "  removed {r}: {m}"),
+                    (_, Some(e)) => writeln!(t, "  NOT removed {r}: {e}"),
+                    _ => writeln!(t, "  {r}"),
                 };
-                println!(
-                    "{} (recipe {}): {why}; left alone ({} resource(s))",
-                    b.build_id,
-                    b.recipe.as_deref().unwrap_or("?"),
-                    b.resources.len()
-                );
-            }
-            if dead == 0 {
-                println!(
-                    "nothing to clean up: no dead build left anything in {}",
-                    c.region
-                );
-            } else if !args.yes {
-                println!("{dead} dead build(s) left resources; `bake gc --yes` removes them");
             }
         }
+        for b in self.builds.iter().filter(|b| !b.remove) {
+            let why = if b.verdict.is_dead() {
+                format!(
+                    "dead ({}) but younger than --older-than",
+                    b.verdict.reason()
+                )
+            } else {
+                format!("running: {}", b.verdict.reason())
+            };
+            let _ = writeln!(
+                t,
+                "{} (recipe {}): {why}; left alone ({} resource(s))",
+                b.build_id,
+                b.recipe.as_deref().unwrap_or("?"),
+                b.resources.len()
+            );
+        }
+        let dead = self.builds.iter().filter(|b| b.remove).count();
+        if dead == 0 {
+            let _ = write!(
+                t,
+                "nothing to clean up: no dead build left anything in {}",
+                self.region
+            );
+        } else if !self.removed {
+            let _ = write!(
+                t,
+                "{dead} dead build(s) left resources; `bake gc --yes` removes them"
+            );
+        }
+        t.trim_end().to_string()
     }
-    if failed { EXIT_FAILED } else { 0 }
+
+    fn outcome(&self) -> Result<(), CliError> {
+        if self.failed {
+            Err(CliError::Failed)
+        } else {
+            Ok(())
+        }
+    }
 }

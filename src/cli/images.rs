@@ -1,11 +1,13 @@
 //! `bake images list | prune | rm`.
 
-use clap::Subcommand;
-use serde_json::json;
+use std::fmt::Write as _;
 
-use super::{EXIT_FAILED, EXIT_INPUT, Global, load_clients, report_error};
-use crate::images::retention::{self, Verdict};
-use crate::ui::Output;
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::{CliError, Global, Report, finish, load_clients, report_error};
+use crate::aws::Clients;
+use crate::images::retention::{self, Decision, ImageInfo, Verdict};
 
 #[derive(Subcommand, Debug)]
 pub enum ImagesCmd {
@@ -38,147 +40,207 @@ pub enum ImagesCmd {
 }
 
 pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
-    let Some(c) = load_clients(g).await else {
-        return EXIT_FAILED;
-    };
+    let out = g.output;
     match cmd {
-        ImagesCmd::List { recipe } => match retention::list(&c, recipe.as_deref()).await {
-            Ok(list) => {
-                match g.output {
-                    Output::Json => println!("{}", json!({ "images": list })),
-                    Output::Text => {
-                        println!(
-                            "{:<22} {:<14} {:<12} {:<21} {:<30} USED BY",
-                            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS"
-                        );
-                        for i in &list {
-                            let snaps: Vec<String> = i
-                                .snapshots
-                                .iter()
-                                .map(|s| {
-                                    format!(
-                                        "{}{}",
-                                        s.id,
-                                        s.size_gib
-                                            .map(|g| format!(" ({g} GiB)"))
-                                            .unwrap_or_default()
-                                    )
-                                })
-                                .collect();
-                            println!(
-                                "{:<22} {:<14} {:<12} {:<21} {:<30} {}",
-                                i.ami_id,
-                                i.recipe,
-                                &i.fingerprint[..i.fingerprint.len().min(12)],
-                                format!("{}Z", &i.created[..i.created.len().min(19)]),
-                                snaps.join(", "),
-                                if i.used_by.is_empty() {
-                                    "-".to_string()
-                                } else {
-                                    i.used_by.join("; ")
-                                }
-                            );
-                            println!("{:<22} {}", "", i.name);
-                        }
-                    }
-                }
-                0
-            }
-            Err(e) => {
-                report_error(&e);
-                EXIT_FAILED
-            }
-        },
+        ImagesCmd::List { recipe } => finish(list(recipe, g).await, out),
         ImagesCmd::Prune {
             recipe,
             keep,
             older_than,
             yes,
-        } => {
-            let list = match retention::list(&c, Some(&recipe)).await {
-                Ok(l) => l,
-                Err(e) => {
-                    report_error(&e);
-                    return EXIT_FAILED;
-                }
+        } => finish(prune(recipe, keep, older_than, yes, g).await, out),
+        ImagesCmd::Rm { amis, force_in_use } => finish(rm(&amis, force_in_use, g).await, out),
+    }
+}
+
+/// `bake images list`: `{"format_version", "images": [...]}`.
+#[derive(Serialize)]
+pub struct Listed {
+    images: Vec<ImageInfo>,
+}
+
+async fn list(recipe: Option<String>, g: &Global) -> Result<Listed, CliError> {
+    let c = load_clients(g).await?;
+    let images = retention::list(&c, recipe.as_deref())
+        .await
+        .map_err(CliError::runtime)?;
+    Ok(Listed { images })
+}
+
+impl Report for Listed {
+    fn text(&self) -> String {
+        let mut t = format!(
+            "{:<22} {:<14} {:<12} {:<21} {:<30} USED BY\n",
+            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS"
+        );
+        for i in &self.images {
+            let snaps: Vec<String> = i
+                .snapshots
+                .iter()
+                .map(|s| {
+                    let size = s.size_gib.map(|g| format!(" ({g} GiB)"));
+                    format!("{}{}", s.id, size.unwrap_or_default())
+                })
+                .collect();
+            let used = if i.used_by.is_empty() {
+                "-".to_string()
+            } else {
+                i.used_by.join("; ")
             };
-            let decisions = retention::decide(list, keep, older_than, jiff::Timestamp::now());
-            let mut deleted = Vec::new();
-            let mut failed = false;
-            if g.output == Output::Text {
-                for d in &decisions {
-                    let what = if d.verdict == Verdict::Delete {
-                        if yes { "DELETE" } else { "would delete" }
-                    } else {
-                        "keep"
-                    };
-                    println!(
-                        "{what:<13} {} {} ({})",
-                        d.image.ami_id, d.image.name, d.reason
-                    );
-                }
-            }
-            if yes {
-                for d in decisions.iter().filter(|d| d.verdict == Verdict::Delete) {
-                    match retention::remove(&c, &d.image.ami_id).await {
-                        Ok(snaps) => deleted
-                            .push(json!({ "ami_id": d.image.ami_id, "snapshots_deleted": snaps })),
-                        Err(e) => {
-                            report_error(&e);
-                            failed = true;
-                        }
-                    }
-                }
-            } else if g.output == Output::Text {
-                println!("(dry run: nothing changed; add --yes to delete)");
-            }
-            if g.output == Output::Json {
-                println!(
-                    "{}",
-                    json!({ "recipe": recipe, "dry_run": !yes, "decisions": decisions, "deleted": deleted })
-                );
-            }
-            if failed { EXIT_FAILED } else { 0 }
+            let _ = writeln!(
+                t,
+                "{:<22} {:<14} {:<12} {:<21} {:<30} {used}",
+                i.ami_id,
+                i.recipe,
+                &i.fingerprint[..i.fingerprint.len().min(12)],
+                format!("{}Z", &i.created[..i.created.len().min(19)]),
+                snaps.join(", "),
+            );
+            let _ = writeln!(t, "{:<22} {}", "", i.name);
         }
-        ImagesCmd::Rm { amis, force_in_use } => {
-            let infos = match retention::lookup(&c, &amis).await {
-                Ok(i) => i,
-                Err(e) => {
-                    report_error(&e);
-                    return EXIT_INPUT;
-                }
+        t.trim_end().to_string()
+    }
+}
+
+/// One image removed, with the snapshots that went with it.
+#[derive(Serialize)]
+struct Removed {
+    ami_id: String,
+    snapshots_deleted: Vec<String>,
+}
+
+/// `bake images prune`: `{"format_version", "recipe", "dry_run", "decisions", "deleted"}`.
+#[derive(Serialize)]
+pub struct Pruned {
+    recipe: String,
+    dry_run: bool,
+    decisions: Vec<Decision>,
+    deleted: Vec<Removed>,
+    #[serde(skip)]
+    failed: bool,
+}
+
+async fn prune(
+    recipe: String,
+    keep: usize,
+    older_than: Option<std::time::Duration>,
+    yes: bool,
+    g: &Global,
+) -> Result<Pruned, CliError> {
+    let c = load_clients(g).await?;
+    let list = retention::list(&c, Some(&recipe))
+        .await
+        .map_err(CliError::runtime)?;
+    let decisions = retention::decide(list, keep, older_than, jiff::Timestamp::now());
+    let doomed: Vec<String> = decisions
+        .iter()
+        .filter(|d| yes && d.verdict == Verdict::Delete)
+        .map(|d| d.image.ami_id.clone())
+        .collect();
+    let (deleted, failed) = remove_all(&c, &doomed).await;
+    Ok(Pruned {
+        recipe,
+        dry_run: !yes,
+        decisions,
+        deleted,
+        failed,
+    })
+}
+
+/// Removes each image in turn; a failure is told and the rest still go.
+async fn remove_all(c: &Clients, amis: &[String]) -> (Vec<Removed>, bool) {
+    let mut done = Vec::new();
+    let mut failed = false;
+    for ami in amis {
+        match retention::remove(c, ami).await {
+            Ok(snapshots_deleted) => done.push(Removed {
+                ami_id: ami.clone(),
+                snapshots_deleted,
+            }),
+            Err(e) => {
+                report_error(&e);
+                failed = true;
+            }
+        }
+    }
+    (done, failed)
+}
+
+fn failed_if(failed: bool) -> Result<(), CliError> {
+    if failed {
+        Err(CliError::Failed)
+    } else {
+        Ok(())
+    }
+}
+
+impl Report for Pruned {
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for d in &self.decisions {
+            let what = match (d.verdict == Verdict::Delete, self.dry_run) {
+                (true, false) => "DELETE",
+                (true, true) => "would delete",
+                (false, _) => "keep",
             };
-            let busy: Vec<_> = infos.iter().filter(|i| !i.used_by.is_empty()).collect();
-            if !busy.is_empty() && !force_in_use {
-                for i in busy {
-                    eprintln!(
-                        "error: {} is in use by {}; pass --force-in-use to remove it anyway",
-                        i.ami_id,
-                        i.used_by.join(", ")
-                    );
-                }
-                return EXIT_FAILED;
-            }
-            let mut out = Vec::new();
-            let mut failed = false;
-            for i in &infos {
-                match retention::remove(&c, &i.ami_id).await {
-                    Ok(snaps) => {
-                        if g.output == Output::Text {
-                            println!("removed {} and snapshot(s) {}", i.ami_id, snaps.join(", "));
-                        }
-                        out.push(json!({ "ami_id": i.ami_id, "snapshots_deleted": snaps }));
-                    }
-                    Err(e) => {
-                        report_error(&e);
-                        failed = true;
-                    }
-                }
-            }
-            if g.output == Output::Json {
-                println!("{}", json!({ "removed": out }));
-            }
-            if failed { EXIT_FAILED } else { 0 }
+            let (id, name) = (&d.image.ami_id, &d.image.name);
+            let _ = writeln!(t, "{what:<13} {id} {name} ({})", d.reason);
         }
+        if self.dry_run {
+            t.push_str("(dry run: nothing changed; add --yes to delete)");
+        }
+        t.trim_end().to_string()
+    }
+
+    fn outcome(&self) -> Result<(), CliError> {
+        failed_if(self.failed)
+    }
+}
+
+/// `bake images rm`: `{"format_version", "removed": [...]}`.
+#[derive(Serialize)]
+pub struct RemovedAll {
+    removed: Vec<Removed>,
+    #[serde(skip)]
+    failed: bool,
+}
+
+async fn rm(amis: &[String], force_in_use: bool, g: &Global) -> Result<RemovedAll, CliError> {
+    let c = load_clients(g).await?;
+    // An id that is not bake's (or not there) is bad input, not a failure.
+    let infos = retention::lookup(&c, amis).await.map_err(|e| {
+        report_error(&e);
+        CliError::Input(e.to_string())
+    })?;
+    let busy: Vec<_> = infos.iter().filter(|i| !i.used_by.is_empty()).collect();
+    if !busy.is_empty() && !force_in_use {
+        for i in busy {
+            eprintln!(
+                "error: {} is in use by {}; pass --force-in-use to remove it anyway",
+                i.ami_id,
+                i.used_by.join(", ")
+            );
+        }
+        return Err(CliError::Failed);
+    }
+    let ids: Vec<String> = infos.iter().map(|i| i.ami_id.clone()).collect();
+    let (removed, failed) = remove_all(&c, &ids).await;
+    Ok(RemovedAll { removed, failed })
+}
+
+impl Report for RemovedAll {
+    fn text(&self) -> String {
+        self.removed
+            .iter()
+            .map(|r| {
+                let snaps = r.snapshots_deleted.join(", ");
+                format!("removed {} and snapshot(s) {snaps}", r.ami_id)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn outcome(&self) -> Result<(), CliError> {
+        failed_if(self.failed)
     }
 }

@@ -5,11 +5,16 @@ mod build;
 mod deploy;
 mod gc;
 mod images;
+mod report;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+pub use report::{CliError, Diagnostic, RecipeFailure, Report, fail, finish};
 
 use crate::aws::Clients;
 use crate::recipe::{self, model::Recipe};
@@ -61,19 +66,29 @@ pub struct Vars {
 }
 
 impl Vars {
-    /// Loads one recipe with every override source applied; the error is already rendered.
-    pub fn load(&self, path: &std::path::Path) -> Result<Recipe, String> {
+    /// Loads one recipe with every override source applied.
+    pub fn load(&self, path: &std::path::Path) -> Result<Recipe, RecipeFailure> {
         let mut o = recipe::Overrides::new();
         for f in &self.var_files {
-            o.add_var_file(f).map_err(|e| e.render())?;
+            o.add_var_file(f)
+                .map_err(|e| RecipeFailure::from_errors(&e))?;
         }
-        o.add_env(std::env::vars_os()).map_err(|errs| {
-            errs.iter()
-                .map(|e| format!("error: {e}\n"))
-                .collect::<String>()
-        })?;
+        o.add_env(std::env::vars_os())
+            .map_err(|errs| RecipeFailure {
+                rendered: errs.iter().map(|e| format!("error: {e}\n")).collect(),
+                diagnostics: errs
+                    .iter()
+                    .map(|e| Diagnostic {
+                        file: None,
+                        line: None,
+                        column: None,
+                        message: e.to_string(),
+                        help: String::new(),
+                    })
+                    .collect(),
+            })?;
         o.add_flags(&self.vars);
-        recipe::load_with_overrides(path, &o).map_err(|e| e.render())
+        recipe::load_with_overrides(path, &o).map_err(|e| RecipeFailure::from_errors(&e))
     }
 }
 
@@ -132,8 +147,9 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> u8 {
     let g = cli.global.clone();
+    let out = g.output;
     match cli.cmd {
-        Cmd::Validate { recipes, vars } => validate(&recipes, &vars, &g),
+        Cmd::Validate { recipes, vars } => finish(validate(&recipes, &vars), out),
         Cmd::Build {
             recipes,
             vars,
@@ -141,66 +157,84 @@ async fn run(cli: Cli) -> u8 {
             force,
             manifest,
         } => {
-            let Some(loaded) = load_all(&recipes, &vars) else {
-                return EXIT_INPUT;
+            let opts = build::BuildFlags {
+                jobs,
+                force,
+                manifest,
             };
-            build::build(loaded, &g, jobs, force, manifest.as_deref()).await
+            finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }
-        Cmd::Plan { recipes, vars } => {
-            let Some(loaded) = load_all(&recipes, &vars) else {
-                return EXIT_INPUT;
-            };
-            build::plan(loaded, &g).await
-        }
+        Cmd::Plan { recipes, vars } => finish(build::plan(&recipes, &vars, &g).await, out),
         Cmd::Images(cmd) => images::run(cmd, &g).await,
         Cmd::Deploy(args) => deploy::run(args, &g).await,
-        Cmd::Gc(args) => gc::run(args, &g).await,
+        Cmd::Gc(args) => finish(gc::run(args, &g).await, out),
     }
 }
 
-/// Loads every recipe, printing every problem of every file; None if any is invalid.
-pub fn load_all(paths: &[PathBuf], vars: &Vars) -> Option<Vec<Recipe>> {
+/// Loads every recipe; on failure, every problem of every file.
+pub fn load_all(paths: &[PathBuf], vars: &Vars) -> Result<Vec<Recipe>, CliError> {
     let mut ok = Vec::new();
-    let mut bad = false;
+    let mut bad = Vec::new();
     for p in paths {
         match vars.load(p) {
             Ok(r) => ok.push(r),
-            Err(e) => {
-                eprint!("{e}");
-                bad = true;
-            }
+            Err(e) => bad.push(e),
         }
     }
-    (!bad).then_some(ok)
+    if bad.is_empty() {
+        Ok(ok)
+    } else {
+        Err(CliError::Recipe(bad))
+    }
 }
 
-fn validate(paths: &[PathBuf], vars: &Vars, g: &Global) -> u8 {
-    let Some(recipes) = load_all(paths, vars) else {
-        if g.output == Output::Json {
-            println!("{}", serde_json::json!({ "valid": false }));
-        }
-        return EXIT_INPUT;
-    };
-    match g.output {
-        Output::Json => {
-            let list: Vec<_> = recipes
-                .iter()
-                .map(|r| serde_json::json!({ "path": r.path, "name": r.name, "uploads": r.uploads.len(), "steps": r.steps.len() }))
-                .collect();
-            println!("{}", serde_json::json!({ "valid": true, "recipes": list }));
-        }
-        Output::Text => {
-            for r in &recipes {
-                println!(
+/// `bake validate`: `{"format_version", "valid": true, "recipes": [...]}`; an invalid recipe
+/// is `{"format_version", "valid": false, "diagnostics": [...]}` from [`CliError::Recipe`].
+#[derive(Serialize)]
+struct Validated {
+    valid: bool,
+    recipes: Vec<ValidRecipe>,
+}
+
+#[derive(Serialize)]
+struct ValidRecipe {
+    path: PathBuf,
+    name: String,
+    uploads: usize,
+    steps: usize,
+}
+
+impl Report for Validated {
+    fn text(&self) -> String {
+        self.recipes
+            .iter()
+            .map(|r| {
+                format!(
                     "{}: ok ({} upload(s), {} step(s))",
                     r.path.display(),
-                    r.uploads.len(),
-                    r.steps.len()
-                );
-            }
-        }
+                    r.uploads,
+                    r.steps
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
-    0
+}
+
+fn validate(paths: &[PathBuf], vars: &Vars) -> Result<Validated, CliError> {
+    let recipes = load_all(paths, vars)?
+        .into_iter()
+        .map(|r| ValidRecipe {
+            uploads: r.uploads.len(),
+            steps: r.steps.len(),
+            path: r.path,
+            name: r.name,
+        })
+        .collect();
+    Ok(Validated {
+        valid: true,
+        recipes,
+    })
 }
 
 /// Prints a runtime error as a diagnostic (miette on a terminal, plain otherwise).
@@ -214,26 +248,11 @@ pub fn report_error(err: &(dyn std::error::Error + 'static)) {
     eprintln!("{msg}");
 }
 
-/// The AWS clients of one command, from one loaded config; a failure is reported here.
-pub async fn load_clients(g: &Global) -> Option<Clients> {
-    match Clients::load(g.region.as_deref(), g.profile.as_deref()).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            report_error(&e);
-            None
-        }
-    }
+/// The AWS clients of one command, from one loaded config.
+pub async fn load_clients(g: &Global) -> Result<Clients, CliError> {
+    Clients::load(g.region.as_deref(), g.profile.as_deref())
+        .await
+        .map_err(CliError::runtime)
 }
 
-/// Resolves on SIGINT, SIGTERM or SIGHUP.
-pub async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-}
+pub use signals::interrupted;

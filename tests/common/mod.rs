@@ -384,7 +384,18 @@ pub fn build_json(lab: &Lab, cache: &Path, recipe: &Path, extra: &[&str]) -> ser
         .output()
         .unwrap();
     assert!(out.status.success(), "build failed:\n{}", stderr(&out));
-    json(&out)
+    one_build(&out)
+}
+
+/// The one build of `bake build --output json` with a single recipe (`builds[0]`).
+pub fn one_build(out: &Output) -> serde_json::Value {
+    let v = json(out);
+    assert_eq!(v["format_version"], 1, "{v}");
+    let builds = v["builds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no builds: {v}"));
+    assert_eq!(builds.len(), 1, "{v}");
+    builds[0].clone()
 }
 
 /// Asserts `out` exited with `code` and its stderr says each of `want`; returns the stderr.
