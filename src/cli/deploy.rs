@@ -110,9 +110,16 @@ pub async fn run(args: DeployArgs, g: &Global) -> u8 {
 fn input_error(msg: &str, g: &Global) -> u8 {
     eprintln!("error: {msg}");
     if g.output == Output::Json {
-        println!("{}", json!({ "error": msg }));
+        emit(json!({ "error": msg }));
     }
     EXIT_INPUT
+}
+
+/// Prints one JSON document of a deploy command, with the `format_version` every command's
+/// JSON carries.
+fn emit(mut v: serde_json::Value) {
+    v["format_version"] = json!(super::report::FORMAT_VERSION);
+    println!("{v}");
 }
 
 fn hints(asg: &str) -> String {
@@ -180,7 +187,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
             if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
                 o.extend(x.clone());
             }
-            println!("{v}");
+            emit(v);
         }
         EXIT_FAILED
     };
@@ -227,9 +234,8 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
             unreachable!()
         };
         match g.output {
-            Output::Json => println!(
-                "{}",
-                json!({ "asg": asg, "ami_id": ami, "result": "already_on_image", "version_number": version_number })
+            Output::Json => emit(
+                json!({ "asg": asg, "ami_id": ami, "result": "already_on_image", "version_number": version_number }),
             ),
             Output::Text => println!(
                 "{asg}: already on {ami} (launch template version {version_number}, every instance); nothing to do"
@@ -266,7 +272,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
         v["result"] = json!("started");
         v["retention"] = json!(retention);
         match g.output {
-            Output::Json => println!("{v}"),
+            Output::Json => emit(v),
             Output::Text => println!(
                 "{asg}: instance refresh {refresh_id} started (launch template {launch_template_id} version {version_number}, image {ami}); not waiting\n{}",
                 hints(&asg)
@@ -288,7 +294,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
             if g.output == Output::Json {
                 let mut v = base.clone();
                 v["result"] = json!("interrupted");
-                println!("{v}");
+                emit(v);
             }
             return EXIT_INTERRUPTED;
         }
@@ -337,7 +343,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
         Err(e) => format!("unknown ({e})"),
     };
     if g.output == Output::Json {
-        println!("{v}");
+        emit(v);
     }
     if ok {
         if g.output == Output::Text {
@@ -468,9 +474,8 @@ async fn status(asg: &str, g: &Global) -> u8 {
     };
     let latest = list.first();
     match g.output {
-        Output::Json => println!(
-            "{}",
-            json!({ "asg": asg, "refresh": latest, "active": latest.is_some_and(|r| r.is_active()), "group": now })
+        Output::Json => emit(
+            json!({ "asg": asg, "refresh": latest, "active": latest.is_some_and(|r| r.is_active()), "group": now }),
         ),
         Output::Text => match latest {
             Some(r) => {
@@ -509,17 +514,14 @@ async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
         Err(e) => {
             report_error(&e);
             if g.output == Output::Json {
-                println!("{}", json!({ "asg": asg, "error": e.to_string() }));
+                emit(json!({ "asg": asg, "error": e.to_string() }));
             }
             return EXIT_FAILED;
         }
     };
     if no_wait {
         match g.output {
-            Output::Json => println!(
-                "{}",
-                json!({ "asg": asg, "refresh_id": id, "requested": verb })
-            ),
+            Output::Json => emit(json!({ "asg": asg, "refresh_id": id, "requested": verb })),
             Output::Text => println!("{asg}: {verb} of instance refresh {id} requested"),
         }
         return 0;
@@ -549,7 +551,7 @@ async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
     }
     let now = deploy::group_now(&clients, asg).await.ok();
     match g.output {
-        Output::Json => println!("{}", json!({ "asg": asg, "refresh": r, "group": now })),
+        Output::Json => emit(json!({ "asg": asg, "refresh": r, "group": now })),
         Output::Text => print_refresh(asg, &r, now.as_ref()),
     }
     if r.status == want { 0 } else { EXIT_FAILED }
