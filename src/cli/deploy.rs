@@ -3,15 +3,17 @@
 //! [`crate::deploy`]; this file parses flags, shows progress, handles Ctrl-C (stop waiting,
 //! leave the refresh running) and prints text or JSON.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    CliError, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Vars, fail, interrupted,
-    load_clients, report_error,
+    CliError, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Report, Vars, fail, finish,
+    interrupted, load_clients, report_error,
 };
 use crate::aws::Clients;
 use crate::deploy::{self, DeployRequest, GroupNow, PrefFlags, RefreshView, Retention, Started};
@@ -100,7 +102,7 @@ pub enum DeployAction {
 
 pub async fn run(args: DeployArgs, g: &Global) -> u8 {
     match args.action {
-        Some(DeployAction::Status { asg }) => status(&asg, g).await,
+        Some(DeployAction::Status { asg }) => finish(status(&asg, g).await, g.output),
         Some(DeployAction::Cancel { asg, no_wait }) => stop(&asg, g, no_wait, false).await,
         Some(DeployAction::Rollback { asg, no_wait }) => stop(&asg, g, no_wait, true).await,
         None => deploy_cmd(args.run, g).await,
@@ -431,66 +433,66 @@ fn print_retention(r: Option<&Retention>) {
     }
 }
 
-fn print_refresh(asg: &str, r: &RefreshView, now: Option<&GroupNow>) {
-    println!("{asg}: instance refresh {} {}", r.id, r.progress());
+fn refresh_text(asg: &str, r: &RefreshView, now: Option<&GroupNow>) -> String {
+    let mut t = format!("{asg}: instance refresh {} {}", r.id, r.progress());
     if let Some(v) = &r.desired_version {
-        println!("  desired launch template version {v}");
+        let _ = write!(t, "\n  desired launch template version {v}");
     }
-    if let Some(t) = &r.start_time {
-        println!(
-            "  started {t}{}",
-            r.end_time
-                .as_ref()
-                .map(|e| format!(", ended {e}"))
-                .unwrap_or_default()
-        );
+    if let Some(start) = &r.start_time {
+        let end = r.end_time.as_ref().map(|e| format!(", ended {e}"));
+        let _ = write!(t, "\n  started {start}{}", end.unwrap_or_default());
     }
     if let Some(reason) = &r.rollback_reason {
-        println!("  rollback: {reason}");
+        let _ = write!(t, "\n  rollback: {reason}");
     }
     if let Some(n) = now {
-        println!("  group runs {}", n.describe());
+        let _ = write!(t, "\n  group runs {}", n.describe());
     }
+    t
 }
 
-async fn status(asg: &str, g: &Global) -> u8 {
-    let clients = match load_clients(g).await {
-        Ok(c) => c,
-        Err(e) => return fail(e, g.output),
-    };
-    let list = match deploy::refreshes(&clients, asg, &[]).await {
-        Ok(l) => l,
-        Err(e) => {
-            report_error(&e);
-            return EXIT_FAILED;
+/// `bake deploy status`: `{"format_version", "asg", "refresh", "active", "group"}`.
+#[derive(Serialize)]
+struct Status {
+    asg: String,
+    refresh: Option<RefreshView>,
+    active: bool,
+    group: GroupNow,
+}
+
+async fn status(asg: &str, g: &Global) -> Result<Status, CliError> {
+    let clients = load_clients(g).await?;
+    let list = deploy::refreshes(&clients, asg, &[])
+        .await
+        .map_err(CliError::runtime)?;
+    let group = deploy::group_now(&clients, asg)
+        .await
+        .map_err(CliError::runtime)?;
+    let refresh = list.into_iter().next();
+    Ok(Status {
+        asg: asg.to_string(),
+        active: refresh.as_ref().is_some_and(|r| r.is_active()),
+        refresh,
+        group,
+    })
+}
+
+impl Report for Status {
+    fn text(&self) -> String {
+        let asg = &self.asg;
+        let Some(r) = &self.refresh else {
+            return format!(
+                "{asg}: no instance refresh; group runs {}",
+                self.group.describe()
+            );
+        };
+        let mut t = refresh_text(asg, r, Some(&self.group));
+        if self.active {
+            t.push('\n');
+            t.push_str(&hints(asg).lines().skip(1).collect::<Vec<_>>().join("\n"));
         }
-    };
-    let now = match deploy::group_now(&clients, asg).await {
-        Ok(n) => n,
-        Err(e) => {
-            report_error(&e);
-            return EXIT_FAILED;
-        }
-    };
-    let latest = list.first();
-    match g.output {
-        Output::Json => emit(
-            json!({ "asg": asg, "refresh": latest, "active": latest.is_some_and(|r| r.is_active()), "group": now }),
-        ),
-        Output::Text => match latest {
-            Some(r) => {
-                print_refresh(asg, r, Some(&now));
-                if r.is_active() {
-                    println!(
-                        "{}",
-                        hints(asg).lines().skip(1).collect::<Vec<_>>().join("\n")
-                    );
-                }
-            }
-            None => println!("{asg}: no instance refresh; group runs {}", now.describe()),
-        },
+        t
     }
-    0
 }
 
 /// `cancel` (rollback = false) or `rollback`: request it, then follow to the end.
@@ -552,7 +554,7 @@ async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
     let now = deploy::group_now(&clients, asg).await.ok();
     match g.output {
         Output::Json => emit(json!({ "asg": asg, "refresh": r, "group": now })),
-        Output::Text => print_refresh(asg, &r, now.as_ref()),
+        Output::Text => println!("{}", refresh_text(asg, &r, now.as_ref())),
     }
     if r.status == want { 0 } else { EXIT_FAILED }
 }
