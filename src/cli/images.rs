@@ -208,10 +208,9 @@ pub struct RemovedAll {
 async fn rm(amis: &[String], force_in_use: bool, g: &Global) -> Result<RemovedAll, CliError> {
     let c = load_clients(g).await?;
     // An id that is not bake's (or not there) is bad input, not a failure.
-    let infos = retention::lookup(&c, amis).await.map_err(|e| {
-        report_error(&e);
-        CliError::Input(e.to_string())
-    })?;
+    let infos = retention::lookup(&c, amis)
+        .await
+        .map_err(|e| CliError::Input(e.to_string()))?;
     let busy: Vec<_> = infos.iter().filter(|i| !i.used_by.is_empty()).collect();
     if !busy.is_empty() && !force_in_use {
         for i in busy {
