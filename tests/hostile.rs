@@ -293,35 +293,52 @@ fn start_at(h: &Hostile, stage: &Stage, tag: &str) -> (Running, tempfile::TempDi
     (b, tmp)
 }
 
-/// `bake gc --yes` with the build's own journal; then nothing of `id` may be left. Returns
-/// (leftovers before gc, after gc, whether gc looked again for what EC2 did not list yet).
-fn gc_then_nothing_left(h: &Hostile, dir: &Path, id: &str, context: &str) -> (usize, usize, bool) {
+/// What one `bake gc --yes` after an interrupted build saw and did.
+struct GcRun {
+    /// Leftovers of the build (lab report) before and after gc.
+    before: usize,
+    after: usize,
+    /// gc looked again for what EC2 did not list yet (the build died just after a create).
+    again: bool,
+    /// Other tests' live builds gc found and left alone.
+    left_alone: usize,
+}
+
+impl std::fmt::Display for GcRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "leftovers before gc {}, after gc {} (gc looked again: {}; live builds beside it left alone: {})",
+            self.before, self.after, self.again, self.left_alone
+        )
+    }
+}
+
+/// `bake gc --yes` with the build's own journal; then nothing of `id` may be left.
+fn gc_then_nothing_left(h: &Hostile, dir: &Path, id: &str, context: &str) -> GcRun {
     let before = leftovers_of_build(&h.lab.env, id);
     let out = gc(&h.lab, dir, &["--yes"]);
     let after = leftovers_of_build(&h.lab.env, id);
-    assert!(
-        out.status.success(),
-        "gc --yes failed {context}:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "gc --yes failed {context}:\n{said}");
     assert!(
         after.is_empty(),
-        "{context}: left after gc {after:#?}\nbefore gc {before:#?}\ngc said:\n{}{}",
-        stdout(&out),
-        stderr(&out)
+        "{context}: left after gc {after:#?}\nbefore gc {before:#?}\ngc said:\n{said}"
     );
     // gc cleaned up after itself too: the journal entry is gone.
     assert!(
         !dir.join(format!("state/bake/builds/{id}.json")).exists(),
-        "{context}: journal entry kept\n{}",
-        stdout(&out)
+        "{context}: journal entry kept\n{said}"
     );
-    (
-        before.len(),
-        after.len(),
-        stderr(&out).contains("looking again"),
-    )
+    GcRun {
+        before: before.len(),
+        after: after.len(),
+        again: said.contains("looking again"),
+        left_alone: stdout(&out)
+            .lines()
+            .filter(|l| l.contains("running: ") && l.contains("left alone"))
+            .count(),
+    }
 }
 
 fn sigkill_then_gc(stage: &Stage) {
@@ -331,35 +348,31 @@ fn sigkill_then_gc(stage: &Stage) {
     b.kill9();
     let log = b.drain();
     let context = format!("SIGKILL at {} ({id})\n{log}", stage.name);
-    let (before, after, again) = gc_then_nothing_left(&h, tmp.path(), &id, &context);
-    eprintln!(
-        "hostile: SIGKILL at {}: leftovers before gc {before}, after gc {after} (gc looked again: {again})",
-        stage.name
-    );
+    let run = gc_then_nothing_left(&h, tmp.path(), &id, &context);
+    eprintln!("hostile: SIGKILL at {}: {run}", stage.name);
 }
 
 /// CI's cancel sequence (GitHub Actions: SIGINT, SIGTERM 7.5 s later, SIGKILL 2.5 s after
-/// that), its gaps scaled by the lab's time scale like every EC2 delay, so cleanup is as long
-/// relative to them as on EC2 (where terminating the builder alone takes 20-60 s).
-fn ci_cancel_then_gc(stage: &Stage) {
+/// that). `scaled`: the gaps times the lab's time scale, like every EC2 delay, so cleanup is as
+/// long relative to them as on EC2 (where terminating the builder alone takes 20-60 s, so
+/// SIGKILL comes mid-cleanup); else GitHub's own gaps (the lab's EC2 being 10x faster, bake
+/// mostly finishes cleaning up before SIGKILL).
+fn ci_cancel_then_gc(stage: &Stage, scaled: bool) {
     let h = hostile();
+    let k = if scaled { h.scale } else { 1.0 };
+    let (term, kill) = (7.5 * k, 2.5 * k);
     let (mut b, tmp) = start_at(&h, stage, "hcancel");
     let id = b.build_id();
-    let end = b.ci_cancel(
-        Duration::from_secs_f64(7.5 * h.scale),
-        Duration::from_secs_f64(2.5 * h.scale),
-    );
+    let end = b.ci_cancel(Duration::from_secs_f64(term), Duration::from_secs_f64(kill));
     let log = b.drain();
     let context = format!("CI cancel at {} ({id}): {end:?}\n{log}", stage.name);
     if let Cancelled::Exited(code) = end {
         assert_eq!(code, Some(130), "{context}");
     }
-    let (before, after, again) = gc_then_nothing_left(&h, tmp.path(), &id, &context);
+    let run = gc_then_nothing_left(&h, tmp.path(), &id, &context);
     eprintln!(
-        "hostile: CI cancel at {} (gaps {:.2}s/{:.2}s): {}, leftovers before gc {before}, after gc {after} (gc looked again: {again})",
+        "hostile: CI cancel at {} (SIGTERM +{term:.2}s, SIGKILL +{kill:.2}s): {}, {run}",
         stage.name,
-        7.5 * h.scale,
-        2.5 * h.scale,
         match end {
             Cancelled::Exited(_) => "bake exited by itself",
             Cancelled::Killed => "SIGKILLed",
@@ -368,27 +381,39 @@ fn ci_cancel_then_gc(stage: &Stage) {
 }
 
 macro_rules! at_every_stage {
-    ($($i:literal => $kill:ident, $cancel:ident;)*) => {$(
+    ($($i:literal => $kill:ident, $cancel:ident, $cancel_github:ident;)*) => {$(
         #[test]
         fn $kill() {
             sigkill_then_gc(&STAGES[$i]);
         }
         #[test]
         fn $cancel() {
-            ci_cancel_then_gc(&STAGES[$i]);
+            ci_cancel_then_gc(&STAGES[$i], true);
+        }
+        #[test]
+        fn $cancel_github() {
+            ci_cancel_then_gc(&STAGES[$i], false);
         }
     )*};
 }
 
 at_every_stage! {
-    0 => sigkill_at_prepare_then_gc_leaves_nothing, ci_cancel_at_prepare_then_gc_leaves_nothing;
-    1 => sigkill_at_launch_then_gc_leaves_nothing, ci_cancel_at_launch_then_gc_leaves_nothing;
-    2 => sigkill_at_connect_then_gc_leaves_nothing, ci_cancel_at_connect_then_gc_leaves_nothing;
-    3 => sigkill_at_upload_then_gc_leaves_nothing, ci_cancel_at_upload_then_gc_leaves_nothing;
-    4 => sigkill_at_step_then_gc_leaves_nothing, ci_cancel_at_step_then_gc_leaves_nothing;
-    5 => sigkill_at_stop_then_gc_leaves_nothing, ci_cancel_at_stop_then_gc_leaves_nothing;
-    6 => sigkill_at_image_pending_then_gc_leaves_nothing, ci_cancel_at_image_pending_then_gc_leaves_nothing;
-    7 => sigkill_at_cleanup_then_gc_leaves_nothing, ci_cancel_at_cleanup_then_gc_leaves_nothing;
+    0 => sigkill_at_prepare_then_gc_leaves_nothing, ci_cancel_scaled_at_prepare_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_prepare_then_gc_leaves_nothing;
+    1 => sigkill_at_launch_then_gc_leaves_nothing, ci_cancel_scaled_at_launch_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_launch_then_gc_leaves_nothing;
+    2 => sigkill_at_connect_then_gc_leaves_nothing, ci_cancel_scaled_at_connect_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_connect_then_gc_leaves_nothing;
+    3 => sigkill_at_upload_then_gc_leaves_nothing, ci_cancel_scaled_at_upload_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_upload_then_gc_leaves_nothing;
+    4 => sigkill_at_step_then_gc_leaves_nothing, ci_cancel_scaled_at_step_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_step_then_gc_leaves_nothing;
+    5 => sigkill_at_stop_then_gc_leaves_nothing, ci_cancel_scaled_at_stop_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_stop_then_gc_leaves_nothing;
+    6 => sigkill_at_image_pending_then_gc_leaves_nothing, ci_cancel_scaled_at_image_pending_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_image_pending_then_gc_leaves_nothing;
+    7 => sigkill_at_cleanup_then_gc_leaves_nothing, ci_cancel_scaled_at_cleanup_then_gc_leaves_nothing,
+        ci_cancel_github_gaps_at_cleanup_then_gc_leaves_nothing;
 }
 
 #[test]
