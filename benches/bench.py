@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+import realistic
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ROOT / "benches"
 GEN = BENCHES / "packer" / "gen-template.py"
@@ -86,7 +88,8 @@ def toml_str(s):
     return json.dumps(s)  # a JSON string is a valid TOML basic string
 
 
-def bake_recipe(name, w, files_dir, big):
+def bake_recipe(name, w, files_dir, big, extra_steps=(), ssh_timeout="2m"):
+    """extra_steps: further [[step]] blocks (TOML text) after the workload's own steps."""
     lines = [
         f"name = {toml_str(name)}",
         'description = "bake benchmark workload"',
@@ -104,7 +107,7 @@ def bake_recipe(name, w, files_dir, big):
         "[ssh]",
         'username = "admin"',
         'interface = "private_ip"',
-        'timeout = "2m"',
+        f"timeout = {toml_str(ssh_timeout)}",
         "",
     ]
     if w["upload_dir"]:
@@ -115,6 +118,7 @@ def bake_recipe(name, w, files_dir, big):
                   f'destination = "{DEST}/big"', 'mode = "0644"', ""]
     for i in range(w["steps"]):
         lines += ["[[step]]", f'name = "s{i:02d}"', 'run = "true"', ""]
+    lines += list(extra_steps)
     lines += [
         "[image]",
         'name = "{recipe}-{timestamp}-{short_hash}"',
@@ -518,6 +522,9 @@ class Bench:
             self.micro(big)
         return self.report()
 
+    def run_realistic(self):
+        return realistic.run_set(self)
+
     def rebuild_round(self, rnd, files_dir, big):
         """Workload 5: build once (untimed), then time unchanged rebuilds (the cache hit)."""
         name = f"bench-rebuild-r{rnd}-{rand_suffix()}"
@@ -779,6 +786,8 @@ def format_stages(stages):
 def rerender(path):
     """Prints the table of a saved results JSON again (with this version's report code)."""
     d = json.loads(Path(path).read_text())
+    if d.get("kind") == "realistic":
+        return realistic.rerender(d)
     b = Bench.__new__(Bench)
     b.samples = {tuple(k.split("/", 1)): v for k, v in d["samples"].items()}
     b.stages, b.floor, b.failures = d.get("bake_stages", {}), d.get("api_floor", {}), d.get("failures", [])
@@ -793,21 +802,36 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bake", help="the bake binary (release build)")
     ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the table of a saved run again")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, help="rounds (default 5; 1 for the realistic workloads)")
     ap.add_argument("--quick", action="store_true", help="1 round, 64 MiB big file, fewer micro runs")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the big file (default 1024 = 1 GiB)")
-    ap.add_argument("--only", help="comma list of: empty,steps30,files2000,big,rebuild,micro")
+    ap.add_argument("--only", help="comma list of: empty,steps30,files2000,big,rebuild,micro, or of the "
+                    "realistic set (on a LAB_PROFILE=realistic lab): realistic-empty,realistic-prefix "
+                    "('realistic' = both)")
+    ap.add_argument("--time-scale", type=float, help="realistic set: the lab's LAB_TIME_SCALE (default: "
+                    "the lab's own, 1 from benches/run); < 1 is a smoke test, its ratios are not valid")
     a = ap.parse_args()
     if a.report:
         sys.exit(rerender(a.report))
     if not a.bake:
         ap.error("--bake is required")
+    only = [w for x in (a.only or "").split(",") if x
+            for w in (realistic.WORKLOADS if x == "realistic" else [x])]
+    unknown = [w for w in only if w not in (*WORKLOADS, "rebuild", "micro", *realistic.WORKLOADS)]
+    if unknown:
+        ap.error(f"unknown workload(s): {', '.join(unknown)}")
+    a.realistic = [w for w in realistic.WORKLOADS if w in only]
+    if a.realistic and len(a.realistic) != len(only):
+        ap.error("the realistic workloads need a lab of their own: run them without the others")
+    a.only = ",".join(only) if only else None
+    if a.rounds is None:
+        a.rounds = 1 if a.realistic or a.quick else 5
     if a.quick:
         a.rounds = 1
     for k in ("AWS_ENDPOINT_URL", "BAKE_LAB_API"):
         if k not in os.environ:
             sys.exit(f"bench.py: {k} not set: run through benches/run (or source the lab's env)")
-    sys.exit(Bench(a).run())
+    sys.exit(Bench(a).run_realistic() if a.realistic else Bench(a).run())
 
 
 if __name__ == "__main__":

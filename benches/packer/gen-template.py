@@ -18,6 +18,7 @@ recipe (no provisioners unless asked; uploads straight to their final place):
                     (Packer's file provisioner cannot sudo)
   --ami-name N      ami_name (default packer-baseline-{{timestamp}})
   --tag K=V         extra tag on the AMI, builder and snapshots (repeatable)
+  --inline CMD      one shell provisioner running CMD (repeatable; after the other steps)
 
 The template is a stock amazon-ebs build; the only lab-specific settings are the endpoint,
 the credentials (from the environment: source .lab/env) and ssh_interface = private_ip.
@@ -28,7 +29,7 @@ import os
 
 
 def template(shell_steps=0, upload_dir=None, big_file=None, baseline=True, direct_dest=None,
-             ami_name="packer-baseline-{{timestamp}}", extra_tags=None):
+             ami_name="packer-baseline-{{timestamp}}", extra_tags=None, inline=None):
     provisioners = [] if not baseline else [
         {"type": "file", "source": "{{template_dir}}/files/hello.txt", "destination": "/tmp/hello.txt"},
         {
@@ -62,6 +63,8 @@ def template(shell_steps=0, upload_dir=None, big_file=None, baseline=True, direc
             {"type": "file", "source": os.path.abspath(big_file), "destination": "/tmp/big"},
             {"type": "shell", "inline": ["sudo mv /tmp/big /opt/big"]},
         ]
+    for cmd in inline or []:
+        provisioners.append({"type": "shell", "inline": [cmd]})
     return {
         "variables": {
             "endpoint": "{{env `AWS_ENDPOINT_URL`}}",
@@ -116,10 +119,12 @@ def main():
     ap.add_argument("--direct-dest")
     ap.add_argument("--ami-name", default="packer-baseline-{{timestamp}}")
     ap.add_argument("--tag", action="append", default=[], metavar="K=V")
+    ap.add_argument("--inline", action="append", default=[], metavar="CMD")
     a = ap.parse_args()
     tags = dict(t.split("=", 1) for t in a.tag)
     print(json.dumps(template(a.shell_steps, a.upload_dir, a.big_file, baseline=not a.no_baseline,
-                              direct_dest=a.direct_dest, ami_name=a.ami_name, extra_tags=tags), indent=2))
+                              direct_dest=a.direct_dest, ami_name=a.ami_name, extra_tags=tags,
+                              inline=a.inline), indent=2))
 
 
 if __name__ == "__main__":

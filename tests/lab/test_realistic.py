@@ -227,3 +227,33 @@ def test_switch_to_instant_finishes_transitions(ec2, res, debian_ami, realistic)
     assert not dropped_ips()
     ec2.stop_instances(InstanceIds=[iid])
     assert state(ec2, iid) == ("stopped", 80)  # instant again: no stopping phase
+
+
+def test_new_image_is_never_seen_available_before_pending(ec2, res, debian_ami, realistic):
+    """Another client polling DescribeImages while CreateImage runs sees the new image pending
+    first: moto registers it before the lab gives it its schedule, and that gap must not show."""
+    import threading
+
+    inst = res.run(debian_ami)
+    iid = inst["InstanceId"]
+    until(lambda: state(ec2, iid)[0] == "running", 40 * SCALE + 10, "running", step=0.2)
+    name = res.name("labtest-race")
+    seen: list[str] = []
+    stop = threading.Event()
+    watcher = ec2  # botocore clients are thread-safe
+
+    def watch():
+        while not stop.is_set():
+            for img in watcher.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]:
+                seen.append(img["State"])
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        ami = ec2.create_image(InstanceId=iid, Name=name, NoReboot=True)["ImageId"]
+        res.images.append(ami)
+        until(lambda: len(seen) >= 3, 10, "watcher saw the image", step=0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert seen[0] == "pending", seen[:5]

@@ -472,6 +472,43 @@ def install(lab: Any) -> Timing:
 
     m_amis.Ami.state = property(_ami_state_get, _ami_state_set)
 
+    # An image (and its snapshot) made by CreateImage/CopyImage is pending from the moment moto
+    # registers it: another thread's DescribeImages must never see it `available` in the gap
+    # before make_pending() gives it its real schedule.
+    creating = threading.local()
+
+    def born_pending(cls: Any) -> None:
+        orig_init = cls.__init__
+
+        def __init__(self, *a, **kw):
+            if getattr(creating, "born", None) is not None:
+                creating.born.append(self)
+                self.__dict__.update(_lab_timing=timing, _lab_gen=timing.generation,
+                                     _lab_start=time.monotonic(), _lab_ready_at=float("inf"))
+            orig_init(self, *a, **kw)
+
+        cls.__init__ = __init__
+
+    born_pending(m_amis.Ami)
+    born_pending(m_ebs.Snapshot)
+
+    def made_pending(call, seconds):
+        """Runs moto's create/copy with new images and snapshots born pending, then gives them
+        their schedule: `seconds(ami)` for the image, its share for its snapshot, and the
+        image's for anything else born in the call."""
+        if not timing.realistic:
+            return call()
+        creating.born = []
+        try:
+            ami = call()
+        finally:
+            born, creating.born = creating.born, None
+        make_pending(ami, seconds(ami))
+        for obj in born:
+            if obj.__dict__.get("_lab_ready_at") == float("inf"):
+                obj.__dict__["_lab_ready_at"] = ami.__dict__.get("_lab_ready_at")
+        return ami
+
     def _snap_status_get(self: Any) -> str:
         return self.__dict__.get("_lab_status", "completed") if _due(self) else "pending"
 
@@ -494,20 +531,19 @@ def install(lab: Any) -> Timing:
             raise EC2ClientError(
                 "IncorrectInstanceState",
                 f"The instance '{instance_id}' is not in a state from which it can be imaged.")
-        ami = orig(self, instance_id, *args, **kwargs)
-        if timing.realistic:
+        def seconds(ami: Any) -> float:
             layer = lab.layers_dir / ami.id
-            make_pending(ami, timing.image_seconds(tree_bytes(layer) if layer.exists() else 0))
-        return ami
+            return timing.image_seconds(tree_bytes(layer) if layer.exists() else 0)
+
+        return made_pending(lambda: orig(self, instance_id, *args, **kwargs), seconds)
 
     @_wrap(m_amis.AmiBackend, "copy_image")
     def copy_image(orig, self, source_image_id, *args, **kwargs):
-        ami = orig(self, source_image_id, *args, **kwargs)
-        if timing.realistic:
+        def seconds(ami: Any) -> float:
             info = lab.image_info(source_image_id)
-            nbytes = sum(tree_bytes(lab.layers_dir / layer) for layer in info.layers)
-            make_pending(ami, timing.image_seconds(nbytes))
-        return ami
+            return timing.image_seconds(sum(tree_bytes(lab.layers_dir / layer) for layer in info.layers))
+
+        return made_pending(lambda: orig(self, source_image_id, *args, **kwargs), seconds)
 
     # ---------------------------------------------------- instance profiles
     def touched(profile: Any) -> None:
