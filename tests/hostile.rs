@@ -370,12 +370,19 @@ fn ci_cancel_then_gc(stage: &Stage, scaled: bool) {
         assert_eq!(code, Some(130), "{context}");
     }
     let run = gc_then_nothing_left(&h, tmp.path(), &id, &context);
+    // What bake was still removing when SIGKILL came (it says so on SIGTERM).
+    let busy = log
+        .lines()
+        .filter_map(|l| l.split("still cleaning up (").nth(1))
+        .filter_map(|l| l.split(')').next())
+        .next_back()
+        .unwrap_or("?");
     eprintln!(
         "hostile: CI cancel at {} (SIGTERM +{term:.2}s, SIGKILL +{kill:.2}s): {}, {run}",
         stage.name,
         match end {
-            Cancelled::Exited(_) => "bake exited by itself",
-            Cancelled::Killed => "SIGKILLed",
+            Cancelled::Exited(_) => "bake exited by itself".to_string(),
+            Cancelled::Killed => format!("SIGKILLed while removing {busy}"),
         }
     );
 }
