@@ -374,7 +374,7 @@ fn ci_cancel_then_gc(stage: &Stage, scaled: bool) {
     let busy = log
         .lines()
         .filter_map(|l| l.split("still cleaning up (").nth(1))
-        .filter_map(|l| l.split(')').next())
+        .filter_map(|l| l.split("); press").next())
         .next_back()
         .unwrap_or("?");
     eprintln!(
