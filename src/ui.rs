@@ -8,7 +8,24 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::communicator::{Sink, Stream};
+/// Where step output and upload progress go (the UI implements this).
+pub trait Sink: Send + Sync {
+    /// One line of a step's output, without the trailing newline.
+    fn step_line(&self, step: &str, stream: Stream, line: &str);
+    /// Upload progress: `done` of `total` bytes sent so far, over all uploads.
+    fn upload_progress(&self, done: u64, total: u64);
+    /// A human-readable status note ("waiting for SSH on 127.0.1.4:22 (attempt 3)").
+    fn note(&self, msg: &str);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The sink the transports write to, shared between their tasks.
+pub type SharedSink = Arc<dyn Sink>;
 
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -255,7 +272,7 @@ impl Sink for Ui {
             (Some(_), Some((pb, _))) => pb.set_position(done),
             (None, _) => {
                 // Plain output: a line per quarter, not per chunk.
-                let quarter = if total == 0 { 4 } else { done * 4 / total };
+                let quarter = (done * 4).checked_div(total).unwrap_or(4);
                 let last = up.as_ref().map(|u| u.1).unwrap_or(u64::MAX);
                 if last != quarter {
                     drop(up);
@@ -270,10 +287,10 @@ impl Sink for Ui {
                 }
             }
         }
-        if done >= total {
-            if let Some((pb, _)) = up.take() {
-                pb.finish_and_clear();
-            }
+        if done >= total
+            && let Some((pb, _)) = up.take()
+        {
+            pb.finish_and_clear();
         }
     }
 
@@ -329,7 +346,7 @@ mod tests {
         let ui = Ui::new(true);
         let key = "-----BEGIN KEY-----\nAAAAsecretline1\n}\nBBBBsecretline2\n-----END KEY-----"
             .to_string();
-        ui.add_secrets(&[key.clone()]);
+        ui.add_secrets(std::slice::from_ref(&key));
         assert_eq!(ui.redact(&format!("k={key}!")), "k=[redacted]!");
         assert_eq!(ui.redact("  step | BBBBsecretline2"), "  step | [redacted]");
         assert_eq!(ui.redact(&key.replace('\n', "\\n")), "[redacted]");

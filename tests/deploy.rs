@@ -334,8 +334,7 @@ impl Drop for Fx {
 }
 
 fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
+    aws_smithy_types::base64::encode(s)
 }
 
 fn run(c: &mut Command) -> Output {

@@ -526,11 +526,9 @@ fn the_finished_image_holds_no_secret_and_no_temporary_key() {
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("gcsec-");
     let secret = format!("s3cr3t-{}", unique(""));
-    let tail = format!(
-        "[[step]]\nname = \"use\"\nsudo = true\nenv = {{ TOKEN = \"{{var.token}}\" }}\n\
-         run = \"test \\\"$TOKEN\\\" = '{{var.token}}' && sleep 3 && echo done > /etc/used-token\"\n\
-         [[step]]\nname = \"as-user\"\nrun = \"sudo true; echo {{var.token}} | sha256sum > /dev/null\"\n"
-    );
+    let tail = "[[step]]\nname = \"use\"\nsudo = true\nenv = { TOKEN = \"{var.token}\" }\n\
+         run = \"test \\\"$TOKEN\\\" = '{var.token}' && sleep 3 && echo done > /etc/used-token\"\n\
+         [[step]]\nname = \"as-user\"\nrun = \"sudo true; echo {var.token} | sha256sum > /dev/null\"\n".to_string();
     let head = format!("sensitive = [\"token\"]\n[variables]\ntoken = \"{secret}\"\n");
     let recipe = write_recipe(
         tmp.path(),

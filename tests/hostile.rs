@@ -611,7 +611,7 @@ fn a_taken_image_name_leaves_the_other_image_and_its_snapshots_alone() {
     std::fs::write(&r, text).unwrap();
 
     // Taken while the builder is provisioned: bake's CreateImage meets the other image.
-    let mut b = Running::start(build_cmd(&h.lab, tmp.path(), &[r.clone()], &[]));
+    let mut b = Running::start(build_cmd(&h.lab, tmp.path(), std::slice::from_ref(&r), &[]));
     b.wait_for("started-work");
     let id = b.build_id();
     let (other, snaps) = foreign_image(&h.lab, &image_name);

@@ -74,12 +74,9 @@ fn every_bad_recipe_fails_with_position_message_and_help() {
             "{fname}: first line must be `# expect: …`"
         );
         let exp = expectations(&src);
-        let errs = match recipe::load(&path, &[]) {
-            Ok(_) => {
-                failures.push(format!("{fname}: loaded without errors"));
-                continue;
-            }
-            Err(e) => e,
+        let Err(errs) = recipe::load(&path, &[]) else {
+            failures.push(format!("{fname}: loaded without errors"));
+            continue;
         };
         let out = errs.render_plain();
         if std::env::var_os("BAKE_CORPUS_BLESS").is_some() && src.contains("\n# expect-at: ?\n") {

@@ -123,10 +123,10 @@ fn compare(parser: &Sections, schema: &Sections) -> Vec<String> {
         let shown = if p.is_empty() { "(top level)" } else { p };
         match (parser.get(p), schema.get(p)) {
             (Some(_), None) => {
-                out.push(format!("section {shown}: in the parser, not in the schema"))
+                out.push(format!("section {shown}: in the parser, not in the schema"));
             }
             (None, Some(_)) => {
-                out.push(format!("section {shown}: in the schema, not in the parser"))
+                out.push(format!("section {shown}: in the schema, not in the parser"));
             }
             (Some(a), Some(b)) => {
                 for k in a.difference(b) {
@@ -328,7 +328,7 @@ fn validate(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
         errors.push(format!(
             "{}: {msg}",
             if at.is_empty() { "(top level)" } else { at }
-        ))
+        ));
     };
     let mut sub_errors = Vec::new();
     for (kw, s) in obj {
@@ -468,7 +468,7 @@ fn validate(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
                     if at.is_empty() { "(top level)" } else { at }
                 )),
                 (None, Some(sub @ Value::Object(_))) => {
-                    validate(sub, item, &join(at, k), &mut sub_errors)
+                    validate(sub, item, &join(at, k), &mut sub_errors);
                 }
                 (None, _) => {}
             }

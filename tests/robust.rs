@@ -436,15 +436,6 @@ fn collect(lines: &Receiver<String>) -> String {
     all
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-fn signal(child: &Child, sig: i32) {
-    unsafe { libc_kill(child.id() as i32, sig) };
-}
-
 const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;

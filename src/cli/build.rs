@@ -8,24 +8,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, report_error};
-use crate::aws::Clients;
-use crate::build::{self, BuildOptions, BuildResult, Cleanup};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, Global, load_clients, report_error};
+use crate::pipeline::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
 use crate::ui::{Output, Ui, fmt_duration};
-
-/// Resolves on SIGINT, SIGTERM or SIGHUP.
-pub async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-}
 
 /// The signals a build reacts to, installed once at the start so none is missed (or kills the
 /// process) between one wait and the next.
@@ -73,19 +59,9 @@ impl Signals {
 }
 
 enum Outcome {
-    Built(BuildResult),
+    Built(Box<BuildResult>),
     Failed(String),
     Interrupted,
-}
-
-pub async fn load_clients(g: &Global) -> Option<Clients> {
-    match Clients::load(g.region.as_deref(), g.profile.as_deref()).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            report_error(&e);
-            None
-        }
-    }
 }
 
 pub async fn build(
@@ -116,11 +92,11 @@ pub async fn build(
         .collect();
 
     // Ids, journal entries and lease renewals outlive the build future (cleanup needs them).
-    let ids: Vec<String> = recipes.iter().map(|_| build::new_build_id()).collect();
-    let lives: Vec<build::Liveness> = recipes
+    let ids: Vec<String> = recipes.iter().map(|_| pipeline::new_build_id()).collect();
+    let lives: Vec<pipeline::Liveness> = recipes
         .iter()
         .zip(&ids)
-        .map(|(r, id)| build::Liveness::start(&clients, r, id))
+        .map(|(r, id)| pipeline::Liveness::start(&clients, r, id))
         .collect();
 
     // All builds run inside one future so a signal cancels them together; each build's
@@ -135,7 +111,7 @@ pub async fn build(
                     r.name,
                     r.path.display()
                 ));
-                let res = build::run(clients, r, opts, ui, &cleanup, &id).await;
+                let res = pipeline::run(clients, r, opts, ui, &cleanup, &id).await;
                 (i, res)
             }
         })
@@ -148,7 +124,7 @@ pub async fn build(
         done = builds => {
             for (i, res) in done {
                 outcomes[i] = match res {
-                    Ok(r) => Outcome::Built(r),
+                    Ok(r) => Outcome::Built(Box::new(r)),
                     Err(e) => {
                         uis[i].line(&format!("build failed: {}", uis[i].redact(&e.to_string())));
                         Outcome::Failed(uis[i].redact(&e.to_string()))
@@ -218,7 +194,7 @@ pub async fn build(
     // The summary covers cleanup too: it is part of what a build costs.
     for (o, u) in outcomes.iter_mut().zip(&uis) {
         if let Outcome::Built(b) = o {
-            b.stages = build::stage_times(u);
+            b.stages = pipeline::stage_times(u);
             b.seconds = started.elapsed().as_secs_f64();
         }
     }
@@ -229,7 +205,7 @@ pub async fn build(
             .iter()
             .filter_map(|o| {
                 if let Outcome::Built(r) = o {
-                    Some(r)
+                    Some(&**r)
                 } else {
                     None
                 }
@@ -358,7 +334,7 @@ pub async fn plan(recipes: Vec<Recipe>, g: &Global) -> u8 {
     let mut rows = Vec::new();
     let mut code = 0;
     for r in &recipes {
-        match crate::images::plan_one(&clients, r).await {
+        match pipeline::lookup::plan_one(&clients, r).await {
             Ok(p) => rows.push(p),
             Err(e) => {
                 report_error(&e);

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::build::{interrupted, load_clients};
-use super::{EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Vars, report_error};
+use super::{
+    EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Vars, interrupted, load_clients,
+    report_error,
+};
 use crate::aws::Clients;
 use crate::deploy::{self, DeployRequest, GroupNow, PrefFlags, RefreshView, Retention, Started};
 use crate::ui::{Output, Ui, fmt_duration};

@@ -3,8 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::build::load_clients;
-use super::{EXIT_FAILED, Global, report_error};
+use super::{EXIT_FAILED, Global, load_clients, report_error};
 use crate::gc::{self, Options};
 use crate::ui::Output;
 
@@ -51,7 +50,7 @@ pub async fn run(args: GcArgs, g: &Global) -> u8 {
             .into_iter()
             .all(|ok| ok);
         for id in &survey.stale_journal {
-            crate::build::journal::remove(id);
+            crate::pipeline::journal::remove(id);
         }
         if !fresh.is_empty() {
             let ids: Vec<&str> = fresh.iter().map(|(id, _)| id.as_str()).collect();

@@ -3,8 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::build::load_clients;
-use super::{EXIT_FAILED, EXIT_INPUT, Global, report_error};
+use super::{EXIT_FAILED, EXIT_INPUT, Global, load_clients, report_error};
 use crate::images::retention::{self, Verdict};
 use crate::ui::Output;
 
@@ -49,8 +48,8 @@ pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
                     Output::Json => println!("{}", json!({ "images": list })),
                     Output::Text => {
                         println!(
-                            "{:<22} {:<14} {:<12} {:<21} {:<30} {}",
-                            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS", "USED BY"
+                            "{:<22} {:<14} {:<12} {:<21} {:<30} USED BY",
+                            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS"
                         );
                         for i in &list {
                             let snaps: Vec<String> = i

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::aws::Clients;
 use crate::recipe::{self, model::Recipe};
 use crate::ui::Output;
 
@@ -211,4 +212,28 @@ pub fn report_error(err: &(dyn std::error::Error + 'static)) {
         src = s.source();
     }
     eprintln!("{msg}");
+}
+
+/// The AWS clients of one command, from one loaded config; a failure is reported here.
+pub async fn load_clients(g: &Global) -> Option<Clients> {
+    match Clients::load(g.region.as_deref(), g.profile.as_deref()).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            report_error(&e);
+            None
+        }
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGHUP.
+pub async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
 }

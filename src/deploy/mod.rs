@@ -91,7 +91,7 @@ pub enum DeployError {
     #[error("image {0} not found or not available")]
     ImageNotAvailable(String),
     #[error("recipe fingerprint: {0}")]
-    Fingerprint(#[from] crate::build::BuildError),
+    Fingerprint(#[from] crate::pipeline::BuildError),
     #[error("waiting for instance refresh {id}: {message}")]
     Wait { id: String, message: String },
 }
@@ -393,7 +393,7 @@ pub async fn check_image(ec2: &aws_sdk_ec2::Client, ami: &str) -> Result<(), Dep
 
 /// The image carrying `recipe`'s current fingerprint (computed as `bake plan` does).
 pub async fn image_of_recipe(clients: &Clients, recipe: &Recipe) -> Result<String, DeployError> {
-    let plan = crate::images::plan_one(clients, recipe).await?;
+    let plan = crate::pipeline::lookup::plan_one(clients, recipe).await?;
     plan.hit.ok_or_else(|| DeployError::NotBuilt {
         recipe: recipe.name.clone(),
         fingerprint: plan.fingerprint.clone(),

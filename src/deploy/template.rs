@@ -414,7 +414,7 @@ pub fn to_request(d: &ResponseLaunchTemplateData, image_id: &str) -> RequestLaun
                         .set_max_price(s.max_price().map(str::to_string))
                         .set_spot_instance_type(s.spot_instance_type().cloned())
                         .set_block_duration_minutes(s.block_duration_minutes())
-                        .set_valid_until(s.valid_until().cloned())
+                        .set_valid_until(s.valid_until().copied())
                         .set_instance_interruption_behavior(
                             s.instance_interruption_behavior().cloned(),
                         )

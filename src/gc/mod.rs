@@ -21,9 +21,9 @@ pub use remove::remove;
 
 use crate::aws::ec2::{self, filter, tag_map};
 use crate::aws::{AwsError, Clients, Ctx};
-use crate::build::journal::{self, Entry};
-use crate::build::lease::{self, LEASE_TAG, Verdict};
-use crate::build::{STATE_TAG, is_complete};
+use crate::pipeline::journal::{self, Entry};
+use crate::pipeline::lease::{self, LEASE_TAG, Verdict};
+use crate::pipeline::{STATE_TAG, is_complete};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -391,7 +391,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
 
 /// How long EC2 may leave a resource made a moment ago out of its listings (eventual
 /// consistency); the same grace bake's own cleanup gives a known id that answers "not found".
-pub const SETTLE: Duration = crate::build::cleanup::KNOWN_ID_GRACE;
+pub const SETTLE: Duration = crate::pipeline::cleanup::KNOWN_ID_GRACE;
 
 /// Dead builds of this machine's journal (with or without anything found) that created
 /// something less than [`SETTLE`] ago: (build id, when EC2 lists all they made). Call before
@@ -463,7 +463,7 @@ fn split_s3(loc: &str) -> Option<(String, String)> {
     Some((b.to_string(), p.to_string()))
 }
 
-/// A build id as [`crate::build::new_build_id`] makes them.
+/// A build id as [`crate::pipeline::new_build_id`] makes them.
 pub fn is_build_id(s: &str) -> bool {
     s.len() == 12
         && s.starts_with("b-")

@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::InstanceStateName;
 use super::{Build, Kind, Resource, is_build_id};
 use crate::aws::ec2;
 use crate::aws::{AwsError, Clients, Ctx};
-use crate::build::journal;
+use crate::pipeline::journal;
 use crate::retry::{self, Backoff, Poll};
 
 /// Removes everything of `build`, recording the outcome on each resource. True if all went.
@@ -213,7 +213,7 @@ async fn retry_in_use<F, Fut, E>(
 ) -> Result<(), AwsError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
+    Fut: Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let r = retry::poll(

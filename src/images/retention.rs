@@ -71,7 +71,7 @@ fn info(i: &Image, usage: &Usage, sizes: &BTreeMap<String, Option<i32>>) -> Imag
         snapshots: ec2::image_snapshots(i)
             .into_iter()
             .map(|s| SnapshotInfo {
-                size_gib: sizes.get(&s).cloned().flatten(),
+                size_gib: sizes.get(&s).copied().flatten(),
                 id: s,
             })
             .collect(),

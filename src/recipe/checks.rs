@@ -245,7 +245,7 @@ pub fn check_image_name(template: &str, recipe: &str) -> Vec<Problem> {
                     match IMAGE_PLACEHOLDERS.iter().find(|(n, _)| *n == name) {
                         // an unresolved {var.X}/{env.X}: already reported where it is substituted
                         None if name.starts_with("var.") || name.starts_with("env.") => {
-                            expanded.push('x')
+                            expanded.push('x');
                         }
                         Some(("recipe", _)) => expanded.push_str(recipe),
                         Some((_, v)) => expanded.push_str(v),

@@ -11,11 +11,6 @@ pub const SIGINT: i32 = 2;
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 pub struct Running {
     child: Child,
     lines: Receiver<String>,
@@ -91,7 +86,7 @@ impl Running {
     }
 
     pub fn signal(&self, sig: i32) {
-        unsafe { libc_kill(self.child.id() as i32, sig) };
+        super::signal(&self.child, sig);
     }
 
     pub fn kill9(&mut self) {

@@ -10,13 +10,13 @@ region that has been used counts (backends moto never created hold nothing). Kin
 * `volume`         every volume not attached to a live instance (a live instance's attached
                    volumes go with it, or are named on the instance).
 * `key-pair`       every key pair; bake's build locks (`bake-lock-<fingerprint>`,
-                   src/build/lock.rs) are marked as such.
+                   src/pipeline/lock.rs) are marked as such.
 * `security-group` every security group except each VPC's `default`.
 * `image`          every image in any state, except the base catalogue (owner 136693071363).
 * `snapshot`       every snapshot no image uses.
 * `launch-template` every launch template, with its version numbers.
 * `s3-object`      every object in every bucket (bake stages SSM uploads and output under
-                   `<prefix><build-id>/`, src/communicator/ssm.rs).
+                   `<prefix><build-id>/`, src/remote/ssm.rs).
 * `ssm-command`    every SSM command invocation still Pending / InProgress / Delayed.
 * `ssm-parameter`  every SSM parameter (e.g. bake's `/bake/...`) except the public `/aws/...`
                    ones, in every region.

@@ -121,7 +121,7 @@ pub(super) fn builder(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<(Builder, O
                             user_data = Some(Sp {
                                 v: s,
                                 span: f.span.clone(),
-                            })
+                            });
                         }
                         Err(e) => cx.err(
                             Some(f.span.clone()),

@@ -125,7 +125,7 @@ pub(super) fn source(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Option<Source> {
                                     for i in a.iter() {
                                         match i.get_ref() {
                                             DeValue::String(s) => {
-                                                vals.push(cx.subst(s, &i.span(), true))
+                                                vals.push(cx.subst(s, &i.span(), true));
                                             }
                                             other => cx.err(
                                                 Some(i.span()),

@@ -287,9 +287,9 @@ impl Cx<'_> {
             self.no_sensitive(&v.span, &what, Exposed::Tags);
             for (on_key, p) in checks::check_tag(&k.v, &v.v) {
                 if on_key {
-                    self.problem(&k.span, &k.v, p)
+                    self.problem(&k.span, &k.v, p);
                 } else {
-                    self.problem(&v.span, &v.v, p)
+                    self.problem(&v.span, &v.v, p);
                 }
             }
             out.insert(k.v, v.v);

@@ -11,8 +11,9 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertific
 use russh::{Preferred, cipher};
 
 use super::SshTarget;
-use crate::communicator::{CommError, SharedSink};
+use crate::remote::CommError;
 use crate::retry::{self, Backoff, Poll, PollError};
+use crate::ui::SharedSink;
 
 /// Upper bound for one TCP connect + handshake + auth. A booting builder either answers
 /// quickly or not at all; waiting longer on one attempt only delays the next one.
@@ -74,16 +75,18 @@ impl client::Handler for Client {
 }
 
 fn config() -> Arc<client::Config> {
-    let mut preferred = Preferred::default();
     // AES-GCM runs on AES-NI/PCLMUL on both ends and is the fastest cipher pair with OpenSSH;
     // chacha20 stays as a fallback for servers that disable GCM.
-    preferred.cipher = std::borrow::Cow::Borrowed(&[
-        cipher::AES_256_GCM,
-        cipher::AES_128_GCM,
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_CTR,
-        cipher::AES_128_CTR,
-    ]);
+    let preferred = Preferred {
+        cipher: std::borrow::Cow::Borrowed(&[
+            cipher::AES_256_GCM,
+            cipher::AES_128_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        ..Preferred::default()
+    };
     Arc::new(client::Config {
         // Large window and packets so output and probes never stall on flow control.
         window_size: 16 * 1024 * 1024,

@@ -24,8 +24,10 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use super::exec::{capture, protocol};
-use crate::communicator::staging::{Item, upload_err};
-use crate::communicator::{CommError, shell_quote};
+use crate::remote::CommError;
+use crate::remote::transfer::script::shell_quote;
+use crate::remote::transfer::staging::{Item, upload_err};
+use crate::remote::transfer::verify;
 
 /// How files at or above the stream threshold travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,29 +258,7 @@ fn finish_script(item: &Item, temp: &str, hasher: &str) -> String {
         "set -e\nt={}\ntrap 'rm -f -- \"$t\"' EXIT\n",
         shell_quote(temp)
     );
-    script.push_str(&verify_and_move(item, hasher));
-    script
-}
-
-/// Shell that hashes the temp file `$t`, refuses it (exit 3, `bake-sha256:<hash>` on stderr)
-/// unless it matches `item`'s sha256, then gives it `item`'s owner and mode and renames it
-/// onto the destination. Shared by the raw stream and SFTP, so both check the same way.
-pub(super) fn verify_and_move(item: &Item, hasher: &str) -> String {
-    let expected = item.sha256.map(hex::encode).unwrap_or_default();
-    let mut script = format!("h=$({hasher} \"$t\" | cut -c1-64)\n");
-    if !expected.is_empty() {
-        script.push_str(&format!(
-            "[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"
-        ));
-    }
-    if let Some(owner) = &item.owner {
-        script.push_str(&format!("chown -- {} \"$t\"\n", shell_quote(owner)));
-    }
-    script.push_str(&format!(
-        "chmod {:o} -- \"$t\"\nmv -f -T -- \"$t\" {}\n",
-        item.mode & 0o7777,
-        shell_quote(&item.dest)
-    ));
+    script.push_str(&verify::verify_and_move(item, hasher));
     script
 }
 
@@ -307,5 +287,5 @@ pub(super) async fn upload(
 
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
     let out = capture(handle, &command, Vec::new()).await?;
-    super::upload::finish_outcome(&out, path, expected, "finishing")
+    verify::finish_outcome(out.status, &out.stderr_text(), path, expected, "finishing")
 }

@@ -13,7 +13,6 @@ use aws_sdk_ec2::types::{
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
     IpPermission, IpRange, ResourceType, ShutdownBehavior, VolumeType,
 };
-use base64::Engine;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 
 use super::BuildError;
@@ -230,7 +229,7 @@ pub async fn launch(
         .set_key_name(key_name)
         .set_subnet_id(recipe.builder.subnet_id.clone())
         .set_security_group_ids(Some(sg_ids))
-        .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
+        .user_data(aws_smithy_types::base64::encode(user_data))
         // The dead-man switch's power-off ends the instance, not just stops it.
         .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
         .metadata_options(

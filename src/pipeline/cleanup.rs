@@ -316,7 +316,7 @@ impl Cleanup {
 async fn find<T, F, Fut>(what: &str, window: Duration, mut lookup: F) -> Result<Vec<T>, AwsError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<T>, AwsError>>,
+    Fut: Future<Output = Result<Vec<T>, AwsError>>,
 {
     let r = retry::poll(Backoff::AWS.with_timeout(window), |_| {
         let fut = lookup();

@@ -12,6 +12,7 @@ pub mod journal;
 mod launch;
 pub mod lease;
 pub mod lock;
+pub mod lookup;
 mod provision;
 pub mod source;
 
@@ -23,9 +24,9 @@ pub use cleanup::{Cleanup, Undo};
 pub use image::{STATE_TAG, is_complete};
 
 use crate::aws::{AwsError, Clients};
-use crate::communicator::CommError;
-use crate::fingerprint::{self, Fingerprint, HashCache, PlanError};
+use crate::plan::{self, Fingerprint, HashCache, PlanError};
 use crate::recipe::model::Recipe;
+use crate::remote::CommError;
 use crate::ui::Ui;
 
 #[derive(Debug, Clone, Default)]
@@ -253,7 +254,7 @@ pub fn stage_times(ui: &Ui) -> Vec<StageTime> {
 pub struct Inputs {
     pub fp: Fingerprint,
     pub source: source::SourceImage,
-    pub plans: Vec<crate::communicator::UploadPlan>,
+    pub plans: Vec<plan::UploadPlan>,
     pub scripts: Vec<String>,
 }
 
@@ -265,15 +266,15 @@ pub async fn inputs(clients: &Clients, recipe: &Recipe) -> Result<Inputs, BuildE
         let cache = HashCache::default_path()
             .map(HashCache::open)
             .unwrap_or_else(HashCache::disabled);
-        fingerprint::plan_uploads(&uploads, &cache)
+        plan::plan_uploads(&uploads, &cache)
     });
     let source = source::resolve(&clients.ec2, &recipe.source).await;
     let plans = hashing
         .await
         .map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
     let source = source?;
-    let scripts = fingerprint::read_scripts(recipe)?;
-    let fp = fingerprint::compute(recipe, &source.id, &plans, &scripts);
+    let scripts = plan::read_scripts(recipe)?;
+    let fp = plan::compute(recipe, &source.id, &plans, &scripts);
     Ok(Inputs {
         fp,
         source,

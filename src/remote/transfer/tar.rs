@@ -36,10 +36,10 @@ pub fn header(
     if name.len() > 100 {
         long_record(out, b'L', &name);
     }
-    if let Kind::Symlink { target } = kind {
-        if target.len() > 100 {
-            long_record(out, b'K', target);
-        }
+    if let Kind::Symlink { target } = kind
+        && target.len() > 100
+    {
+        long_record(out, b'K', target);
     }
     let (size, flag, link) = match kind {
         Kind::File { size } => (*size, b'0', ""),

@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
 
-use super::{
-    CommError, SharedSink, StepOutcome, Stream, UploadPlan, run_file, shell_quote, step_script,
-};
+use super::transfer::script::{run_file, shell_quote, step_script};
+use super::{CommError, StepOutcome};
 use crate::aws::{AwsError, Clients, Ctx};
+use crate::plan::UploadPlan;
 use crate::recipe::model::{Ssm, Step};
 use crate::retry::{self, Backoff, Poll, PollError};
+use crate::ui::{SharedSink, Stream};
 
 /// What the API returns of stdout / stderr at most (characters).
 pub const STDOUT_LIMIT: usize = 24_000;
@@ -469,7 +470,7 @@ impl SsmCommunicator {
                             None => {
                                 cut = Some(format!(
                                     "stdout cut at {STDOUT_LIMIT} characters by the SSM API; the full copy in s3://{bucket}/{base}/stdout could not be read"
-                                ))
+                                ));
                             }
                         }
                     }
@@ -479,7 +480,7 @@ impl SsmCommunicator {
                             None => {
                                 cut = Some(format!(
                                     "stderr cut at {STDERR_LIMIT} characters by the SSM API; the full copy in s3://{bucket}/{base}/stderr could not be read"
-                                ))
+                                ));
                             }
                         }
                     }
@@ -488,7 +489,7 @@ impl SsmCommunicator {
                     cut = Some(format!(
                         "output cut by the SSM API (stdout at {STDOUT_LIMIT}, stderr at {STDERR_LIMIT} characters); \
                          set ssm.output_bucket to get all of it"
-                    ))
+                    ));
                 }
             }
         }

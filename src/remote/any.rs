@@ -3,7 +3,8 @@
 
 use super::ssh::SshCommunicator;
 use super::ssm::SsmCommunicator;
-use super::{CommError, StepOutcome, UploadPlan};
+use super::{CommError, StepOutcome};
+use crate::plan::UploadPlan;
 use crate::recipe::model::Step;
 
 pub enum Communicator {

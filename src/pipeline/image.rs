@@ -13,7 +13,7 @@ use super::launch::Builder;
 use super::source::SourceImage;
 use crate::aws::ec2::{self, filter, tag_list, tag_spec};
 use crate::aws::{AwsError, Clients, Ctx};
-use crate::fingerprint::{self, Fingerprint};
+use crate::plan::{self, Fingerprint};
 use crate::recipe::model::Recipe;
 use crate::ui::Ui;
 
@@ -43,13 +43,13 @@ pub fn image_tags(
     t.insert(STATE_TAG.into(), "pending".into());
     let (k, v) = super::lease::initial_tag();
     t.insert(k, v);
-    for (i, v) in fingerprint::encode_inputs(fp).into_iter().enumerate() {
+    for (i, v) in plan::encode_inputs(fp).into_iter().enumerate() {
         let key = if i == 0 {
             "bake:inputs".to_string()
         } else {
             format!("bake:inputs.{i}")
         };
-        t.insert(key, format!("v{}:{v}", fingerprint::VERSION));
+        t.insert(key, format!("v{}:{v}", plan::VERSION));
     }
     t
 }

@@ -39,7 +39,6 @@
 //! within 10 % of the raw stream (and at most 1.2 × `sftp put`)", so the raw stream stays the
 //! default and SFTP stays available, and tested, behind the one switch.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,13 +49,18 @@ use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
-use super::exec::{Captured, Chunk, capture, pipe};
-use super::{sftp, tarball};
-use crate::communicator::staging::{
-    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, split_streams,
-    tar_header, tar_mtime, upload_err,
+use super::exec::{Chunk, capture, pipe};
+use super::sftp;
+use crate::plan::{EntryKind, UploadPlan};
+use crate::remote::CommError;
+use crate::remote::transfer::script::shell_quote;
+use crate::remote::transfer::staging::{
+    Item, file_bytes, file_hashes, items, owners_and_roots, split_streams, tar_extract, tar_header,
+    tar_mtime, upload_err,
 };
-use crate::communicator::{CommError, EntryKind, SharedSink, UploadPlan, shell_quote};
+use crate::remote::transfer::tar;
+use crate::remote::transfer::verify;
+use crate::ui::SharedSink;
 
 /// Files at least this large get their own raw stream with the hash overlapped; below it the
 /// per-file cost of a channel outweighs the extra read for verification.
@@ -109,7 +113,7 @@ fn read_file(
     let mut left = item.size;
     while left > 0 {
         if buf.len() >= CHUNK {
-            let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
+            let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tar::BLOCK * 4));
             if tx
                 .blocking_send(Ok((full, std::mem::take(accounted))))
                 .is_err()
@@ -118,7 +122,7 @@ fn read_file(
             }
         }
         // `read_to_end` fills spare capacity without zeroing it first: at a gigabyte that matters.
-        let want = (CHUNK.saturating_sub(buf.len())).max(tarball::BLOCK) as u64;
+        let want = (CHUNK.saturating_sub(buf.len())).max(tar::BLOCK) as u64;
         let n = (&mut reader)
             .take(want.min(left))
             .read_to_end(buf)
@@ -141,7 +145,7 @@ fn read_file(
 /// Produces the tar stream for `items` on a blocking thread.
 fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
     let mtime = tar_mtime();
-    let mut buf = Vec::with_capacity(CHUNK + tarball::BLOCK * 4);
+    let mut buf = Vec::with_capacity(CHUNK + tar::BLOCK * 4);
     let mut accounted = 0u64;
     for item in &items {
         tar_header(&mut buf, item, mtime);
@@ -150,10 +154,10 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
-            buf.extend(std::iter::repeat_n(0u8, tarball::padding(item.size)));
+            buf.extend(std::iter::repeat_n(0u8, tar::padding(item.size)));
         }
         if buf.len() >= CHUNK {
-            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + tarball::BLOCK * 4));
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + tar::BLOCK * 4));
             if tx
                 .blocking_send(Ok((full, std::mem::take(&mut accounted))))
                 .is_err()
@@ -162,7 +166,7 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
             }
         }
     }
-    tarball::finish(&mut buf);
+    tar::finish(&mut buf);
     let _ = tx.blocking_send(Ok((buf, accounted)));
 }
 
@@ -229,23 +233,13 @@ pub async fn upload(
     Ok(())
 }
 
-fn hasher(remote: &Remote) -> &'static str {
-    if remote.openssl {
-        "openssl dgst -sha256 -r"
-    } else {
-        "sha256sum"
-    }
-}
-
 /// The builder side of one tar stream. Refuses unknown owners up front: tar would silently
-/// fall back to root. Existing directories keep their metadata (uploading into /usr/local/bin
-/// must not chmod it), and existing symlinks to directories stay symlinks where tar supports
-/// that. Idempotent, so streams running side by side can each run it.
+/// fall back to root. Idempotent, so streams running side by side can each run it.
 fn tar_script(items: &[Item]) -> String {
     format!(
-        "set -e\numask 022\n{}{TAR_KEEP_SYMLINKS}\
-         exec tar -x -p --same-owner --no-overwrite-dir $k -C / -f -\n",
-        owners_and_roots(items, items)
+        "set -e\numask 022\n{}{}",
+        owners_and_roots(items, items),
+        tar_extract("-", true)
     )
 }
 
@@ -297,7 +291,7 @@ async fn verify(
     );
     let out = capture(handle, &command, list).await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let remote_hashes = parse_hashes(&stdout);
+    let remote_hashes = verify::parse_hashes(&stdout);
     for (path, local) in files {
         let local = hex::encode(local);
         match remote_hashes.get(path.as_str()) {
@@ -325,24 +319,6 @@ async fn verify(
         }
     }
     Ok(())
-}
-
-/// Parses `openssl dgst -r` ("HEX *name") and `sha256sum` ("HEX  name", "\HEX  name" when the
-/// name needed escaping) output into name -> hex.
-fn parse_hashes(text: &str) -> BTreeMap<&str, String> {
-    let mut map = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.strip_prefix('\\').unwrap_or(line);
-        if line.len() < 66 || !line.is_char_boundary(64) || !line.is_char_boundary(66) {
-            continue;
-        }
-        let (hex, rest) = line.split_at(64);
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        map.insert(&rest[2..], hex.to_ascii_lowercase());
-    }
-    map
 }
 
 // ---- large-file transport hook (the transport itself: sftp.rs) ----
@@ -373,17 +349,7 @@ async fn upload_raw(
     item: Item,
 ) -> Result<(), CommError> {
     let expected = item.sha256.map(hex::encode).unwrap_or_default();
-    let dest = shell_quote(&item.dest);
-    let parent = shell_quote(
-        item.dest
-            .rsplit_once('/')
-            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }),
-    );
-    let mut script = format!(
-        "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
-         trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\n"
-    );
-    script.push_str(&sftp::verify_and_move(&item, hasher(remote)));
+    let script = verify::receive_script(&item, hasher(remote));
     let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
 
     let path = item.dest.clone();
@@ -391,50 +357,11 @@ async fn upload_raw(
     let producer = tokio::task::spawn_blocking(move || produce_raw(item, tx));
     let out = pipe(handle, &command, rx, |n| progress.add(n)).await;
     producer.abort();
-    finish_outcome(&out?, path, expected, "writing")
+    let out = out?;
+    verify::finish_outcome(out.status, &out.stderr_text(), path, expected, "writing")
 }
 
-/// Reads the result of the builder-side verify-and-move script shared by both large-file
-/// transports: exit 3 with `bake-sha256:<hex>` on stderr is a checksum mismatch.
-pub(super) fn finish_outcome(
-    out: &Captured,
-    path: String,
-    expected: String,
-    doing: &str,
-) -> Result<(), CommError> {
-    match out.status {
-        Some(0) => Ok(()),
-        Some(3) => {
-            let got = out
-                .stderr_text()
-                .lines()
-                .find_map(|l| l.strip_prefix("bake-sha256:"))
-                .unwrap_or("unknown")
-                .to_string();
-            Err(CommError::Checksum {
-                path,
-                local: expected,
-                remote: got,
-            })
-        }
-        _ => Err(upload_err(
-            &path,
-            format!("{doing} on the builder failed: {}", out.stderr_text()),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_both_hasher_formats() {
-        let h = "a".repeat(64);
-        let text = format!("{h} */opt/x y\n{h}  /opt/z\n\\{h}  /opt/w\\nq\n");
-        let m = parse_hashes(&text);
-        assert_eq!(m.get("/opt/x y"), Some(&h));
-        assert_eq!(m.get("/opt/z"), Some(&h));
-        assert_eq!(m.len(), 3);
-    }
+/// The hash command the builder has (see [`verify::hasher`]).
+fn hasher(remote: &Remote) -> &'static str {
+    verify::hasher(remote.openssl)
 }

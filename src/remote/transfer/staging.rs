@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::ssh::tarball::{self, Kind, Owner};
-use super::{CommError, EntryKind, UploadPlan, shell_quote};
+use super::script::shell_quote;
+use super::tar::{self, Kind, Owner};
+use crate::plan::{EntryKind, UploadPlan};
+use crate::remote::CommError;
 
 /// One thing to create on the builder.
 #[derive(Debug, Clone)]
@@ -179,7 +181,7 @@ pub(crate) fn tar_header(buf: &mut Vec<u8>, item: &Item, mtime: u64) {
         EntryKind::Dir => Kind::Dir,
         EntryKind::Symlink(t) => Kind::Symlink { target: t },
     };
-    tarball::header(buf, name, &kind, item.mode, &owner, mtime);
+    tar::header(buf, name, &kind, item.mode, &owner, mtime);
 }
 
 /// Shell that fails up front on owners of `owned` the builder does not know (tar would
@@ -224,10 +226,20 @@ pub(crate) fn owners_and_roots<'a>(
 }
 
 /// Sets `$k` to tar's `--keep-directory-symlink` where the builder's tar has it, so existing
-/// symlinks to directories stay symlinks. Unpack with
-/// `tar -x -p --same-owner --no-overwrite-dir $k -C /`: existing directories keep their
-/// metadata (uploading into /usr/local/bin must not chmod it).
-pub(crate) const TAR_KEEP_SYMLINKS: &str = "k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n";
+/// symlinks to directories stay symlinks.
+const TAR_KEEP_SYMLINKS: &str = "k=\ntar --help 2>/dev/null | grep -q -e --keep-directory-symlink && k=--keep-directory-symlink\n";
+
+/// The shell that unpacks the tar `archive` (a quoted path, or `-` for stdin) into `/`, the
+/// same way for both transports: owners and modes as recorded, existing directories keep their
+/// metadata (uploading into /usr/local/bin must not chmod it), and existing symlinks to
+/// directories stay symlinks where the builder's tar supports that. With `exec`, tar replaces
+/// the shell (the last command of a stream's script).
+pub(crate) fn tar_extract(archive: &str, exec: bool) -> String {
+    let exec = if exec { "exec " } else { "" };
+    format!(
+        "{TAR_KEEP_SYMLINKS}{exec}tar -x -p --same-owner --no-overwrite-dir $k -C / -f {archive}\n"
+    )
+}
 
 /// Splits `items` (sorted by destination, as [`items`] returns them) into at most `n` tar
 /// streams of about equal cost, for builders that unpack them side by side. Each stream
@@ -300,7 +312,7 @@ pub(crate) fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::communicator::PlannedEntry;
+    use crate::plan::PlannedEntry;
     use crate::recipe::model::Upload;
 
     #[test]
@@ -442,5 +454,82 @@ mod tests {
             .filter(|i| i.kind != EntryKind::Dir)
             .count();
         assert_eq!(leaves, 1, "the big file's stream holds nothing else");
+    }
+
+    /// The unpack fragment under a real `sh` and `tar`, fed a stream built from the items as
+    /// the transports build it: files, modes and a symlink land, and an existing directory
+    /// keeps its own mode.
+    #[test]
+    fn items_unpack_under_sh_and_an_existing_directory_keeps_its_mode() {
+        use std::io::Write;
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("keep")).unwrap();
+        std::fs::write(src.path().join("keep/f.txt"), b"hi").unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let out = dst.path().join("out");
+        let entry = |rel: &str, kind: EntryKind, size: u64| PlannedEntry {
+            rel: rel.into(),
+            kind,
+            size,
+            mode: 0o600,
+            sha256: None,
+        };
+        let plan = UploadPlan {
+            upload: Upload {
+                source: src.path().to_path_buf(),
+                is_dir: true,
+                destination: out.display().to_string(),
+                mode: Some(0o644),
+                owner: None,
+            },
+            entries: vec![
+                entry("keep", EntryKind::Dir, 0),
+                entry("keep/f.txt", EntryKind::File, 2),
+                entry("l", EntryKind::Symlink("keep".into()), 0),
+            ],
+        };
+        let all = items(&[plan]);
+        let mut tar_bytes = Vec::new();
+        for it in all.iter().filter(|i| !i.root) {
+            tar_header(&mut tar_bytes, it, tar_mtime());
+            if it.kind == EntryKind::File {
+                tar_bytes.extend(std::fs::read(&it.local).unwrap());
+                tar_bytes.extend(std::iter::repeat_n(0u8, tar::padding(it.size)));
+            }
+        }
+        tar::finish(&mut tar_bytes);
+        std::fs::create_dir_all(out.join("keep")).unwrap();
+        std::fs::set_permissions(out.join("keep"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let script = format!(
+            "set -e\numask 022\n{}{}",
+            owners_and_roots(&all, &all),
+            tar_extract("-", true)
+        );
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&tar_bytes).unwrap();
+        let done = child.wait_with_output().unwrap();
+        assert!(
+            done.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(std::fs::read(out.join("keep/f.txt")).unwrap(), b"hi");
+        assert_eq!(mode(&out.join("keep/f.txt")), 0o644);
+        assert_eq!(
+            mode(&out.join("keep")),
+            0o700,
+            "an existing directory keeps its mode"
+        );
+        assert_eq!(
+            std::fs::read_link(out.join("l")).unwrap(),
+            Path::new("keep")
+        );
     }
 }

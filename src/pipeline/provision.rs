@@ -8,11 +8,12 @@ use super::BuildError;
 use super::cleanup::{Cleanup, Undo};
 use super::launch::Builder;
 use crate::aws::{Clients, Ctx};
-use crate::communicator::any::Communicator;
-use crate::communicator::ssh::{SshCommunicator, SshTarget};
-use crate::communicator::ssm::{self, SsmCommunicator};
-use crate::communicator::{SharedSink, UploadPlan};
+use crate::plan::UploadPlan;
 use crate::recipe::model::{CommunicatorKind, Recipe, Step};
+use crate::remote::any::Communicator;
+use crate::remote::ssh::{SshCommunicator, SshTarget};
+use crate::remote::ssm::{self, SsmCommunicator};
+use crate::ui::SharedSink;
 use crate::ui::{Ui, fmt_bytes};
 
 pub async fn provision(

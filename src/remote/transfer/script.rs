@@ -1,105 +1,7 @@
-//! Talking to a builder instance: uploads and provisioning steps.
-//!
-//! The build pipeline sees one interchangeable [`Communicator`]; SSH and SSM are two
-//! implementations of the same operations, so cleanup, fingerprints and output stay one
-//! pipeline.
+//! The builder-side shell of a step: its script rendered with env and workdir, the stub that
+//! runs it from a private file, and quoting. One owner for both transports, tested under `sh`.
 
-pub mod any;
-pub mod ssh;
-pub mod ssm;
-mod staging;
-
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::recipe::model::{Step, Upload};
-
-/// Where step output and upload progress go (the UI implements this).
-pub trait Sink: Send + Sync {
-    /// One line of a step's output, without the trailing newline.
-    fn step_line(&self, step: &str, stream: Stream, line: &str);
-    /// Upload progress: `done` of `total` bytes sent so far, over all uploads.
-    fn upload_progress(&self, done: u64, total: u64);
-    /// A human-readable status note ("waiting for SSH on 127.0.1.4:22 (attempt 3)").
-    fn note(&self, msg: &str);
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// The local sha256 of every file of one upload, computed once (by the fingerprint) and
-/// reused to verify what landed on the builder.
-#[derive(Debug, Clone)]
-pub struct UploadPlan {
-    pub upload: Upload,
-    /// For a file: one entry with an empty relative path. For a directory: every regular
-    /// file, symlink and (empty) directory below it, relative path with `/` separators.
-    pub entries: Vec<PlannedEntry>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PlannedEntry {
-    pub rel: String,
-    pub kind: EntryKind,
-    pub size: u64,
-    /// Unix mode bits of the local file (permission bits only).
-    pub mode: u32,
-    /// sha256 of the file's bytes (files only).
-    pub sha256: Option<[u8; 32]>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryKind {
-    File,
-    Dir,
-    Symlink(String),
-}
-
-/// The result of running one step to completion (successfully or not).
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    pub exit_status: Option<u32>,
-    /// Last lines of combined output, for error messages.
-    pub tail: Vec<String>,
-    /// The connection dropped (expected for reboot steps).
-    pub disconnected: bool,
-    pub duration: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CommError {
-    #[error(
-        "host key of {addr} does not match the key bake gave the builder (expected {expected}, got {got}); refusing to connect"
-    )]
-    HostKeyMismatch {
-        addr: String,
-        expected: String,
-        got: String,
-    },
-    #[error("could not connect to {addr} within {timeout:?}: {last}")]
-    ConnectTimeout {
-        addr: String,
-        timeout: Duration,
-        last: String,
-    },
-    #[error("authentication as {user} on {addr} was refused")]
-    AuthRefused { addr: String, user: String },
-    #[error("upload of {path} failed: {reason}")]
-    Upload { path: String, reason: String },
-    #[error("checksum mismatch for {path} on the builder (local {local}, remote {remote})")]
-    Checksum {
-        path: String,
-        local: String,
-        remote: String,
-    },
-    #[error("step {step} timed out after {timeout:?}")]
-    StepTimeout { step: String, timeout: Duration },
-    #[error("{0}")]
-    Protocol(String),
-}
+use crate::recipe::model::Step;
 
 /// Renders a step as the shell script that runs on the builder (env, workdir, body). Shared by
 /// every communicator so steps behave the same over SSH and SSM. It never travels on a command
@@ -166,11 +68,10 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-pub type SharedSink = Arc<dyn Sink>;
-
 #[cfg(test)]
-mod script_tests {
+mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_step_runs_from_a_file_that_is_gone_once_it_starts() {

@@ -9,8 +9,35 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::HashCache;
-use crate::communicator::{EntryKind, PlannedEntry, UploadPlan};
 use crate::recipe::model::Upload;
+
+/// The local sha256 of every file of one upload, computed once (by the fingerprint) and
+/// reused to verify what landed on the builder.
+#[derive(Debug, Clone)]
+pub struct UploadPlan {
+    pub upload: Upload,
+    /// For a file: one entry with an empty relative path. For a directory: every regular
+    /// file, symlink and (empty) directory below it, relative path with `/` separators.
+    pub entries: Vec<PlannedEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedEntry {
+    pub rel: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Unix mode bits of the local file (permission bits only).
+    pub mode: u32,
+    /// sha256 of the file's bytes (files only).
+    pub sha256: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]

@@ -14,16 +14,17 @@ use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Done, SsmCommunicator};
-use crate::communicator::ssh::tarball;
-use crate::communicator::staging::{
-    Item, TAR_KEEP_SYMLINKS, file_bytes, file_hashes, items, owners_and_roots, tar_header,
-    tar_mtime, upload_err,
+use crate::plan::{EntryKind, UploadPlan};
+use crate::remote::CommError;
+use crate::remote::transfer::script::shell_quote;
+use crate::remote::transfer::staging::{
+    Item, file_bytes, file_hashes, items, owners_and_roots, tar_extract, tar_header, tar_mtime,
+    upload_err,
 };
-use crate::communicator::{CommError, EntryKind, UploadPlan, shell_quote};
+use crate::remote::transfer::tar;
 
 /// Files at least this large are staged as objects of their own (streamed from disk); smaller
 /// ones go into the tar object, built in memory.
@@ -48,10 +49,10 @@ fn build_tar(items: &[Item]) -> Result<(Vec<u8>, [u8; 32]), CommError> {
                     format!("{} changed while uploading", item.local.display()),
                 ));
             }
-            buf.extend(std::iter::repeat_n(0u8, tarball::padding(item.size)));
+            buf.extend(std::iter::repeat_n(0u8, tar::padding(item.size)));
         }
     }
-    tarball::finish(&mut buf);
+    tar::finish(&mut buf);
     let hash: [u8; 32] = Sha256::digest(&buf).into();
     Ok((buf, hash))
 }
@@ -112,11 +113,11 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
         done += small_bytes;
         c.sink.upload_progress(done, total);
         script.push_str(&format!(
-            "fetch {} \"$T/bundle.tar\"\ncheck {} \"$T/bundle.tar\" 'upload bundle'\n\
-             {TAR_KEEP_SYMLINKS}\
-             tar -x -p --same-owner --no-overwrite-dir $k -C / -f \"$T/bundle.tar\"\nrm -f \"$T/bundle.tar\"\n",
+            "fetch {} \"$T/bundle.tar\"\ncheck {} \"$T/bundle.tar\" 'upload bundle'\n{}\
+             rm -f \"$T/bundle.tar\"\n",
             shell_quote(&url),
-            hex::encode(hash)
+            hex::encode(hash),
+            tar_extract("\"$T/bundle.tar\"", false),
         ));
     }
     for (n, item) in large.iter().enumerate() {
@@ -218,7 +219,7 @@ pub(super) async fn put(
         .bucket(bucket)
         .key(key)
         .body(body)
-        .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha256))
+        .checksum_sha256(aws_smithy_types::base64::encode(sha256))
         .send()
         .await
         .map_err(|e| {

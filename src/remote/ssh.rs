@@ -21,7 +21,6 @@
 mod connect;
 mod exec;
 mod sftp;
-pub(crate) mod tarball; // also builds the SSM upload bundle
 mod upload;
 
 #[cfg(test)]
@@ -33,8 +32,10 @@ use std::time::Duration;
 use russh::client::Handle;
 use russh::keys::{PrivateKey, PublicKey};
 
-use super::{CommError, SharedSink, StepOutcome, UploadPlan};
+use super::{CommError, StepOutcome};
+use crate::plan::UploadPlan;
 use crate::recipe::model::Step;
+use crate::ui::SharedSink;
 
 /// Where and how to reach one builder.
 #[derive(Clone)]

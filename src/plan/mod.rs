@@ -21,9 +21,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use hashcache::HashCache;
-pub use walk::{PlanError, plan_uploads};
+pub use walk::{EntryKind, PlanError, PlannedEntry, UploadPlan, plan_uploads};
 
-use crate::communicator::{EntryKind, UploadPlan};
 use crate::recipe::model::{Recipe, StepBody};
 
 /// Bumped whenever the definition changes, so an old image never matches by accident.

@@ -47,7 +47,7 @@ fn disarm() -> String {
 /// cloud-init's copies of this builder's user data (they carry bake's host key and the
 /// recipe's user data).
 pub fn tidy_script(user: &str, key_blob: Option<&str>, instance_id: &str) -> String {
-    use crate::communicator::shell_quote;
+    use crate::remote::transfer::script::shell_quote;
     let mut s = String::from("# bake: what bake put on the builder stays out of the image\n");
     s.push_str(&disarm());
     if let Some(blob) = key_blob.filter(|b| !b.is_empty()) {

@@ -1,3 +1,6 @@
+//! The fingerprint's contract: what changes it, what leaves it alone, and how its inputs are
+//! recorded and compared.
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

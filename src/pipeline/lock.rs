@@ -24,7 +24,7 @@ use crate::retry::{self, Backoff, Poll};
 use crate::ui::Ui;
 
 /// A lock without a lease older than this belongs to a build that died without cleaning up.
-pub const STALE_AFTER: Duration = super::lease::LEGACY_STALE;
+pub const STALE_AFTER: Duration = lease::LEGACY_STALE;
 
 pub fn lock_name(fingerprint: &str) -> String {
     format!("bake-lock-{}", &fingerprint[..32])
@@ -52,7 +52,7 @@ pub async fn acquire(
     let tags = BTreeMap::from([
         ("bake:build-id".to_string(), build_id.to_string()),
         ("bake:lock".to_string(), fingerprint.to_string()),
-        super::lease::initial_tag(),
+        lease::initial_tag(),
     ]);
     cleanup.push(Undo::ReleaseLock {
         name: name.clone(),
@@ -64,7 +64,7 @@ pub async fn acquire(
         let told = &told;
         async move {
             // Every attempt may make the lock (gc then waits for EC2 to list it).
-            super::journal::touch(build_id);
+            journal::touch(build_id);
             let res = ec2
                 .import_key_pair()
                 .key_name(name)

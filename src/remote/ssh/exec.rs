@@ -10,10 +10,10 @@ use tokio::sync::mpsc;
 
 use super::Remote;
 use super::connect::Client;
-use crate::communicator::{
-    CommError, SharedSink, StepOutcome, Stream, run_file, shell_quote, step_script,
-};
 use crate::recipe::model::Step;
+use crate::remote::transfer::script::{run_file, shell_quote, step_script};
+use crate::remote::{CommError, StepOutcome};
+use crate::ui::{SharedSink, Stream};
 
 /// Lines of output kept for error messages.
 const TAIL_LINES: usize = 20;
@@ -196,12 +196,13 @@ impl Lines<'_> {
     fn emit(&mut self, stream: Stream, raw: &[u8]) {
         let text = String::from_utf8_lossy(raw);
         let line = text.strip_suffix('\r').unwrap_or(&text);
-        if stream == Stream::Stderr && self.want_marker {
-            if let Some(pid) = line.strip_prefix(PID_MARKER) {
-                self.want_marker = false;
-                self.pid = pid.trim().parse().ok();
-                return;
-            }
+        if stream == Stream::Stderr
+            && self.want_marker
+            && let Some(pid) = line.strip_prefix(PID_MARKER)
+        {
+            self.want_marker = false;
+            self.pid = pid.trim().parse().ok();
+            return;
         }
         self.sink.step_line(self.step, stream, line);
         if self.tail.len() == TAIL_LINES {
@@ -260,17 +261,14 @@ pub async fn run(
     let mut closed = false;
     let deadline = tokio::time::Instant::now() + step.timeout;
     loop {
-        let msg = match tokio::time::timeout_at(deadline, channel.wait()).await {
-            Ok(m) => m,
-            Err(_) => {
-                lines.flush();
-                kill(handle, remote, lines.pid).await;
-                let _ = channel.close().await;
-                return Err(CommError::StepTimeout {
-                    step: step.name.clone(),
-                    timeout: step.timeout,
-                });
-            }
+        let Ok(msg) = tokio::time::timeout_at(deadline, channel.wait()).await else {
+            lines.flush();
+            kill(handle, remote, lines.pid).await;
+            let _ = channel.close().await;
+            return Err(CommError::StepTimeout {
+                step: step.name.clone(),
+                timeout: step.timeout,
+            });
         };
         match msg {
             Some(ChannelMsg::Data { data }) => lines.feed(Stream::Stdout, &data),

@@ -1,0 +1,87 @@
+//! Whether a recipe's current fingerprint already has an image: what `bake plan` shows, what a
+//! build skips on and what `bake deploy --recipe` rolls out. Below images and deploy so both
+//! can ask without importing each other.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::BuildError;
+use crate::aws::Clients;
+use crate::aws::ec2::{self, filter, tag_map};
+use crate::plan;
+use crate::recipe::model::Recipe;
+
+/// One recipe's plan: its fingerprint, whether a build would be skipped, and otherwise what
+/// changed since the newest image of the recipe.
+#[derive(Debug, Serialize)]
+pub struct PlanRow {
+    pub recipe: String,
+    pub fingerprint: String,
+    pub source_ami: String,
+    /// The image a build would reuse.
+    pub hit: Option<String>,
+    /// The newest earlier image of this recipe, compared against on a miss.
+    pub newest: Option<String>,
+    pub changed: Vec<String>,
+}
+
+pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, BuildError> {
+    let super::Inputs { fp, source, .. } = super::inputs(clients, recipe).await?;
+    let mine = ec2::own_images(
+        &clients.ec2,
+        vec![filter("tag:bake:recipe", [recipe.name.as_str()])],
+    )
+    .await?;
+    let hit = mine
+        .iter()
+        .filter(|i| tag_map(i.tags()).get("bake:fingerprint") == Some(&fp.hash))
+        .filter(|i| i.state().map(|s| s.as_str()) == Some("available"))
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .and_then(|i| i.image_id().map(str::to_string));
+    let newest = mine
+        .iter()
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+    let (newest_id, changed) = match (&hit, newest) {
+        (None, Some(img)) => {
+            let tags = tag_map(img.tags());
+            let recorded = recorded_inputs(&tags);
+            let changed = if recorded.is_empty() {
+                vec![
+                    "the newest image records no inputs (made by another fingerprint version)"
+                        .to_string(),
+                ]
+            } else {
+                plan::diff_inputs(&fp, &recorded)
+            };
+            (img.image_id().map(str::to_string), changed)
+        }
+        _ => (None, vec![]),
+    };
+    Ok(PlanRow {
+        recipe: recipe.name.clone(),
+        fingerprint: fp.hash,
+        source_ami: source.id,
+        hit,
+        newest: newest_id,
+        changed,
+    })
+}
+
+/// The `bake:inputs*` tag values of the current fingerprint version, in order.
+fn recorded_inputs(tags: &BTreeMap<String, String>) -> Vec<String> {
+    let prefix = format!("v{}:", plan::VERSION);
+    let mut parts: Vec<(usize, String)> = tags
+        .iter()
+        .filter_map(|(k, v)| {
+            let idx = if k == "bake:inputs" {
+                0
+            } else {
+                k.strip_prefix("bake:inputs.")?.parse().ok()?
+            };
+            Some((idx, v.strip_prefix(&prefix)?.to_string()))
+        })
+        .collect();
+    parts.sort();
+    parts.into_iter().map(|(_, v)| v).collect()
+}
