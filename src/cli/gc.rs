@@ -41,6 +41,7 @@ pub async fn run(args: GcArgs, g: &Global) -> Result<GcReport, CliError> {
     let mut survey = gc::survey(&c, &opts).await.map_err(CliError::runtime)?;
     let mut failed = false;
     if args.yes {
+        let fresh = gc::fresh(&survey);
         let users = survey.snapshot_users.clone();
         let jobs = survey
             .builds
@@ -53,6 +54,32 @@ pub async fn run(args: GcArgs, g: &Global) -> Result<GcReport, CliError> {
             .all(|ok| ok);
         for id in &survey.stale_journal {
             crate::pipeline::journal::remove(id);
+        }
+        if !fresh.is_empty() {
+            let ids: Vec<&str> = fresh.iter().map(|(id, _)| id.as_str()).collect();
+            eprintln!(
+                "{} died less than {}s after creating something; looking again once EC2 lists it",
+                ids.join(", "),
+                gc::SETTLE.as_secs()
+            );
+            match gc::settle(&c, &opts, &fresh).await {
+                Ok(found) => {
+                    for b in found {
+                        failed |= b.resources.iter().any(|r| r.error.is_some());
+                        match survey.builds.iter_mut().find(|x| x.build_id == b.build_id) {
+                            Some(x) => {
+                                x.remove = true;
+                                x.resources.extend(b.resources);
+                            }
+                            None => survey.builds.push(b),
+                        }
+                    }
+                }
+                Err(e) => {
+                    super::report_error(&e);
+                    failed = true;
+                }
+            }
         }
     }
     Ok(GcReport {

@@ -389,6 +389,56 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
     })
 }
 
+/// How long EC2 may leave a resource made a moment ago out of its listings (eventual
+/// consistency); the same grace bake's own cleanup gives a known id that answers "not found".
+pub const SETTLE: Duration = crate::pipeline::cleanup::KNOWN_ID_GRACE;
+
+/// Dead builds of this machine's journal (with or without anything found) that created
+/// something less than [`SETTLE`] ago: (build id, when EC2 lists all they made). Call before
+/// removing, while their journal entries exist.
+pub fn fresh(survey: &Survey) -> Vec<(String, std::time::SystemTime)> {
+    let dead_here = survey
+        .builds
+        .iter()
+        .filter(|b| b.remove && b.journal.is_some())
+        .map(|b| b.build_id.clone())
+        .chain(survey.stale_journal.iter().cloned());
+    let now = std::time::SystemTime::now();
+    dead_here
+        .filter_map(|id| {
+            let at = journal::touched(&id)? + SETTLE;
+            (at > now).then_some((id, at))
+        })
+        .collect()
+}
+
+/// Looks again at the `fresh` builds once EC2 lists all they made, and removes what the first
+/// look could not see yet. They were judged dead by the journal moments ago (their bake process
+/// is gone, it cannot come back), so they are removed whatever their leases say now. Returns
+/// those builds with what was found this time.
+pub async fn settle(
+    c: &Clients,
+    opts: &Options,
+    fresh: &[(String, std::time::SystemTime)],
+) -> Result<Vec<Build>, AwsError> {
+    let Some(at) = fresh.iter().map(|(_, t)| *t).max() else {
+        return Ok(Vec::new());
+    };
+    if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let again = survey(c, opts).await?;
+    let mut found = Vec::new();
+    for mut b in again.builds {
+        if fresh.iter().any(|(id, _)| *id == b.build_id) {
+            b.remove = true;
+            remove(c, &mut b, &again.snapshot_users).await;
+            found.push(b);
+        }
+    }
+    Ok(found)
+}
+
 /// Why an image of bake's is unfinished, or None when it is complete (never a candidate).
 pub fn half_made(tags: &BTreeMap<String, String>, state: Option<&ImageState>) -> Option<String> {
     let st = state.map(|s| s.as_str()).unwrap_or("unknown");

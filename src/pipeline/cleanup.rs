@@ -127,6 +127,18 @@ impl Undo {
         }
     }
 
+    /// The build whose resource this is (staged S3 objects: S3 lists new objects at once).
+    fn build_id(&self) -> Option<&str> {
+        match self {
+            Undo::TerminateInstance { build_id, .. }
+            | Undo::DeleteKeyPair { build_id, .. }
+            | Undo::DeleteSecurityGroup { build_id, .. }
+            | Undo::DeregisterImage { build_id, .. }
+            | Undo::ReleaseLock { build_id, .. } => Some(build_id),
+            Undo::DeleteStagedObjects { .. } => None,
+        }
+    }
+
     fn made_mut(&mut self) -> Option<&mut Made> {
         match self {
             Undo::TerminateInstance { made, .. }
@@ -198,6 +210,9 @@ impl Cleanup {
 
     /// Registers an undo; call before creating the resource.
     pub fn push(&self, undo: Undo) -> Token {
+        if let Some(b) = undo.build_id() {
+            super::journal::touch(b);
+        }
         let mut n = self.next.lock().unwrap();
         *n += 1;
         self.stack.lock().unwrap().push((*n, undo));
@@ -216,11 +231,13 @@ impl Cleanup {
 
     fn set_made(&self, t: Token, m: Made) {
         let mut stack = self.stack.lock().unwrap();
-        if let Some(made) = stack
-            .iter_mut()
-            .find(|(n, _)| *n == t.0)
-            .and_then(|(_, u)| u.made_mut())
-        {
+        let Some((_, undo)) = stack.iter_mut().find(|(n, _)| *n == t.0) else {
+            return;
+        };
+        if let Some(b) = undo.build_id() {
+            super::journal::touch(b);
+        }
+        if let Some(made) = undo.made_mut() {
             // A known id is never forgotten (a late "refused" from a retry cannot undo it).
             if made.id().is_none() {
                 *made = m;

@@ -147,6 +147,28 @@ pub fn remove(build_id: &str) {
     }
 }
 
+/// Marks the build's entry as touched now: called whenever the build is about to create, or
+/// has just created, something. `bake gc` takes the entry's mtime as the time of the build's
+/// newest resource, which EC2 may not list yet (eventual consistency).
+pub fn touch(build_id: &str) {
+    let Some(dir) = dir() else { return };
+    if let Ok(f) = std::fs::File::options()
+        .write(true)
+        .open(dir.join(format!("{build_id}.json")))
+    {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// When the build last touched its entry (see [`touch`]).
+pub fn touched(build_id: &str) -> Option<std::time::SystemTime> {
+    let dir = dir()?;
+    std::fs::metadata(dir.join(format!("{build_id}.json")))
+        .ok()?
+        .modified()
+        .ok()
+}
+
 pub fn read(build_id: &str) -> Option<Entry> {
     let dir = dir()?;
     let bytes = std::fs::read(dir.join(format!("{build_id}.json"))).ok()?;

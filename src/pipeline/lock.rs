@@ -63,6 +63,8 @@ pub async fn acquire(
         let (name, tags) = (&name, &tags);
         let told = &told;
         async move {
+            // Every attempt may make the lock (gc then waits for EC2 to list it).
+            journal::touch(build_id);
             let res = ec2
                 .import_key_pair()
                 .key_name(name)

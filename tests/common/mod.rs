@@ -5,6 +5,8 @@
 //! check that nothing of *its* build is left.
 #![allow(dead_code)]
 
+pub mod run;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
