@@ -66,6 +66,42 @@ pub fn build_prefix(settings: &Ssm, build_id: &str) -> String {
     }
 }
 
+/// Objects a build stages outside the builder, under one bucket and prefix. Removing them is
+/// the build's undo, registered before the builder is launched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedObjects {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl StagedObjects {
+    /// `s3://bucket/prefix`, as recorded in the builder's `bake:staging` tag.
+    pub fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Where an SSM build stages objects: the staging bucket and, when it is another one, the
+/// output bucket, each under `<prefix><build-id>/`.
+pub fn staged_objects(settings: &Ssm, build_id: &str) -> Vec<StagedObjects> {
+    let prefix = build_prefix(settings, build_id);
+    let mut out = vec![StagedObjects {
+        bucket: settings.bucket.clone(),
+        prefix: prefix.clone(),
+    }];
+    if let Some(b) = settings
+        .output_bucket
+        .as_ref()
+        .filter(|b| **b != settings.bucket)
+    {
+        out.push(StagedObjects {
+            bucket: b.clone(),
+            prefix,
+        });
+    }
+    out
+}
+
 pub struct SsmCommunicator {
     clients: Clients,
     instance_id: String,
