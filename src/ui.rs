@@ -90,14 +90,7 @@ impl Ui {
     }
 
     pub fn redact(&self, text: &str) -> String {
-        let secrets = self.inner.secrets.lock().unwrap();
-        let mut out = text.to_string();
-        for s in secrets.iter() {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "[redacted]");
-            }
-        }
-        out
+        redact(text, &self.inner.secrets.lock().unwrap())
     }
 
     /// Prints one line above any progress bars.
@@ -162,6 +155,44 @@ impl Ui {
 
 /// What to redact for these secret values: each value, and each line of a multi-line value
 /// (trimmed; lines shorter than 4 characters, such as a lone brace, would redact too much).
+/// What a sensitive value is replaced with wherever bake prints text: output, stage
+/// messages, recipe diagnostics.
+pub const REDACTED: &str = "[redacted]";
+
+/// `text` with every one of `secrets` (in the order given: longest first if one contains
+/// another) replaced by [`REDACTED`].
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
+/// The last lines of a step's output, kept for its error message.
+#[derive(Debug, Clone, Default)]
+pub struct OutputTail {
+    lines: std::collections::VecDeque<String>,
+}
+
+impl OutputTail {
+    /// As many lines as an error message shows.
+    pub const LINES: usize = 20;
+
+    pub fn push(&mut self, line: &str) {
+        if self.lines.len() == Self::LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.to_string());
+    }
+
+    pub fn into_lines(self) -> Vec<String> {
+        self.lines.into()
+    }
+}
+
 fn secret_fragments(secrets: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for v in secrets.iter().filter(|v| !v.is_empty()) {
@@ -352,6 +383,21 @@ mod tests {
         assert_eq!(ui.redact(&key.replace('\n', "\\n")), "[redacted]");
         // A short line of the value (a brace) is not redacted everywhere.
         assert_eq!(ui.redact("fn x() {}"), "fn x() {}");
+    }
+
+    #[test]
+    fn the_output_tail_keeps_the_last_lines_in_order() {
+        let mut t = OutputTail::default();
+        for i in 0..OutputTail::LINES + 5 {
+            t.push(&format!("line {i}"));
+        }
+        let lines = t.into_lines();
+        assert_eq!(lines.len(), OutputTail::LINES);
+        assert_eq!(lines.first().map(String::as_str), Some("line 5"));
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("line {}", OutputTail::LINES + 4).as_str())
+        );
     }
 
     #[test]

@@ -297,7 +297,7 @@ fn env_defaults_secrets_and_shell_braces() {
     let e = recipe::load_str_with_env(&bad, Path::new("s.toml"), &[], &env).unwrap_err();
     let out = e.render_plain();
     assert!(!out.contains("s3cr3t-value"), "{out}");
-    assert!(out.contains("`***` is not a valid AMI id"), "{out}");
+    assert!(out.contains("`[redacted]` is not a valid AMI id"), "{out}");
 }
 
 #[test]

@@ -7,21 +7,15 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Image, ImageState, InstanceStateName, ResourceType};
 
-use super::BuildError;
-use super::cleanup::{Cleanup, Undo};
+use super::cleanup::Undo;
 use super::launch::Builder;
 use super::source::SourceImage;
+use super::{Bake, BuildError, FoundImage, Inputs};
+use crate::aws::AwsError;
+use crate::aws::Ctx;
 use crate::aws::ec2::{self, filter, tag_list, tag_spec};
-use crate::aws::{AwsError, Clients, Ctx};
 use crate::plan::{self, Fingerprint};
 use crate::recipe::model::Recipe;
-use crate::ui::Ui;
-
-pub struct MadeImage {
-    pub ami_id: String,
-    pub name: String,
-    pub snapshots: Vec<String>,
-}
 
 /// `pending` from CreateImage until the image is available and tagged, then `complete`. Images
 /// from bakes before this tag have none and count as complete once available.
@@ -65,135 +59,142 @@ pub fn image_name(template: &str, recipe: &str, fp: &Fingerprint) -> String {
         .replace("{date}", &now.strftime("%Y-%m-%d").to_string())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn make_image(
-    clients: &Clients,
-    recipe: &Recipe,
-    builder: &Builder,
-    fp: &Fingerprint,
-    source: &SourceImage,
-    ui: &Ui,
-    cleanup: &Cleanup,
-    build_id: &str,
-    name: &str,
-) -> Result<MadeImage, BuildError> {
-    let ec2 = &clients.ec2;
-    let id = &builder.instance_id;
-    let st = ui.stage("stop", &format!("stopping {id}"));
-    ec2::settle(
-        "StopInstances",
-        id,
-        Duration::from_secs(300),
-        |e| e.is_not_found() || e.code_is(&["IncorrectInstanceState"]),
-        || async {
-            ec2.stop_instances()
-                .instance_ids(id)
-                .send()
-                .await
-                .ctx("StopInstances", Some(id))
-        },
-    )
-    .await?;
-    ec2::wait_instance_state(
-        ec2,
-        id,
-        InstanceStateName::Stopped,
-        Duration::from_secs(900),
-    )
-    .await?;
-    st.finish(&format!("{id} stopped"));
-
-    let tags = image_tags(recipe, fp, source, build_id);
-    let mut snap_tags = tags.clone();
-    snap_tags.extend(recipe.image.snapshot_tags.clone());
-    let st = ui.stage("image", &format!("creating {name}"));
-    let undo = cleanup.push(Undo::image(name, build_id));
-    let req = ec2
-        .create_image()
-        .instance_id(id)
-        .name(name)
-        .set_description(recipe.image.description.clone())
-        .no_reboot(true)
-        .tag_specifications(tag_spec(ResourceType::Image, &tags))
-        .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags));
-    // CreateImage takes no client token: a retry after a lost answer is refused as a
-    // duplicate name, and the image of that name carrying this build's tag is the one the
-    // first attempt made.
-    let res = ec2::settle(
-        "CreateImage",
-        name,
-        // Bounded: "not in state" also answers an instance that terminated and never will be.
-        Duration::from_secs(120),
-        create_image_transient,
-        || {
-            let req = req.clone();
-            async move { req.send().await.ctx("CreateImage", Some(name)) }
-        },
-    )
-    .await;
-    let ami = match res {
-        Ok(out) => out.image_id().unwrap_or_default().to_string(),
-        Err(e) if e.code_is(&["InvalidAMIName.Duplicate"]) => {
-            match adopt_image(ec2, name, build_id).await? {
-                Ok(ami) => ami,
-                Err(other) => {
-                    cleanup.refused(undo);
-                    return Err(name_taken(name, &other));
-                }
-            }
-        }
-        Err(e) => {
-            if e.is_refusal() {
-                cleanup.refused(undo);
-            }
-            return Err(e.into());
-        }
-    };
-    if ami.is_empty() {
-        return Err(AwsError::new(
-            "CreateImage",
-            Some(name.into()),
-            "no image id in the answer",
-        )
-        .into());
-    }
-    cleanup.resolve(undo, &ami);
-    st.update(&format!("{ami} pending"));
-    let img = ec2::wait_image_available(ec2, &ami, Duration::from_secs(3600)).await?;
-    let snapshots = ec2::image_snapshots(&img);
-    // Make sure every snapshot carries the tags even where CreateImage ignored the snapshot
-    // TagSpecification; CreateTags is idempotent. The snapshots are new: "not found" is "not yet".
-    snap_tags.insert(STATE_TAG.into(), "complete".into());
-    snap_tags.remove(super::lease::LEASE_TAG);
-    if !snapshots.is_empty() {
-        let what = snapshots.join(",");
+impl Bake<'_> {
+    /// The "stop" and "image" stages: the provisioned builder becomes the image `name`,
+    /// tagged with how it was made and marked complete.
+    pub(super) async fn make_image(
+        &self,
+        builder: &Builder,
+        inputs: &Inputs,
+        name: &str,
+    ) -> Result<FoundImage, BuildError> {
+        let Bake {
+            clients,
+            recipe,
+            ui,
+            cleanup,
+            build_id,
+            ..
+        } = *self;
+        let Inputs { fp, source, .. } = inputs;
+        let ec2 = &clients.ec2;
+        let id = &builder.instance_id;
+        let st = ui.stage("stop", &format!("stopping {id}"));
         ec2::settle(
-            "CreateTags",
-            &what,
-            ec2::VISIBILITY,
-            ec2::not_yet_visible,
+            "StopInstances",
+            id,
+            Duration::from_secs(300),
+            |e| e.is_not_found() || e.code_is(&["IncorrectInstanceState"]),
             || async {
-                ec2.create_tags()
-                    .set_resources(Some(snapshots.clone()))
-                    .set_tags(Some(tag_list(&snap_tags)))
+                ec2.stop_instances()
+                    .instance_ids(id)
                     .send()
                     .await
-                    .ctx("CreateTags", Some(&what))
+                    .ctx("StopInstances", Some(id))
             },
         )
         .await?;
+        ec2::wait_instance_state(
+            ec2,
+            id,
+            InstanceStateName::Stopped,
+            Duration::from_secs(900),
+        )
+        .await?;
+        st.finish(&format!("{id} stopped"));
+
+        let tags = image_tags(recipe, fp, source, build_id);
+        let mut snap_tags = tags.clone();
+        snap_tags.extend(recipe.image.snapshot_tags.clone());
+        let st = ui.stage("image", &format!("creating {name}"));
+        let undo = cleanup.push(Undo::image(name, build_id));
+        let req = ec2
+            .create_image()
+            .instance_id(id)
+            .name(name)
+            .set_description(recipe.image.description.clone())
+            .no_reboot(true)
+            .tag_specifications(tag_spec(ResourceType::Image, &tags))
+            .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags));
+        // CreateImage takes no client token: a retry after a lost answer is refused as a
+        // duplicate name, and the image of that name carrying this build's tag is the one the
+        // first attempt made.
+        let res = ec2::settle(
+            "CreateImage",
+            name,
+            // Bounded: "not in state" also answers an instance that terminated and never will be.
+            Duration::from_secs(120),
+            create_image_transient,
+            || {
+                let req = req.clone();
+                async move { req.send().await.ctx("CreateImage", Some(name)) }
+            },
+        )
+        .await;
+        let ami = match res {
+            Ok(out) => out.image_id().unwrap_or_default().to_string(),
+            Err(e) if e.code_is(&["InvalidAMIName.Duplicate"]) => {
+                match adopt_image(ec2, name, build_id).await? {
+                    Ok(ami) => ami,
+                    Err(other) => {
+                        cleanup.refused(undo);
+                        return Err(name_taken(name, &other));
+                    }
+                }
+            }
+            Err(e) => {
+                if e.is_refusal() {
+                    cleanup.refused(undo);
+                }
+                return Err(e.into());
+            }
+        };
+        if ami.is_empty() {
+            return Err(AwsError::new(
+                "CreateImage",
+                Some(name.into()),
+                "no image id in the answer",
+            )
+            .into());
+        }
+        cleanup.resolve(undo, &ami);
+        st.update(&format!("{ami} pending"));
+        let img = ec2::wait_image_available(ec2, &ami, Duration::from_secs(3600)).await?;
+        let snapshots = ec2::image_snapshots(&img);
+        // Make sure every snapshot carries the tags even where CreateImage ignored the snapshot
+        // TagSpecification; CreateTags is idempotent. The snapshots are new: "not found" is "not yet".
+        snap_tags.insert(STATE_TAG.into(), "complete".into());
+        snap_tags.remove(super::lease::LEASE_TAG);
+        if !snapshots.is_empty() {
+            let what = snapshots.join(",");
+            ec2::settle(
+                "CreateTags",
+                &what,
+                ec2::VISIBILITY,
+                ec2::not_yet_visible,
+                || async {
+                    ec2.create_tags()
+                        .set_resources(Some(snapshots.clone()))
+                        .set_tags(Some(tag_list(&snap_tags)))
+                        .send()
+                        .await
+                        .ctx("CreateTags", Some(&what))
+                },
+            )
+            .await?;
+        }
+        mark_complete(ec2, &ami, &snapshots).await?;
+        cleanup.keep(undo);
+        st.finish(&format!(
+            "{ami} available, snapshots {}",
+            snapshots.join(", ")
+        ));
+        Ok(FoundImage {
+            ami_id: ami,
+            name: name.to_string(),
+            snapshots,
+        })
     }
-    mark_complete(ec2, &ami, &snapshots).await?;
-    cleanup.keep(undo);
-    st.finish(&format!(
-        "{ami} available, snapshots {}",
-        snapshots.join(", ")
-    ));
-    Ok(MadeImage {
-        ami_id: ami,
-        name: name.to_string(),
-        snapshots,
-    })
 }
 
 /// The image is finished: from now on `bake gc` never touches it and it is a cache hit.
@@ -301,24 +302,32 @@ fn name_taken(name: &str, other: &Image) -> BuildError {
     ))
 }
 
-/// An available image of ours with this fingerprint: (id, name, snapshots). Newest wins.
+/// The one rule for "the image this fingerprint already has": ours, available, marked
+/// complete (an available image never marked complete is what a dead build left; `bake gc`
+/// removes it), newest wins. `bake build` and `bake plan` both choose with it.
+pub fn newest_complete<'a>(
+    images: impl IntoIterator<Item = &'a Image>,
+    hash: &str,
+) -> Option<&'a Image> {
+    images
+        .into_iter()
+        .filter(|i| i.state() == Some(&ImageState::Available))
+        .filter(|i| {
+            let tags = ec2::tag_map(i.tags());
+            tags.get("bake:fingerprint").map(String::as_str) == Some(hash) && is_complete(&tags)
+        })
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+}
+
+/// The image of ours this fingerprint already has, by [`newest_complete`].
 pub async fn find_by_fingerprint(
     ec2: &aws_sdk_ec2::Client,
     hash: &str,
-) -> Result<Option<(String, String, Vec<String>)>, AwsError> {
+) -> Result<Option<FoundImage>, AwsError> {
     let imgs = ec2::own_images(ec2, vec![filter("tag:bake:fingerprint", [hash])]).await?;
-    Ok(imgs
-        .into_iter()
-        .filter(|i| i.state() == Some(&ImageState::Available))
-        // Available but never marked complete: its build died; `bake gc` will remove it.
-        .filter(|i| is_complete(&ec2::tag_map(i.tags())))
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
-        .map(|i| {
-            let snaps = ec2::image_snapshots(&i);
-            (
-                i.image_id().unwrap_or_default().to_string(),
-                i.name().unwrap_or_default().to_string(),
-                snaps,
-            )
-        }))
+    Ok(newest_complete(&imgs, hash).map(|i| FoundImage {
+        ami_id: i.image_id().unwrap_or_default().to_string(),
+        name: i.name().unwrap_or_default().to_string(),
+        snapshots: ec2::image_snapshots(i),
+    }))
 }

@@ -15,13 +15,13 @@ use aws_sdk_ec2::types::{
 };
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 
-use super::BuildError;
-use super::cleanup::{Cleanup, Undo};
+use super::cleanup::Undo;
 use super::source::SourceImage;
+use super::{Bake, BuildError};
 use crate::aws::ec2::{self, filter, tag_spec};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::recipe::model::{CommunicatorKind, Imds, Recipe, SshInterface};
-use crate::ui::Ui;
+use crate::remote::any::Communicator;
 
 /// A running builder and how to reach it.
 pub struct Builder {
@@ -45,102 +45,250 @@ pub fn build_tags(recipe: &Recipe, build_id: &str) -> BTreeMap<String, String> {
     ])
 }
 
-pub async fn launch(
-    clients: &Clients,
-    recipe: &Recipe,
-    source: &SourceImage,
-    ui: &Ui,
-    cleanup: &Cleanup,
-    build_id: &str,
-) -> Result<Builder, BuildError> {
-    let ec2 = &clients.ec2;
-    let tags = build_tags(recipe, build_id);
-    let name = format!("bake-{}-{build_id}", recipe.name);
-    let ssh = recipe.communicator == CommunicatorKind::Ssh;
-
-    let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-        .map_err(|e| BuildError::Config(e.to_string()))?;
-    let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-        .map_err(|e| BuildError::Config(e.to_string()))?;
-
-    let st = ui.stage("prepare", "creating temporary key pair and security group");
-    let key_fut = async {
-        if !ssh {
-            return Ok::<_, BuildError>(None);
+impl Bake<'_> {
+    /// The "prepare" and "launch" stages: temporary key pair and security group, then the
+    /// builder, each undo registered before the call that creates it.
+    pub(super) async fn launch(&self, source: &SourceImage) -> Result<Builder, BuildError> {
+        let Bake {
+            clients,
+            recipe,
+            ui,
+            cleanup,
+            build_id,
+            ..
+        } = *self;
+        // What the communicator will stage outside the builder goes *after* the builder on
+        // cleanup: an agent finishing an interrupted command cannot write behind our back.
+        let staged = Communicator::staged_objects(recipe, build_id);
+        for s in &staged {
+            cleanup.push(Undo::DeleteStagedObjects {
+                bucket: s.bucket.clone(),
+                prefix: s.prefix.clone(),
+            });
         }
-        let undo = cleanup.push(Undo::key_pair(&name, build_id));
-        let public = client_key
-            .public_key()
-            .to_openssh()
+        let ec2 = &clients.ec2;
+        let tags = build_tags(recipe, build_id);
+        let name = format!("bake-{}-{build_id}", recipe.name);
+        let ssh = recipe.communicator == CommunicatorKind::Ssh;
+
+        let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
             .map_err(|e| BuildError::Config(e.to_string()))?;
-        let res = ec2
-            .import_key_pair()
-            .key_name(&name)
-            .public_key_material(Blob::new(public.into_bytes()))
-            .tag_specifications(tag_spec(ResourceType::KeyPair, &tags))
-            .send()
-            .await
-            .ctx("ImportKeyPair", Some(&name));
-        let id = match res {
-            Ok(out) => out.key_pair_id().map(str::to_string),
-            // A retry after a lost answer finds the key pair its first attempt made.
-            Err(e) if e.code_is(&["InvalidKeyPair.Duplicate"]) => Some(
-                adopt_key_pair(clients, &name, build_id, e)
-                    .await
-                    .inspect_err(|_| cleanup.refused(undo))?,
-            ),
-            Err(e) => {
-                if e.is_refusal() {
-                    cleanup.refused(undo);
-                }
-                return Err(e.into());
+        let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+            .map_err(|e| BuildError::Config(e.to_string()))?;
+
+        let st = ui.stage("prepare", "creating temporary key pair and security group");
+        let key_fut = async {
+            if !ssh {
+                return Ok::<_, BuildError>(None);
             }
+            let undo = cleanup.push(Undo::key_pair(&name, build_id));
+            let public = client_key
+                .public_key()
+                .to_openssh()
+                .map_err(|e| BuildError::Config(e.to_string()))?;
+            let res = ec2
+                .import_key_pair()
+                .key_name(&name)
+                .public_key_material(Blob::new(public.into_bytes()))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, &tags))
+                .send()
+                .await
+                .ctx("ImportKeyPair", Some(&name));
+            let id = match res {
+                Ok(out) => out.key_pair_id().map(str::to_string),
+                // A retry after a lost answer finds the key pair its first attempt made.
+                Err(e) if e.code_is(&["InvalidKeyPair.Duplicate"]) => Some(
+                    adopt_key_pair(clients, &name, build_id, e)
+                        .await
+                        .inspect_err(|_| cleanup.refused(undo))?,
+                ),
+                Err(e) => {
+                    if e.is_refusal() {
+                        cleanup.refused(undo);
+                    }
+                    return Err(e.into());
+                }
+            };
+            if let Some(id) = id {
+                cleanup.resolve(undo, &id);
+            }
+            Ok(Some(name.clone()))
         };
-        if let Some(id) = id {
-            cleanup.resolve(undo, &id);
-        }
-        Ok(Some(name.clone()))
-    };
-    let sg_fut = async {
-        if !recipe.builder.security_group_ids.is_empty() {
-            return Ok::<_, BuildError>(recipe.builder.security_group_ids.clone());
-        }
-        let (vpc_id, vpc_cidr) = vpc_of(clients, recipe.builder.subnet_id.as_deref()).await?;
-        let cidrs = if !recipe.builder.ssh_ingress_cidrs.is_empty() {
-            recipe.builder.ssh_ingress_cidrs.clone()
-        } else if matches!(
-            recipe.ssh.interface,
-            SshInterface::PublicIp | SshInterface::PublicDns
-        ) && ssh
-        {
-            return Err(BuildError::Config(
+        let sg_fut = async {
+            if !recipe.builder.security_group_ids.is_empty() {
+                return Ok::<_, BuildError>(recipe.builder.security_group_ids.clone());
+            }
+            let (vpc_id, vpc_cidr) = vpc_of(clients, recipe.builder.subnet_id.as_deref()).await?;
+            let cidrs = if !recipe.builder.ssh_ingress_cidrs.is_empty() {
+                recipe.builder.ssh_ingress_cidrs.clone()
+            } else if matches!(
+                recipe.ssh.interface,
+                SshInterface::PublicIp | SshInterface::PublicDns
+            ) && ssh
+            {
+                return Err(BuildError::Config(
                 "the builder is reached on its public address but builder.ssh_ingress_cidrs is empty: set it to \
                  your egress address (e.g. [\"203.0.113.7/32\"]); bake never opens SSH to the world by default"
                     .into(),
             ));
-        } else {
-            vec![vpc_cidr]
-        };
-        let undo = cleanup.push(Undo::security_group(&name, build_id));
-        let res = ec2
-            .create_security_group()
-            .group_name(&name)
-            .description(format!(
-                "bake temporary builder group for {} ({build_id})",
-                recipe.name
-            ))
-            .vpc_id(&vpc_id)
-            .tag_specifications(tag_spec(ResourceType::SecurityGroup, &tags))
-            .send()
-            .await
-            .ctx("CreateSecurityGroup", Some(&name));
-        let sg_id = match res {
-            Ok(sg) => sg.group_id().unwrap_or_default().to_string(),
-            Err(e) if e.code_is(&["InvalidGroup.Duplicate"]) => {
-                adopt_security_group(clients, &name, &vpc_id, build_id, e)
-                    .await
-                    .inspect_err(|_| cleanup.refused(undo))?
+            } else {
+                vec![vpc_cidr]
+            };
+            let undo = cleanup.push(Undo::security_group(&name, build_id));
+            let res = ec2
+                .create_security_group()
+                .group_name(&name)
+                .description(format!(
+                    "bake temporary builder group for {} ({build_id})",
+                    recipe.name
+                ))
+                .vpc_id(&vpc_id)
+                .tag_specifications(tag_spec(ResourceType::SecurityGroup, &tags))
+                .send()
+                .await
+                .ctx("CreateSecurityGroup", Some(&name));
+            let sg_id = match res {
+                Ok(sg) => sg.group_id().unwrap_or_default().to_string(),
+                Err(e) if e.code_is(&["InvalidGroup.Duplicate"]) => {
+                    adopt_security_group(clients, &name, &vpc_id, build_id, e)
+                        .await
+                        .inspect_err(|_| cleanup.refused(undo))?
+                }
+                Err(e) => {
+                    if e.is_refusal() {
+                        cleanup.refused(undo);
+                    }
+                    return Err(e.into());
+                }
+            };
+            cleanup.resolve(undo, &sg_id);
+            if ssh {
+                let ranges = cidrs
+                    .iter()
+                    .map(|c| {
+                        IpRange::builder()
+                            .cidr_ip(c)
+                            .description(format!("bake builder SSH ({build_id})"))
+                            .build()
+                    })
+                    .collect();
+                let perm = IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(recipe.ssh.port as i32)
+                    .to_port(recipe.ssh.port as i32)
+                    .set_ip_ranges(Some(ranges))
+                    .build();
+                // The group is new: "not found" is "not yet"; a duplicate rule is our own earlier
+                // attempt whose answer was lost.
+                let res = ec2::settle(
+                    "AuthorizeSecurityGroupIngress",
+                    &sg_id,
+                    ec2::VISIBILITY,
+                    ec2::not_yet_visible,
+                    || {
+                        let req = ec2
+                            .authorize_security_group_ingress()
+                            .group_id(&sg_id)
+                            .ip_permissions(perm.clone());
+                        let sg = &sg_id;
+                        async move {
+                            req.send()
+                                .await
+                                .map(|_| ())
+                                .ctx("AuthorizeSecurityGroupIngress", Some(sg))
+                        }
+                    },
+                )
+                .await;
+                match res {
+                    Err(e) if e.code_is(&["InvalidPermission.Duplicate"]) => {}
+                    r => r?,
+                }
             }
+            Ok(vec![sg_id])
+        };
+        let (key_name, sg_ids) = tokio::try_join!(key_fut, sg_fut)?;
+        st.finish(&format!(
+            "key pair {}, security group {}",
+            key_name.as_deref().unwrap_or("none (ssm)"),
+            sg_ids.join(",")
+        ));
+
+        let st = ui.stage(
+            "launch",
+            &format!(
+                "launching {} from {}",
+                recipe.builder.instance_type, source.id
+            ),
+        );
+        let dead_man = super::deadman::arm_script(recipe.builder.max_lifetime.as_secs());
+        let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key, &dead_man)?;
+        let mut run_tags = recipe.builder.run_tags.clone();
+        run_tags
+            .entry("Name".into())
+            .or_insert_with(|| format!("bake builder {}", recipe.name));
+        run_tags.extend(tags.clone());
+        if !staged.is_empty() {
+            // Where this build's staged objects are, for `bake gc` on any machine.
+            let where_: Vec<String> = staged.iter().map(|s| s.location()).collect();
+            run_tags.insert("bake:staging".into(), where_.join(" "));
+        }
+        let mut req = ec2
+            .run_instances()
+            .image_id(&source.id)
+            .instance_type(InstanceType::from(recipe.builder.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .set_key_name(key_name)
+            .set_subnet_id(recipe.builder.subnet_id.clone())
+            .set_security_group_ids(Some(sg_ids))
+            .user_data(aws_smithy_types::base64::encode(user_data))
+            // The dead-man switch's power-off ends the instance, not just stops it.
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(match recipe.builder.imds {
+                        Imds::V2 => HttpTokensState::Required,
+                        Imds::V1Allowed => HttpTokensState::Optional,
+                    })
+                    .build(),
+            )
+            .tag_specifications(tag_spec(ResourceType::Instance, &run_tags))
+            .tag_specifications(tag_spec(ResourceType::Volume, &run_tags));
+        if let Some(profile) = &recipe.builder.iam_instance_profile {
+            let spec = if profile.starts_with("arn:") {
+                IamInstanceProfileSpecification::builder()
+                    .arn(profile)
+                    .build()
+            } else {
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build()
+            };
+            req = req.iam_instance_profile(spec);
+        }
+        if let Some(bdm) = root_volume(recipe, source) {
+            req = req.block_device_mappings(bdm);
+        }
+        // The client token makes RunInstances idempotent: a retry after a lost answer (the SDK's
+        // or ours) returns the instance the first attempt launched instead of a second one.
+        let req = req.client_token(build_id);
+        let undo = cleanup.push(Undo::instance(build_id, build_id));
+        let launched = std::time::Instant::now();
+        let res = ec2::settle(
+            "RunInstances",
+            &source.id,
+            Duration::from_secs(300),
+            run_instances_transient,
+            || {
+                let req = req.clone();
+                async move { req.send().await.ctx("RunInstances", Some(&source.id)) }
+            },
+        )
+        .await;
+        let out = match res {
+            Ok(out) => out,
             Err(e) => {
                 if e.is_refusal() {
                     cleanup.refused(undo);
@@ -148,191 +296,57 @@ pub async fn launch(
                 return Err(e.into());
             }
         };
-        cleanup.resolve(undo, &sg_id);
-        if ssh {
-            let ranges = cidrs
-                .iter()
-                .map(|c| {
-                    IpRange::builder()
-                        .cidr_ip(c)
-                        .description(format!("bake builder SSH ({build_id})"))
-                        .build()
-                })
-                .collect();
-            let perm = IpPermission::builder()
-                .ip_protocol("tcp")
-                .from_port(recipe.ssh.port as i32)
-                .to_port(recipe.ssh.port as i32)
-                .set_ip_ranges(Some(ranges))
-                .build();
-            // The group is new: "not found" is "not yet"; a duplicate rule is our own earlier
-            // attempt whose answer was lost.
-            let res = ec2::settle(
-                "AuthorizeSecurityGroupIngress",
-                &sg_id,
-                ec2::VISIBILITY,
-                ec2::not_yet_visible,
-                || {
-                    let req = ec2
-                        .authorize_security_group_ingress()
-                        .group_id(&sg_id)
-                        .ip_permissions(perm.clone());
-                    let sg = &sg_id;
-                    async move {
-                        req.send()
-                            .await
-                            .map(|_| ())
-                            .ctx("AuthorizeSecurityGroupIngress", Some(sg))
-                    }
-                },
-            )
-            .await;
-            match res {
-                Err(e) if e.code_is(&["InvalidPermission.Duplicate"]) => {}
-                r => r?,
-            }
+        let id = out
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .unwrap_or_default()
+            .to_string();
+        if !id.is_empty() {
+            cleanup.resolve(undo, &id);
         }
-        Ok(vec![sg_id])
-    };
-    let (key_name, sg_ids) = tokio::try_join!(key_fut, sg_fut)?;
-    st.finish(&format!(
-        "key pair {}, security group {}",
-        key_name.as_deref().unwrap_or("none (ssm)"),
-        sg_ids.join(",")
-    ));
-
-    let st = ui.stage(
-        "launch",
-        &format!(
-            "launching {} from {}",
-            recipe.builder.instance_type, source.id
-        ),
-    );
-    let dead_man = super::deadman::arm_script(recipe.builder.max_lifetime.as_secs());
-    let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key, &dead_man)?;
-    let mut run_tags = recipe.builder.run_tags.clone();
-    run_tags
-        .entry("Name".into())
-        .or_insert_with(|| format!("bake builder {}", recipe.name));
-    run_tags.extend(tags.clone());
-    let staging = super::provision::staging_locations(recipe, build_id);
-    if !staging.is_empty() {
-        // Where this build's staged objects are, for `bake gc` on any machine.
-        run_tags.insert("bake:staging".into(), staging.join(" "));
-    }
-    let mut req = ec2
-        .run_instances()
-        .image_id(&source.id)
-        .instance_type(InstanceType::from(recipe.builder.instance_type.as_str()))
-        .min_count(1)
-        .max_count(1)
-        .set_key_name(key_name)
-        .set_subnet_id(recipe.builder.subnet_id.clone())
-        .set_security_group_ids(Some(sg_ids))
-        .user_data(aws_smithy_types::base64::encode(user_data))
-        // The dead-man switch's power-off ends the instance, not just stops it.
-        .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-        .metadata_options(
-            InstanceMetadataOptionsRequest::builder()
-                .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                .http_tokens(match recipe.builder.imds {
-                    Imds::V2 => HttpTokensState::Required,
-                    Imds::V1Allowed => HttpTokensState::Optional,
-                })
-                .build(),
+        st.update(&format!("{id} pending"));
+        let inst = ec2::wait_instance_state(
+            ec2,
+            &id,
+            InstanceStateName::Running,
+            Duration::from_secs(900),
         )
-        .tag_specifications(tag_spec(ResourceType::Instance, &run_tags))
-        .tag_specifications(tag_spec(ResourceType::Volume, &run_tags));
-    if let Some(profile) = &recipe.builder.iam_instance_profile {
-        let spec = if profile.starts_with("arn:") {
-            IamInstanceProfileSpecification::builder()
-                .arn(profile)
-                .build()
-        } else {
-            IamInstanceProfileSpecification::builder()
-                .name(profile)
-                .build()
-        };
-        req = req.iam_instance_profile(spec);
-    }
-    if let Some(bdm) = root_volume(recipe, source) {
-        req = req.block_device_mappings(bdm);
-    }
-    // The client token makes RunInstances idempotent: a retry after a lost answer (the SDK's
-    // or ours) returns the instance the first attempt launched instead of a second one.
-    let req = req.client_token(build_id);
-    let undo = cleanup.push(Undo::instance(build_id, build_id));
-    let launched = std::time::Instant::now();
-    let res = ec2::settle(
-        "RunInstances",
-        &source.id,
-        Duration::from_secs(300),
-        run_instances_transient,
-        || {
-            let req = req.clone();
-            async move { req.send().await.ctx("RunInstances", Some(&source.id)) }
-        },
-    )
-    .await;
-    let out = match res {
-        Ok(out) => out,
-        Err(e) => {
-            if e.is_refusal() {
-                cleanup.refused(undo);
+        .await?;
+        let addr = match recipe.ssh.interface {
+            SshInterface::PrivateIp => inst.private_ip_address(),
+            SshInterface::PublicIp => inst.public_ip_address(),
+            SshInterface::PrivateDns => inst.private_dns_name(),
+            SshInterface::PublicDns => inst.public_dns_name(),
+        }
+        .filter(|a| !a.is_empty())
+        .map(str::to_string);
+        let addr = match (addr, ssh) {
+            (Some(a), _) => a,
+            (None, false) => String::new(),
+            (None, true) => {
+                return Err(BuildError::Config(format!(
+                    "{id} has no {:?} address; choose another ssh.interface or a subnet that provides one",
+                    recipe.ssh.interface
+                )));
             }
-            return Err(e.into());
-        }
-    };
-    let id = out
-        .instances()
-        .first()
-        .and_then(|i| i.instance_id())
-        .unwrap_or_default()
-        .to_string();
-    if !id.is_empty() {
-        cleanup.resolve(undo, &id);
+        };
+        st.finish(&format!(
+            "{id} running{}",
+            if addr.is_empty() {
+                String::new()
+            } else {
+                format!(" at {addr}")
+            }
+        ));
+        Ok(Builder {
+            instance_id: id,
+            addr,
+            client_key: Arc::new(client_key),
+            host_key: host_key.public_key().clone(),
+            launched,
+        })
     }
-    st.update(&format!("{id} pending"));
-    let inst = ec2::wait_instance_state(
-        ec2,
-        &id,
-        InstanceStateName::Running,
-        Duration::from_secs(900),
-    )
-    .await?;
-    let addr = match recipe.ssh.interface {
-        SshInterface::PrivateIp => inst.private_ip_address(),
-        SshInterface::PublicIp => inst.public_ip_address(),
-        SshInterface::PrivateDns => inst.private_dns_name(),
-        SshInterface::PublicDns => inst.public_dns_name(),
-    }
-    .filter(|a| !a.is_empty())
-    .map(str::to_string);
-    let addr = match (addr, ssh) {
-        (Some(a), _) => a,
-        (None, false) => String::new(),
-        (None, true) => {
-            return Err(BuildError::Config(format!(
-                "{id} has no {:?} address; choose another ssh.interface or a subnet that provides one",
-                recipe.ssh.interface
-            )));
-        }
-    };
-    st.finish(&format!(
-        "{id} running{}",
-        if addr.is_empty() {
-            String::new()
-        } else {
-            format!(" at {addr}")
-        }
-    ));
-    Ok(Builder {
-        instance_id: id,
-        addr,
-        client_key: Arc::new(client_key),
-        host_key: host_key.public_key().clone(),
-        launched,
-    })
 }
 
 /// Errors of RunInstances that pass: what the build created a moment ago (key pair, security

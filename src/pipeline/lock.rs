@@ -33,8 +33,8 @@ pub fn lock_name(fingerprint: &str) -> String {
 pub enum Acquired {
     /// We hold the lock; build.
     Held,
-    /// Another build of the same inputs finished meanwhile: (ami, name, snapshots).
-    Built((String, String, Vec<String>)),
+    /// Another build of the same inputs finished meanwhile.
+    Built(super::FoundImage),
 }
 
 /// Takes the lock for `fingerprint`, or waits for whoever holds it.

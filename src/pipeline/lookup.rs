@@ -33,11 +33,8 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
         vec![filter("tag:bake:recipe", [recipe.name.as_str()])],
     )
     .await?;
-    let hit = mine
-        .iter()
-        .filter(|i| tag_map(i.tags()).get("bake:fingerprint") == Some(&fp.hash))
-        .filter(|i| i.state().map(|s| s.as_str()) == Some("available"))
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+    // The image `bake build` would take as its cache hit.
+    let hit = super::image::newest_complete(&mine, &fp.hash)
         .and_then(|i| i.image_id().map(str::to_string));
     let newest = mine
         .iter()

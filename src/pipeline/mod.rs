@@ -129,105 +129,141 @@ pub async fn run(
     cleanup: &Cleanup,
     build_id: &str,
 ) -> Result<BuildResult, BuildError> {
-    let started = Instant::now();
-    ui.add_secrets(&recipe.secrets);
-
-    let st = ui.stage("resolve", "resolving source image and hashing inputs");
-    let Inputs {
-        fp,
-        source,
-        plans,
-        scripts,
-    } = inputs(clients, recipe).await?;
-    let total_bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
-    st.finish(&format!(
-        "{} ({}), fingerprint {}, {} to upload",
-        source.id,
-        source.name.as_deref().unwrap_or("unnamed"),
-        fp.short(),
-        crate::ui::fmt_bytes(total_bytes)
-    ));
-
-    // The image's name is fixed now, and refused before anything is created if it is taken.
-    let image_name = image::image_name(&recipe.image.name, &recipe.name, &fp);
-    let mut hit = None;
-    if !opts.force {
-        hit = image::find_by_fingerprint(&clients.ec2, &fp.hash).await?;
-        if hit.is_none() {
-            image::check_name_free(&clients.ec2, &image_name).await?;
-            // Nobody has it yet: take the per-fingerprint lock, or wait for whoever holds it.
-            let public = lock_key_material();
-            match lock::acquire(
-                clients,
-                &fp.hash,
-                &public,
-                build_id,
-                ui,
-                cleanup,
-                Duration::from_secs(4 * 3600),
-            )
-            .await?
-            {
-                lock::Acquired::Held => cleanup.lock_held(&lock::lock_name(&fp.hash)),
-                lock::Acquired::Built(h) => hit = Some(h),
-            }
-        }
-    } else {
-        image::check_name_free(&clients.ec2, &image_name).await?;
-    }
-    if let Some(hit) = hit {
-        {
-            ui.line(&format!(
-                "image {} ({}) already has fingerprint {}: nothing to build",
-                hit.0,
-                hit.1,
-                fp.short()
-            ));
-            return Ok(BuildResult {
-                recipe: recipe.name.clone(),
-                ami_id: hit.0,
-                ami_name: hit.1,
-                region: clients.region.clone(),
-                fingerprint: fp.hash.clone(),
-                cached: true,
-                source_ami: source.id.clone(),
-                snapshots: hit.2,
-                build_id: build_id.to_string(),
-                seconds: started.elapsed().as_secs_f64(),
-                stages: stage_times(ui),
-            });
-        }
-    }
-
-    provision::register_staging_cleanup(recipe, cleanup, build_id);
-    let builder = launch::launch(clients, recipe, &source, ui, cleanup, build_id).await?;
-    provision::provision(recipe, &builder, &plans, &scripts, ui, clients, build_id).await?;
-    let made = image::make_image(
+    Bake {
         clients,
         recipe,
-        &builder,
-        &fp,
-        &source,
+        opts,
         ui,
         cleanup,
         build_id,
-        &image_name,
-    )
-    .await?;
+    }
+    .run()
+    .await
+}
 
-    Ok(BuildResult {
-        recipe: recipe.name.clone(),
-        ami_id: made.ami_id,
-        ami_name: made.name,
-        region: clients.region.clone(),
-        fingerprint: fp.hash.clone(),
-        cached: false,
-        source_ami: source.id.clone(),
-        snapshots: made.snapshots,
-        build_id: build_id.to_string(),
-        seconds: started.elapsed().as_secs_f64(),
-        stages: stage_times(ui),
-    })
+/// One build in progress: what every stage needs. The stages are its methods, each in the
+/// module that owns that stage (`launch`, `provision`, `image`).
+#[derive(Clone, Copy)]
+pub struct Bake<'a> {
+    pub clients: &'a Clients,
+    pub recipe: &'a Recipe,
+    pub opts: &'a BuildOptions,
+    pub ui: &'a Ui,
+    /// The undo stack; the caller runs it after the build, whatever happened.
+    pub cleanup: &'a Cleanup,
+    /// Names and tags this build's temporary resources.
+    pub build_id: &'a str,
+}
+
+/// An available, complete image of ours with the fingerprint asked for: a cache hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundImage {
+    pub ami_id: String,
+    pub name: String,
+    pub snapshots: Vec<String>,
+}
+
+impl Bake<'_> {
+    /// Resolve, then either find the image already made or launch, provision and image a
+    /// builder.
+    pub async fn run(&self) -> Result<BuildResult, BuildError> {
+        let started = Instant::now();
+        self.ui.add_secrets(&self.recipe.secrets);
+        let inputs = self.resolve().await?;
+
+        // The image's name is fixed now, and refused before anything is created if it is taken.
+        let image_name = image::image_name(&self.recipe.image.name, &self.recipe.name, &inputs.fp);
+        let (image, cached) = match self.cached(&inputs.fp, &image_name).await? {
+            Some(hit) => {
+                self.ui.line(&format!(
+                    "image {} ({}) already has fingerprint {}: nothing to build",
+                    hit.ami_id,
+                    hit.name,
+                    inputs.fp.short()
+                ));
+                (hit, true)
+            }
+            None => {
+                let builder = self.launch(&inputs.source).await?;
+                self.provision(&builder, &inputs).await?;
+                let made = self.make_image(&builder, &inputs, &image_name).await?;
+                (made, false)
+            }
+        };
+        Ok(BuildResult {
+            recipe: self.recipe.name.clone(),
+            ami_id: image.ami_id,
+            ami_name: image.name,
+            region: self.clients.region.clone(),
+            fingerprint: inputs.fp.hash.clone(),
+            cached,
+            source_ami: inputs.source.id.clone(),
+            snapshots: image.snapshots,
+            build_id: self.build_id.to_string(),
+            seconds: started.elapsed().as_secs_f64(),
+            stages: stage_times(self.ui),
+        })
+    }
+
+    /// The "resolve" stage: source image, hashed uploads, fingerprint.
+    async fn resolve(&self) -> Result<Inputs, BuildError> {
+        let st = self
+            .ui
+            .stage("resolve", "resolving source image and hashing inputs");
+        let inputs = inputs(self.clients, self.recipe).await?;
+        let total_bytes: u64 = inputs
+            .plans
+            .iter()
+            .flat_map(|p| &p.entries)
+            .map(|e| e.size)
+            .sum();
+        st.finish(&format!(
+            "{} ({}), fingerprint {}, {} to upload",
+            inputs.source.id,
+            inputs.source.name.as_deref().unwrap_or("unnamed"),
+            inputs.fp.short(),
+            crate::ui::fmt_bytes(total_bytes)
+        ));
+        Ok(inputs)
+    }
+
+    /// The image this fingerprint already has, if any (never with `--force`). Without one, the
+    /// name must be free and this build holds the per-fingerprint lock when it returns, or has
+    /// waited for whoever held it to finish the image.
+    async fn cached(
+        &self,
+        fp: &Fingerprint,
+        image_name: &str,
+    ) -> Result<Option<FoundImage>, BuildError> {
+        let ec2 = &self.clients.ec2;
+        if self.opts.force {
+            image::check_name_free(ec2, image_name).await?;
+            return Ok(None);
+        }
+        if let Some(hit) = image::find_by_fingerprint(ec2, &fp.hash).await? {
+            return Ok(Some(hit));
+        }
+        image::check_name_free(ec2, image_name).await?;
+        // Nobody has it yet: take the per-fingerprint lock, or wait for whoever holds it.
+        let public = lock_key_material();
+        match lock::acquire(
+            self.clients,
+            &fp.hash,
+            &public,
+            self.build_id,
+            self.ui,
+            self.cleanup,
+            Duration::from_secs(4 * 3600),
+        )
+        .await?
+        {
+            lock::Acquired::Held => {
+                self.cleanup.lock_held(&lock::lock_name(&fp.hash));
+                Ok(None)
+            }
+            lock::Acquired::Built(hit) => Ok(Some(hit)),
+        }
+    }
 }
 
 /// Public key material for the lock key pair: never used to log in anywhere.

@@ -4,36 +4,272 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::BuildError;
-use super::cleanup::{Cleanup, Undo};
 use super::launch::Builder;
-use crate::aws::{Clients, Ctx};
+use super::{Bake, BuildError, Inputs};
+use crate::aws::Ctx;
 use crate::plan::UploadPlan;
 use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 use crate::remote::any::Communicator;
 use crate::remote::ssh::{SshCommunicator, SshTarget};
 use crate::remote::ssm::{self, SsmCommunicator};
 use crate::ui::SharedSink;
-use crate::ui::{Ui, fmt_bytes};
+use crate::ui::fmt_bytes;
 
-pub async fn provision(
-    recipe: &Recipe,
-    builder: &Builder,
-    plans: &[UploadPlan],
-    scripts: &[String],
-    ui: &Ui,
-    clients: &Clients,
-    build_id: &str,
-) -> Result<(), BuildError> {
-    let sink: SharedSink = Arc::new(ui.clone());
-    let mut comm = match recipe.communicator {
-        CommunicatorKind::Ssh => connect_ssh(recipe, builder, ui, sink).await?,
-        CommunicatorKind::Ssm => connect_ssm(recipe, builder, ui, sink, clients, build_id).await?,
-    };
-    provision_with(&mut comm, recipe, builder, plans, scripts, ui, clients).await?;
-    tidy(&mut comm, recipe, builder, ui).await?;
-    comm.close().await;
-    Ok(())
+impl Bake<'_> {
+    /// The "connect", "upload", "step …" and "tidy" stages, over whichever communicator the
+    /// recipe chose.
+    pub(super) async fn provision(
+        &self,
+        builder: &Builder,
+        inputs: &Inputs,
+    ) -> Result<(), BuildError> {
+        let sink: SharedSink = Arc::new(self.ui.clone());
+        let mut comm = match self.recipe.communicator {
+            CommunicatorKind::Ssh => self.connect_ssh(builder, sink).await?,
+            CommunicatorKind::Ssm => self.connect_ssm(builder, sink).await?,
+        };
+        self.provision_with(&mut comm, builder, &inputs.plans, &inputs.scripts)
+            .await?;
+        self.tidy(&mut comm, builder).await?;
+        comm.close().await;
+        Ok(())
+    }
+
+    /// After the last step: disarm the dead-man switch and remove what bake itself put on the
+    /// builder (the temporary authorized key, cloud-init's copies of the user data), so the image
+    /// carries none of it. See [`super::deadman`].
+    async fn tidy(&self, comm: &mut Communicator, builder: &Builder) -> Result<(), BuildError> {
+        let Bake { recipe, ui, .. } = *self;
+        let st = ui.stage(
+            "tidy",
+            "disarming the dead-man switch, removing the temporary key",
+        );
+        let blob = match recipe.communicator {
+            CommunicatorKind::Ssh => builder
+                .client_key
+                .public_key()
+                .to_openssh()
+                .ok()
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string)),
+            CommunicatorKind::Ssm => None,
+        };
+        let user = if recipe.ssh.username.is_empty() {
+            ssm::DEFAULT_USER
+        } else {
+            recipe.ssh.username.as_str()
+        };
+        let script = super::deadman::tidy_script(user, blob.as_deref(), &builder.instance_id);
+        match run_internal(comm, "tidy", &script).await {
+            Ok(()) => {
+                st.finish("dead-man switch disarmed; temporary key and user data copies removed");
+                Ok(())
+            }
+            Err(e) => {
+                st.fail(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// SSM: no session, no inbound port.
+    async fn connect_ssm(
+        &self,
+        builder: &Builder,
+        sink: SharedSink,
+    ) -> Result<Communicator, BuildError> {
+        let Bake {
+            clients,
+            recipe,
+            ui,
+            build_id,
+            ..
+        } = *self;
+        let settings = recipe.ssm.clone().ok_or_else(|| {
+            BuildError::Config("communicator \"ssm\" needs an [ssm] section".into())
+        })?;
+        let st = ui.stage(
+            "connect",
+            &format!(
+                "waiting for {} to come online with Systems Manager",
+                builder.instance_id
+            ),
+        );
+        let user = recipe.ssh.username.clone();
+        match SsmCommunicator::connect(
+            clients.clone(),
+            &builder.instance_id,
+            settings,
+            &user,
+            sink,
+            build_id,
+        )
+        .await
+        {
+            Ok(c) => {
+                let c = c.with_secrets(&recipe.secrets);
+                st.finish(&format!(
+                    "{} online with Systems Manager (no inbound port)",
+                    builder.instance_id
+                ));
+                Ok(Communicator::Ssm(c))
+            }
+            Err(e) => {
+                st.fail(&e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn connect_ssh(
+        &self,
+        builder: &Builder,
+        sink: SharedSink,
+    ) -> Result<Communicator, BuildError> {
+        let Bake { recipe, ui, .. } = *self;
+        let st = ui.stage(
+            "connect",
+            &format!("waiting for SSH on {}:{}", builder.addr, recipe.ssh.port),
+        );
+        let target = SshTarget {
+            addr: builder.addr.clone(),
+            port: recipe.ssh.port,
+            user: recipe.ssh.username.clone(),
+            key: builder.client_key.clone(),
+            host_key: builder.host_key.clone(),
+            timeout: recipe.ssh.timeout,
+        };
+        let comm = match SshCommunicator::connect(target, sink).await {
+            Ok(c) => Communicator::Ssh(c),
+            Err(e) => {
+                st.fail(&e.to_string());
+                return Err(e.into());
+            }
+        };
+        st.finish(&format!(
+            "connected as {} (host key pinned)",
+            recipe.ssh.username
+        ));
+        Ok(comm)
+    }
+
+    /// Uploads and steps: the same whatever the communicator.
+    async fn provision_with(
+        &self,
+        comm: &mut Communicator,
+        builder: &Builder,
+        plans: &[UploadPlan],
+        scripts: &[String],
+    ) -> Result<(), BuildError> {
+        let Bake { recipe, ui, .. } = *self;
+        if !plans.is_empty() {
+            let files: usize = plans.iter().map(|p| p.entries.len()).sum();
+            let bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
+            let st = ui.stage("upload", &format!("{files} file(s), {}", fmt_bytes(bytes)));
+            if let Err(e) = comm.upload(plans).await {
+                st.fail(&e.to_string());
+                return Err(e.into());
+            }
+            st.finish(&format!(
+                "{files} file(s), {} uploaded and verified",
+                fmt_bytes(bytes)
+            ));
+        }
+
+        for (step, script) in recipe.steps.iter().zip(scripts) {
+            self.run_step(comm, step, script, builder).await?;
+            if step.reboot {
+                // The dead-man switch lives in /run: re-arm it with the time left.
+                let left = recipe
+                    .builder
+                    .max_lifetime
+                    .saturating_sub(builder.launched.elapsed());
+                run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        comm: &mut Communicator,
+        step: &Step,
+        script: &str,
+        builder: &Builder,
+    ) -> Result<(), BuildError> {
+        let ui = self.ui;
+        let attempts = step.retries + 1;
+        let mut last = None;
+        for attempt in 1..=attempts {
+            let label = if attempts > 1 {
+                format!("{} (attempt {attempt}/{attempts})", step.name)
+            } else {
+                step.name.clone()
+            };
+            let st = ui.stage(&format!("step {}", step.name), &format!("running {label}"));
+            let outcome = comm.run(step, script).await;
+            match outcome {
+                Ok(o) if o.exit_status == Some(0) => {
+                    st.finish("exit 0");
+                    if step.reboot {
+                        self.reboot(comm, builder).await?;
+                    }
+                    return Ok(());
+                }
+                Ok(o) if o.disconnected && step.reboot => {
+                    // The step rebooted the machine itself.
+                    st.finish("builder went down for reboot");
+                    let st = ui.stage("reboot", "reconnecting");
+                    comm.reconnect().await?;
+                    st.finish("reconnected");
+                    return Ok(());
+                }
+                Ok(o) => {
+                    let status = match (o.exit_status, o.disconnected) {
+                        (Some(s), _) => format!("exit status {s}"),
+                        (None, true) => "the connection dropped".to_string(),
+                        (None, false) => "no exit status".to_string(),
+                    };
+                    st.fail(&status);
+                    if o.disconnected {
+                        comm.reconnect().await?;
+                    }
+                    last = Some(BuildError::StepFailed {
+                        step: step.name.clone(),
+                        status,
+                        attempts: attempt,
+                        tail: o.tail,
+                    });
+                }
+                Err(e) => {
+                    st.fail(&e.to_string());
+                    last = Some(e.into());
+                }
+            }
+            if attempt < attempts {
+                tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// A `reboot = true` step that exited normally: bake reboots the builder through EC2, waits for
+    /// the old session to drop, then reconnects with the same pinned host key.
+    async fn reboot(&self, comm: &mut Communicator, builder: &Builder) -> Result<(), BuildError> {
+        let Bake { clients, ui, .. } = *self;
+        let st = ui.stage("reboot", &format!("rebooting {}", builder.instance_id));
+        clients
+            .ec2
+            .reboot_instances()
+            .instance_ids(&builder.instance_id)
+            .send()
+            .await
+            .ctx("RebootInstances", Some(&builder.instance_id))?;
+        comm.wait_disconnected(Duration::from_secs(300)).await?;
+        st.update("down; reconnecting");
+        comm.reconnect().await?;
+        st.finish("reconnected after reboot");
+        Ok(())
+    }
 }
 
 /// Runs one of bake's own root scripts on the builder as a step.
@@ -60,293 +296,11 @@ async fn run_internal(comm: &mut Communicator, name: &str, script: &str) -> Resu
     Ok(())
 }
 
-/// After the last step: disarm the dead-man switch and remove what bake itself put on the
-/// builder (the temporary authorized key, cloud-init's copies of the user data), so the image
-/// carries none of it. See [`super::deadman`].
-async fn tidy(
-    comm: &mut Communicator,
-    recipe: &Recipe,
-    builder: &Builder,
-    ui: &Ui,
-) -> Result<(), BuildError> {
-    let st = ui.stage(
-        "tidy",
-        "disarming the dead-man switch, removing the temporary key",
-    );
-    let blob = match recipe.communicator {
-        CommunicatorKind::Ssh => builder
-            .client_key
-            .public_key()
-            .to_openssh()
-            .ok()
-            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string)),
-        CommunicatorKind::Ssm => None,
-    };
-    let user = if recipe.ssh.username.is_empty() {
-        ssm::DEFAULT_USER
-    } else {
-        recipe.ssh.username.as_str()
-    };
-    let script = super::deadman::tidy_script(user, blob.as_deref(), &builder.instance_id);
-    match run_internal(comm, "tidy", &script).await {
-        Ok(()) => {
-            st.finish("dead-man switch disarmed; temporary key and user data copies removed");
-            Ok(())
-        }
-        Err(e) => {
-            st.fail(&e.to_string());
-            Err(e)
-        }
-    }
-}
-
-/// SSM: the build's S3 objects (staged uploads, command output) are removed by the undo stack.
-/// Registered before the builder is launched, so on cleanup they go *after* the builder is
-/// terminated: an agent finishing an interrupted command cannot write output behind our back.
-pub fn register_staging_cleanup(recipe: &Recipe, cleanup: &Cleanup, build_id: &str) {
-    let Some(settings) = recipe
-        .ssm
-        .as_ref()
-        .filter(|_| recipe.communicator == CommunicatorKind::Ssm)
-    else {
-        return;
-    };
-    let prefix = ssm::build_prefix(settings, build_id);
-    cleanup.push(Undo::DeleteStagedObjects {
-        bucket: settings.bucket.clone(),
-        prefix: prefix.clone(),
-    });
-    if let Some(out) = settings
-        .output_bucket
-        .as_ref()
-        .filter(|b| **b != settings.bucket)
-    {
-        cleanup.push(Undo::DeleteStagedObjects {
-            bucket: out.clone(),
-            prefix,
-        });
-    }
-}
-
-/// `s3://bucket/<prefix><build-id>/` for each bucket an SSM build stages objects in.
+/// `s3://bucket/<prefix><build-id>/` for each bucket the build's communicator stages objects
+/// in, for the journal and the builder's tags.
 pub fn staging_locations(recipe: &Recipe, build_id: &str) -> Vec<String> {
-    let Some(settings) = recipe
-        .ssm
-        .as_ref()
-        .filter(|_| recipe.communicator == CommunicatorKind::Ssm)
-    else {
-        return Vec::new();
-    };
-    let prefix = ssm::build_prefix(settings, build_id);
-    let mut out = vec![format!("s3://{}/{prefix}", settings.bucket)];
-    if let Some(b) = settings
-        .output_bucket
-        .as_ref()
-        .filter(|b| **b != settings.bucket)
-    {
-        out.push(format!("s3://{b}/{prefix}"));
-    }
-    out
-}
-
-/// SSM: no session, no inbound port.
-async fn connect_ssm(
-    recipe: &Recipe,
-    builder: &Builder,
-    ui: &Ui,
-    sink: SharedSink,
-    clients: &Clients,
-    build_id: &str,
-) -> Result<Communicator, BuildError> {
-    let settings = recipe
-        .ssm
-        .clone()
-        .ok_or_else(|| BuildError::Config("communicator \"ssm\" needs an [ssm] section".into()))?;
-    let st = ui.stage(
-        "connect",
-        &format!(
-            "waiting for {} to come online with Systems Manager",
-            builder.instance_id
-        ),
-    );
-    let user = recipe.ssh.username.clone();
-    match SsmCommunicator::connect(
-        clients.clone(),
-        &builder.instance_id,
-        settings,
-        &user,
-        sink,
-        build_id,
-    )
-    .await
-    {
-        Ok(c) => {
-            let c = c.with_secrets(&recipe.secrets);
-            st.finish(&format!(
-                "{} online with Systems Manager (no inbound port)",
-                builder.instance_id
-            ));
-            Ok(Communicator::Ssm(c))
-        }
-        Err(e) => {
-            st.fail(&e.to_string());
-            Err(e.into())
-        }
-    }
-}
-
-async fn connect_ssh(
-    recipe: &Recipe,
-    builder: &Builder,
-    ui: &Ui,
-    sink: SharedSink,
-) -> Result<Communicator, BuildError> {
-    let st = ui.stage(
-        "connect",
-        &format!("waiting for SSH on {}:{}", builder.addr, recipe.ssh.port),
-    );
-    let target = SshTarget {
-        addr: builder.addr.clone(),
-        port: recipe.ssh.port,
-        user: recipe.ssh.username.clone(),
-        key: builder.client_key.clone(),
-        host_key: builder.host_key.clone(),
-        timeout: recipe.ssh.timeout,
-    };
-    let comm = match SshCommunicator::connect(target, sink).await {
-        Ok(c) => Communicator::Ssh(c),
-        Err(e) => {
-            st.fail(&e.to_string());
-            return Err(e.into());
-        }
-    };
-    st.finish(&format!(
-        "connected as {} (host key pinned)",
-        recipe.ssh.username
-    ));
-    Ok(comm)
-}
-
-/// Uploads and steps: the same whatever the communicator.
-async fn provision_with(
-    comm: &mut Communicator,
-    recipe: &Recipe,
-    builder: &Builder,
-    plans: &[UploadPlan],
-    scripts: &[String],
-    ui: &Ui,
-    clients: &Clients,
-) -> Result<(), BuildError> {
-    if !plans.is_empty() {
-        let files: usize = plans.iter().map(|p| p.entries.len()).sum();
-        let bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
-        let st = ui.stage("upload", &format!("{files} file(s), {}", fmt_bytes(bytes)));
-        if let Err(e) = comm.upload(plans).await {
-            st.fail(&e.to_string());
-            return Err(e.into());
-        }
-        st.finish(&format!(
-            "{files} file(s), {} uploaded and verified",
-            fmt_bytes(bytes)
-        ));
-    }
-
-    for (step, script) in recipe.steps.iter().zip(scripts) {
-        run_step(comm, step, script, ui, clients, builder).await?;
-        if step.reboot {
-            // The dead-man switch lives in /run: re-arm it with the time left.
-            let left = recipe
-                .builder
-                .max_lifetime
-                .saturating_sub(builder.launched.elapsed());
-            run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn run_step(
-    comm: &mut Communicator,
-    step: &Step,
-    script: &str,
-    ui: &Ui,
-    clients: &Clients,
-    builder: &Builder,
-) -> Result<(), BuildError> {
-    let attempts = step.retries + 1;
-    let mut last = None;
-    for attempt in 1..=attempts {
-        let label = if attempts > 1 {
-            format!("{} (attempt {attempt}/{attempts})", step.name)
-        } else {
-            step.name.clone()
-        };
-        let st = ui.stage(&format!("step {}", step.name), &format!("running {label}"));
-        let outcome = comm.run(step, script).await;
-        match outcome {
-            Ok(o) if o.exit_status == Some(0) => {
-                st.finish("exit 0");
-                if step.reboot {
-                    reboot(comm, clients, builder, ui).await?;
-                }
-                return Ok(());
-            }
-            Ok(o) if o.disconnected && step.reboot => {
-                // The step rebooted the machine itself.
-                st.finish("builder went down for reboot");
-                let st = ui.stage("reboot", "reconnecting");
-                comm.reconnect().await?;
-                st.finish("reconnected");
-                return Ok(());
-            }
-            Ok(o) => {
-                let status = match (o.exit_status, o.disconnected) {
-                    (Some(s), _) => format!("exit status {s}"),
-                    (None, true) => "the connection dropped".to_string(),
-                    (None, false) => "no exit status".to_string(),
-                };
-                st.fail(&status);
-                if o.disconnected {
-                    comm.reconnect().await?;
-                }
-                last = Some(BuildError::StepFailed {
-                    step: step.name.clone(),
-                    status,
-                    attempts: attempt,
-                    tail: o.tail,
-                });
-            }
-            Err(e) => {
-                st.fail(&e.to_string());
-                last = Some(e.into());
-            }
-        }
-        if attempt < attempts {
-            tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
-        }
-    }
-    Err(last.expect("at least one attempt"))
-}
-
-/// A `reboot = true` step that exited normally: bake reboots the builder through EC2, waits for
-/// the old session to drop, then reconnects with the same pinned host key.
-async fn reboot(
-    comm: &mut Communicator,
-    clients: &Clients,
-    builder: &Builder,
-    ui: &Ui,
-) -> Result<(), BuildError> {
-    let st = ui.stage("reboot", &format!("rebooting {}", builder.instance_id));
-    clients
-        .ec2
-        .reboot_instances()
-        .instance_ids(&builder.instance_id)
-        .send()
-        .await
-        .ctx("RebootInstances", Some(&builder.instance_id))?;
-    comm.wait_disconnected(Duration::from_secs(300)).await?;
-    st.update("down; reconnecting");
-    comm.reconnect().await?;
-    st.finish("reconnected after reboot");
-    Ok(())
+    Communicator::staged_objects(recipe, build_id)
+        .iter()
+        .map(|s| s.location())
+        .collect()
 }

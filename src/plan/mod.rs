@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use hashcache::HashCache;
-pub use walk::{EntryKind, PlanError, PlannedEntry, UploadPlan, plan_uploads};
+pub use walk::{EntryKind, FileChunks, PlanError, PlannedEntry, UploadPlan, plan_uploads};
 
 use crate::recipe::model::{Recipe, StepBody};
 

@@ -59,17 +59,56 @@ fn err(path: &Path, e: impl std::fmt::Display) -> PlanError {
 /// of the difference system time). A small file gets a buffer just big enough for it (plus the
 /// read that sees EOF): thousands of fresh 128 KiB buffers cost more than hashing the files.
 pub fn hash_file(path: &Path, size: u64) -> Result<[u8; 32], PlanError> {
-    let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let mut f = FileChunks::open(path, size).map_err(|e| err(path, e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; (size as usize + 1).clamp(4096, 128 << 10)];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| err(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+    let cap = (size as usize + 1).clamp(4096, 128 << 10);
+    let mut buf = Vec::with_capacity(cap);
+    while f.left() > 0 {
+        buf.clear();
+        f.append(&mut buf, cap as u64).map_err(|e| err(path, e))?;
+        h.update(&buf);
     }
     Ok(h.finalize().into())
+}
+
+/// A file read in chunks up to exactly the size it was planned with: the one reader behind
+/// hashing and every upload, so what is sent is what was hashed. A file that has become shorter
+/// is an error; bytes it has gained are neither hashed nor sent.
+pub struct FileChunks {
+    reader: std::io::Take<std::fs::File>,
+    left: u64,
+}
+
+impl FileChunks {
+    pub fn open(path: &Path, size: u64) -> std::io::Result<FileChunks> {
+        Ok(FileChunks {
+            reader: std::fs::File::open(path)?.take(size),
+            left: size,
+        })
+    }
+
+    /// Bytes still to read.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Appends the next bytes, at most `max`, to `buf`; 0 once the planned size is read.
+    pub fn append(&mut self, buf: &mut Vec<u8>, max: u64) -> std::io::Result<usize> {
+        let want = max.min(self.left);
+        if want == 0 {
+            return Ok(0);
+        }
+        // `read_to_end` fills spare capacity without zeroing it first: at a gigabyte that matters.
+        let n = (&mut self.reader).take(want).read_to_end(buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "changed since it was planned (shorter than planned)",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn file_entry(

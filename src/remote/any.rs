@@ -2,10 +2,10 @@
 //! than a trait object: there are exactly two transports and async methods stay plain.
 
 use super::ssh::SshCommunicator;
-use super::ssm::SsmCommunicator;
+use super::ssm::{self, SsmCommunicator, StagedObjects};
 use super::{CommError, StepOutcome};
 use crate::plan::UploadPlan;
-use crate::recipe::model::Step;
+use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 
 pub enum Communicator {
     Ssh(SshCommunicator),
@@ -13,6 +13,16 @@ pub enum Communicator {
 }
 
 impl Communicator {
+    /// What the communicator the recipe chose will leave outside the builder (SSM: its S3
+    /// staging prefixes; SSH: nothing), known before it is connected so that the build can
+    /// register the removal before anything is staged.
+    pub fn staged_objects(recipe: &Recipe, build_id: &str) -> Vec<StagedObjects> {
+        match (recipe.communicator, recipe.ssm.as_ref()) {
+            (CommunicatorKind::Ssm, Some(settings)) => ssm::staged_objects(settings, build_id),
+            _ => Vec::new(),
+        }
+    }
+
     pub async fn upload(&self, plans: &[UploadPlan]) -> Result<(), CommError> {
         match self {
             Communicator::Ssh(c) => c.upload(plans).await,

@@ -27,7 +27,6 @@
 
 mod upload;
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
@@ -38,12 +37,11 @@ use crate::aws::{AwsError, Clients, Ctx};
 use crate::plan::UploadPlan;
 use crate::recipe::model::{Ssm, Step};
 use crate::retry::{self, Backoff, Poll, PollError};
-use crate::ui::{SharedSink, Stream};
+use crate::ui::{OutputTail, SharedSink, Stream};
 
 /// What the API returns of stdout / stderr at most (characters).
 pub const STDOUT_LIMIT: usize = 24_000;
 pub const STDERR_LIMIT: usize = 8_000;
-const TAIL_LINES: usize = 20;
 /// The user non-sudo steps run as when the recipe names no `ssh.username`.
 pub const DEFAULT_USER: &str = "ssm-user";
 const DOCUMENT: &str = "AWS-RunShellScript";
@@ -64,6 +62,42 @@ pub fn build_prefix(settings: &Ssm, build_id: &str) -> String {
     } else {
         format!("{p}/{build_id}/")
     }
+}
+
+/// Objects a build stages outside the builder, under one bucket and prefix. Removing them is
+/// the build's undo, registered before the builder is launched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedObjects {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl StagedObjects {
+    /// `s3://bucket/prefix`, as recorded in the builder's `bake:staging` tag.
+    pub fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Where an SSM build stages objects: the staging bucket and, when it is another one, the
+/// output bucket, each under `<prefix><build-id>/`.
+pub fn staged_objects(settings: &Ssm, build_id: &str) -> Vec<StagedObjects> {
+    let prefix = build_prefix(settings, build_id);
+    let mut out = vec![StagedObjects {
+        bucket: settings.bucket.clone(),
+        prefix: prefix.clone(),
+    }];
+    if let Some(b) = settings
+        .output_bucket
+        .as_ref()
+        .filter(|b| **b != settings.bucket)
+    {
+        out.push(StagedObjects {
+            bucket: b.clone(),
+            prefix,
+        });
+    }
+    out
 }
 
 pub struct SsmCommunicator {
@@ -286,30 +320,28 @@ impl SsmCommunicator {
                 &format!("step {}", step.name),
             )
             .await?;
-        let mut tail = VecDeque::new();
+        let mut tail = OutputTail::default();
         for (stream, text) in [(Stream::Stdout, &inv.stdout), (Stream::Stderr, &inv.stderr)] {
             for line in text.lines() {
                 self.sink.step_line(&step.name, stream, line);
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line.to_string());
+                tail.push(line);
             }
         }
         if let Some(note) = &inv.cut {
             self.sink.note(&format!("step {}: {note}", step.name));
-            tail.push_back(format!("[{note}]"));
+            tail.push(&format!("[{note}]"));
         }
+        let tail = tail.into_lines();
         match inv.status {
             Done::Exit(code) => Ok(StepOutcome {
                 exit_status: Some(code),
-                tail: tail.into(),
+                tail,
                 disconnected: false,
                 duration: start.elapsed(),
             }),
             Done::Lost => Ok(StepOutcome {
                 exit_status: None,
-                tail: tail.into(),
+                tail,
                 disconnected: true,
                 duration: start.elapsed(),
             }),

@@ -251,10 +251,11 @@ pub(crate) fn build(
 /// Sensitive values never appear in messages.
 fn redact(mut errors: Vec<RecipeError>, secrets: &[String]) -> Vec<RecipeError> {
     for e in &mut errors {
-        for s in secrets.iter().filter(|s| s.len() >= 3) {
-            e.message = e.message.replace(s.as_str(), "***");
-            e.help = e.help.replace(s.as_str(), "***");
-        }
+        let mut secrets: Vec<String> = secrets.iter().filter(|s| s.len() >= 3).cloned().collect();
+        // Longest first, so a value containing another is redacted whole.
+        secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        e.message = crate::ui::redact(&e.message, &secrets);
+        e.help = crate::ui::redact(&e.help, &secrets);
     }
     errors
 }

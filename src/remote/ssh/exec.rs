@@ -1,7 +1,6 @@
 //! Commands on the builder: the capability probe, captured helper commands, and provisioning
 //! steps with live output, timeouts and remote kill.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use russh::ChannelMsg;
@@ -13,10 +12,7 @@ use super::connect::Client;
 use crate::recipe::model::Step;
 use crate::remote::transfer::script::{run_file, shell_quote, step_script};
 use crate::remote::{CommError, StepOutcome};
-use crate::ui::{SharedSink, Stream};
-
-/// Lines of output kept for error messages.
-const TAIL_LINES: usize = 20;
+use crate::ui::{OutputTail, SharedSink, Stream};
 
 /// Longest line passed on as one; longer runs without a newline are cut into pieces.
 const MAX_LINE: usize = 64 * 1024;
@@ -172,7 +168,7 @@ struct Lines<'a> {
     sink: &'a SharedSink,
     step: &'a str,
     partial: [Vec<u8>; 2],
-    tail: VecDeque<String>,
+    tail: OutputTail,
     /// The PID marker is the first stderr line of ours (shell start-up files may print before).
     want_marker: bool,
     pid: Option<u32>,
@@ -205,10 +201,7 @@ impl Lines<'_> {
             return;
         }
         self.sink.step_line(self.step, stream, line);
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line.to_string());
+        self.tail.push(line);
     }
 
     fn flush(&mut self) {
@@ -253,7 +246,7 @@ pub async fn run(
         sink,
         step: &step.name,
         partial: [Vec::new(), Vec::new()],
-        tail: VecDeque::new(),
+        tail: OutputTail::default(),
         want_marker: true,
         pid: None,
     };
@@ -278,7 +271,7 @@ pub async fn run(
                 lines.flush();
                 lines
                     .tail
-                    .push_back(format!("[terminated by signal {signal_name:?}]"));
+                    .push(&format!("[terminated by signal {signal_name:?}]"));
             }
             Some(ChannelMsg::Close) => closed = true,
             Some(_) => {}
@@ -290,7 +283,7 @@ pub async fn run(
     let disconnected = exit_status.is_none() && (!closed || handle.is_closed());
     Ok(StepOutcome {
         exit_status,
-        tail: lines.tail.into_iter().collect(),
+        tail: lines.tail.into_lines(),
         disconnected,
         duration: start.elapsed(),
     })

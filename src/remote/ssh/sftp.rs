@@ -13,8 +13,6 @@
 //! Which transport large files use is chosen in one place, [`LARGE_FILES`]; the measurements
 //! behind the choice are in the docs of [`super::upload`].
 
-use std::io::Read;
-
 use russh::client::Handle;
 use russh_sftp::client::{Config, SftpSession};
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
@@ -26,7 +24,7 @@ use super::connect::Client;
 use super::exec::{capture, protocol};
 use crate::remote::CommError;
 use crate::remote::transfer::script::shell_quote;
-use crate::remote::transfer::staging::{Item, upload_err};
+use crate::remote::transfer::staging::{Item, SourceFile, upload_err};
 use crate::remote::transfer::verify;
 
 /// How files at or above the stream threshold travel.
@@ -170,43 +168,24 @@ async fn session(
 
 /// Reads `item` in large chunks on a blocking thread.
 fn produce(item: Item, tx: mpsc::Sender<Result<Vec<u8>, CommError>>) {
-    let file = match std::fs::File::open(&item.local) {
-        Ok(f) => f,
+    let mut src = match SourceFile::open(&item) {
+        Ok(s) => s,
         Err(e) => {
-            let _ = tx.blocking_send(Err(upload_err(
-                &item.dest,
-                format!("{}: {e}", item.local.display()),
-            )));
+            let _ = tx.blocking_send(Err(e));
             return;
         }
     };
-    let mut reader = file.take(item.size);
-    let mut left = item.size;
-    while left > 0 {
-        let want = (READ_CHUNK as u64).min(left);
-        let mut buf = Vec::with_capacity(want as usize);
-        let n = match (&mut reader).take(want).read_to_end(&mut buf) {
-            Ok(0) => Err(upload_err(
-                &item.dest,
-                format!(
-                    "{} changed while uploading (shorter than planned)",
-                    item.local.display()
-                ),
-            )),
-            Ok(n) => Ok(n),
-            Err(e) => Err(upload_err(&item.dest, e)),
-        };
-        match n {
-            Ok(n) => {
-                left -= n as u64;
-                if tx.blocking_send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
+    while src.left() > 0 {
+        let mut buf = Vec::with_capacity(src.left().min(READ_CHUNK as u64) as usize);
+        let sent = match src.append(&mut buf, READ_CHUNK as u64) {
+            Ok(_) => tx.blocking_send(Ok(buf)),
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
+        };
+        if sent.is_err() {
+            return;
         }
     }
 }

@@ -39,7 +39,6 @@
 //! within 10 % of the raw stream (and at most 1.2 × `sftp put`)", so the raw stream stays the
 //! default and SFTP stays available, and tested, behind the one switch.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,8 +54,8 @@ use crate::plan::{EntryKind, UploadPlan};
 use crate::remote::CommError;
 use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::staging::{
-    Item, file_bytes, file_hashes, items, owners_and_roots, split_streams, tar_extract, tar_header,
-    tar_mtime, upload_err,
+    Item, SourceFile, file_bytes, file_hashes, items, owners_and_roots, split_streams, tar_extract,
+    tar_header, tar_mtime, upload_err,
 };
 use crate::remote::transfer::tar;
 use crate::remote::transfer::verify;
@@ -107,11 +106,8 @@ fn read_file(
     accounted: &mut u64,
     tx: &mpsc::Sender<Chunk>,
 ) -> Result<(), CommError> {
-    let file = std::fs::File::open(&item.local)
-        .map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
-    let mut reader = file.take(item.size);
-    let mut left = item.size;
-    while left > 0 {
+    let mut src = SourceFile::open(item)?;
+    while src.left() > 0 {
         if buf.len() >= CHUNK {
             let full = std::mem::replace(buf, Vec::with_capacity(CHUNK + tar::BLOCK * 4));
             if tx
@@ -121,23 +117,8 @@ fn read_file(
                 return Err(upload_err(&item.dest, "transfer aborted"));
             }
         }
-        // `read_to_end` fills spare capacity without zeroing it first: at a gigabyte that matters.
         let want = (CHUNK.saturating_sub(buf.len())).max(tar::BLOCK) as u64;
-        let n = (&mut reader)
-            .take(want.min(left))
-            .read_to_end(buf)
-            .map_err(|e| upload_err(&item.dest, e))?;
-        if n == 0 {
-            return Err(upload_err(
-                &item.dest,
-                format!(
-                    "{} changed while uploading (shorter than planned)",
-                    item.local.display()
-                ),
-            ));
-        }
-        left -= n as u64;
-        *accounted += n as u64;
+        *accounted += src.append(buf, want)? as u64;
     }
     Ok(())
 }

@@ -9,7 +9,6 @@
 //! file's sha256 where it landed (`sha256sum -c`). The objects are removed by the build's undo
 //! stack (`Undo::DeleteStagedObjects`), success or not.
 
-use std::io::Read;
 use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -21,10 +20,11 @@ use crate::plan::{EntryKind, UploadPlan};
 use crate::remote::CommError;
 use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::staging::{
-    Item, file_bytes, file_hashes, items, owners_and_roots, tar_extract, tar_header, tar_mtime,
-    upload_err,
+    Item, SourceFile, file_bytes, file_hashes, items, owners_and_roots, tar_extract, tar_header,
+    tar_mtime, upload_err,
 };
 use crate::remote::transfer::tar;
+use crate::remote::transfer::verify::{finish_outcome, hasher, verify_and_move};
 
 /// Files at least this large are staged as objects of their own (streamed from disk); smaller
 /// ones go into the tar object, built in memory.
@@ -37,17 +37,9 @@ fn build_tar(items: &[Item]) -> Result<(Vec<u8>, [u8; 32]), CommError> {
     for item in items {
         tar_header(&mut buf, item, mtime);
         if item.kind == EntryKind::File {
-            let f = std::fs::File::open(&item.local)
-                .map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
-            let n = f
-                .take(item.size)
-                .read_to_end(&mut buf)
-                .map_err(|e| upload_err(&item.dest, e))?;
-            if n as u64 != item.size {
-                return Err(upload_err(
-                    &item.dest,
-                    format!("{} changed while uploading", item.local.display()),
-                ));
+            let mut src = SourceFile::open(item)?;
+            while src.left() > 0 {
+                src.append(&mut buf, u64::MAX)?;
             }
             buf.extend(std::iter::repeat_n(0u8, tar::padding(item.size)));
         }
@@ -89,7 +81,10 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
     script.push_str(FETCH);
     // Unknown owners fail up front (tar would quietly fall back to root).
     script.push_str(&owners_and_roots(small.iter().chain(&large), &small));
-    script.push_str("T=$(mktemp -d /tmp/bake-upload.XXXXXXXX)\ntrap 'rm -rf \"$T\"' EXIT\n");
+    script.push_str(
+        "T=$(mktemp -d /tmp/bake-upload.XXXXXXXX)\n\
+         trap 'rc=$?; rm -rf \"$T\"; [ $rc != 3 ] || echo \"bake-file:$d\" >&2' EXIT\n",
+    );
 
     let files = file_hashes(small.iter().chain(&large));
 
@@ -135,21 +130,14 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
         let url = put(c, &bucket, &key, body, &hash, expiry, &item.dest).await?;
         done += item.size;
         c.sink.upload_progress(done, total);
+        // The same verify-and-move as over SSH; on a mismatch (exit 3) the exit trap names
+        // the file, `$d`.
         let d = shell_quote(&item.dest);
-        let mut s = format!(
-            "d={d}\nmkdir -p -- \"$(dirname -- \"$d\")\"\nfetch {} \"$d.bake-part\"\ncheck {} \"$d.bake-part\" {d}\nchmod {:o} -- \"$d.bake-part\"\n",
+        script.push_str(&format!(
+            "d={d}\nmkdir -p -- \"$(dirname -- \"$d\")\"\nt=\"$d.bake-part\"\nfetch {} \"$t\"\n{}",
             shell_quote(&url),
-            hex::encode(hash),
-            item.mode & 0o7777
-        );
-        if let Some(owner) = &item.owner {
-            s.push_str(&format!(
-                "chown -- {} \"$d.bake-part\"\n",
-                shell_quote(owner)
-            ));
-        }
-        s.push_str("mv -f -- \"$d.bake-part\" \"$d\"\n");
-        script.push_str(&s);
+            verify_and_move(item, hasher(false)),
+        ));
     }
     // Every file, checked where it landed.
     if !files.is_empty() {
@@ -169,6 +157,20 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
     };
     match inv.status {
         Done::Exit(0) => Ok(()),
+        Done::Exit(3) if inv.stderr.contains("bake-file:") => {
+            let path = inv
+                .stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("bake-file:"))
+                .unwrap_or_default()
+                .to_string();
+            let local = files
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, h)| hex::encode(h))
+                .unwrap_or_default();
+            finish_outcome(Some(3), &inv.stderr, path, local, "verifying")
+        }
         Done::Exit(code) => {
             // `sha256sum -c` names each file that differs: "path: FAILED".
             if let Some(path) = inv

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::script::shell_quote;
 use super::tar::{self, Kind, Owner};
-use crate::plan::{EntryKind, UploadPlan};
+use crate::plan::{EntryKind, FileChunks, UploadPlan};
 use crate::remote::CommError;
 
 /// One thing to create on the builder.
@@ -300,6 +300,43 @@ pub(crate) fn split_streams(items: Vec<Item>, n: usize, min_entries: usize) -> V
         stream.sort_by(|a, b| a.dest.cmp(&b.dest));
     }
     out
+}
+
+/// An upload's local file, read through [`FileChunks`] (the reader hashing used): the SSH tar
+/// stream, SFTP and the SSM bundle all read with it.
+pub(crate) struct SourceFile<'a> {
+    item: &'a Item,
+    chunks: FileChunks,
+}
+
+impl<'a> SourceFile<'a> {
+    pub(crate) fn open(item: &'a Item) -> Result<Self, CommError> {
+        let chunks = FileChunks::open(&item.local, item.size)
+            .map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
+        Ok(SourceFile { item, chunks })
+    }
+
+    /// Bytes still to read.
+    pub(crate) fn left(&self) -> u64 {
+        self.chunks.left()
+    }
+
+    /// Appends the next bytes, at most `max`, to `buf`; 0 once the planned size is read.
+    pub(crate) fn append(&mut self, buf: &mut Vec<u8>, max: u64) -> Result<usize, CommError> {
+        self.chunks.append(buf, max).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                upload_err(
+                    &self.item.dest,
+                    format!(
+                        "{} changed while uploading (shorter than planned)",
+                        self.item.local.display()
+                    ),
+                )
+            } else {
+                upload_err(&self.item.dest, e)
+            }
+        })
+    }
 }
 
 pub(crate) fn upload_err(path: &str, reason: impl std::fmt::Display) -> CommError {
