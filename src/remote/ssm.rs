@@ -199,8 +199,7 @@ impl SsmCommunicator {
                         .ctx("DescribeInstanceInformation", Some(id))
                     {
                         Ok(o) => o,
-                        Err(e) if e.is_throttling() => return Poll::Throttled,
-                        Err(e) => return Poll::Fail(e),
+                        Err(e) => return Poll::from_err(e),
                     };
                     let info = out
                         .instance_information_list()
@@ -373,9 +372,13 @@ impl SsmCommunicator {
                             "no command id in the response",
                         )),
                     },
-                    Err(e) if e.is_throttling() => Poll::Throttled,
-                    Err(e) if e.code_is(&["InvalidInstanceId"]) => Poll::Pending(e.to_string()),
-                    Err(e) => Poll::Fail(e),
+                    Err(e) => Poll::unless_throttled(e, |e| {
+                        if e.code_is(&["InvalidInstanceId"]) {
+                            Poll::Pending(e.to_string())
+                        } else {
+                            Poll::Fail(e)
+                        }
+                    }),
                 }
             }
         })
@@ -415,8 +418,7 @@ impl SsmCommunicator {
                 Err(e) if e.code_is(&["InvocationDoesNotExist"]) => {
                     return Poll::Pending("command not visible yet".into());
                 }
-                Err(e) if e.is_throttling() => return Poll::Throttled,
-                Err(e) => return Poll::Fail(e),
+                Err(e) => return Poll::from_err(e),
             };
             match out.status() {
                 None
