@@ -165,6 +165,23 @@ impl AwsError {
         self
     }
 
+    /// A request bake could not even build or sign (a bad filter, a presigning config): no
+    /// code, no request id, the SDK's error as source.
+    pub fn local(
+        op: &'static str,
+        resource: Option<&str>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AwsError {
+            source: Some(Box::new(e)),
+            ..AwsError::new(
+                op,
+                resource.map(str::to_string),
+                "the request could not be made",
+            )
+        }
+    }
+
     /// Maps any SDK error, keeping the service's error code, the request id and the error.
     pub fn from_sdk<E, R>(op: &'static str, resource: Option<&str>, e: SdkError<E, R>) -> Self
     where

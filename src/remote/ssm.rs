@@ -82,7 +82,7 @@ pub struct SsmCommunicator {
 }
 
 fn aws(e: AwsError) -> CommError {
-    CommError::Protocol(e.to_string())
+    CommError::Aws(e)
 }
 
 impl SsmCommunicator {
@@ -140,11 +140,10 @@ impl SsmCommunicator {
             .await?;
         match inv.status {
             Done::Exit(0) => Ok(()),
-            _ => Err(CommError::Protocol(format!(
-                "a first command on {} did not succeed: {}",
-                self.instance_id,
-                inv.stderr.trim()
-            ))),
+            _ => Err(CommError::FirstCommand {
+                instance: self.instance_id.clone(),
+                stderr: inv.stderr.trim().to_string(),
+            }),
         }
     }
 
@@ -172,7 +171,7 @@ impl SsmCommunicator {
             },
         )
         .await;
-        r.map_err(|e| CommError::Protocol(format!("waiting for the builder to reboot: {e}")))
+        r.map_err(|source| CommError::Reboot { source })
     }
 
     async fn wait_online(&self) -> Result<(), CommError> {
@@ -181,7 +180,7 @@ impl SsmCommunicator {
             .key("InstanceIds")
             .values(id)
             .build()
-            .map_err(|e| CommError::Protocol(e.to_string()))?;
+            .map_err(|e| AwsError::local("DescribeInstanceInformation", Some(id), e))?;
         let r = retry::poll(
             Backoff::AWS
                 .with_timeout(self.settings.timeout)
@@ -387,9 +386,11 @@ impl SsmCommunicator {
             Ok(c) => c,
             Err(PollError::Failed(e)) => return Err(aws(e)),
             Err(PollError::Timeout { last, .. }) => {
-                return Err(CommError::Protocol(format!(
-                    "{what}: Systems Manager refused the command: {last}"
-                )));
+                return Err(CommError::CommandRefused {
+                    what: what.to_string(),
+                    instance: id.to_string(),
+                    last,
+                });
             }
         };
 
@@ -507,16 +508,13 @@ impl SsmCommunicator {
                 Done::TimedOut
             }
             Some(s) => {
-                return Err(CommError::Protocol(format!(
-                    "{what}: command {cid} ended {} ({}){}",
-                    s.as_str(),
-                    out.status_details().unwrap_or_default(),
-                    if stderr.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", stderr.trim())
-                    }
-                )));
+                return Err(CommError::CommandEnded {
+                    what: what.to_string(),
+                    command_id: cid.to_string(),
+                    status: s.as_str().to_string(),
+                    details: out.status_details().unwrap_or_default().to_string(),
+                    stderr: stderr.to_string(),
+                });
             }
             None => unreachable!("polled until a final status"),
         };
