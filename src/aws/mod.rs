@@ -134,10 +134,11 @@ pub type SdkSource = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub struct AwsError {
     pub op: &'static str,
     pub resource: Option<String>,
-    pub code: Option<String>,
+    // Boxed strings keep the error small enough to return by value everywhere.
+    pub code: Option<Box<str>>,
     pub message: String,
     /// The `x-amzn-requestid` (or S3's `x-amz-request-id`) AWS answered with, if it answered.
-    pub request_id: Option<String>,
+    pub request_id: Option<Box<str>>,
     #[source]
     pub source: Option<SdkSource>,
 }
@@ -160,7 +161,7 @@ impl AwsError {
 
     /// An error bake makes up with a service code, so callers treat it like AWS's own (a
     /// resource EC2 said exists but does not show yet is `…NotFound`).
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+    pub fn with_code(mut self, code: &str) -> Self {
         self.code = Some(code.into());
         self
     }
@@ -188,7 +189,7 @@ impl AwsError {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
-        let code = e.code().map(str::to_string);
+        let code = e.code().map(Box::from);
         let request_id = request_id_of(&e);
         let message = match e.message() {
             Some(m) => m.to_string(),
@@ -250,8 +251,8 @@ impl AwsError {
 
 /// The request id of a service error: the SDKs keep it (`x-amzn-requestid`, EC2's
 /// `<RequestID>`, S3's `x-amz-request-id`) in the error metadata under `aws_request_id`.
-fn request_id_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<String> {
-    e.meta().extra("aws_request_id").map(str::to_string)
+fn request_id_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<Box<str>> {
+    e.meta().extra("aws_request_id").map(Box::from)
 }
 
 impl crate::retry::Throttle for AwsError {

@@ -158,10 +158,7 @@ async fn connect_ssm(
     clients: &Clients,
     build_id: &str,
 ) -> Result<Communicator, BuildError> {
-    let settings = recipe
-        .ssm
-        .clone()
-        .ok_or_else(|| BuildError::Config("communicator \"ssm\" needs an [ssm] section".into()))?;
+    let settings = recipe.ssm.clone().ok_or(BuildError::NoSsmSection)?;
     let st = ui.stage(
         "connect",
         &format!(

@@ -61,14 +61,14 @@ pub enum CommError {
     Ssh {
         op: String,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
     /// The SFTP session could not be started or a request on it failed.
     #[error("{op}: {source}")]
     Sftp {
         op: String,
         #[source]
-        source: russh_sftp::client::error::Error,
+        source: Box<russh_sftp::client::error::Error>,
     },
     /// An AWS call of the SSM communicator failed; kept whole so throttling stays visible.
     #[error(transparent)]
@@ -78,7 +78,7 @@ pub enum CommError {
     Staging {
         what: String,
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// A helper task of the communicator (building a bundle …) died.
     #[error("{what}: {source}")]
@@ -102,12 +102,12 @@ pub enum CommError {
         instance: String,
         last: String,
     },
-    #[error("{what}: command {command_id} ended {status} ({details}){}", stderr_text(.stderr))]
+    /// `status`: SSM's status and its details, e.g. `Failed (Failed)`.
+    #[error("{what}: command {command_id} ended {status}{}", stderr_text(.stderr))]
     CommandEnded {
         what: String,
         command_id: String,
         status: String,
-        details: String,
         stderr: String,
     },
 }
@@ -124,7 +124,8 @@ impl CommError {
     /// The service behind the communicator is throttling us (SSM or S3): wait, do not fail.
     pub fn is_throttling(&self) -> bool {
         match self {
-            CommError::Aws(e) | CommError::Staging { source: e, .. } => e.is_throttling(),
+            CommError::Aws(e) => e.is_throttling(),
+            CommError::Staging { source, .. } => source.is_throttling(),
             _ => false,
         }
     }

@@ -511,8 +511,11 @@ impl SsmCommunicator {
                 return Err(CommError::CommandEnded {
                     what: what.to_string(),
                     command_id: cid.to_string(),
-                    status: s.as_str().to_string(),
-                    details: out.status_details().unwrap_or_default().to_string(),
+                    status: format!(
+                        "{} ({})",
+                        s.as_str(),
+                        out.status_details().unwrap_or_default()
+                    ),
                     stderr: stderr.to_string(),
                 });
             }

@@ -55,7 +55,7 @@ impl Captured {
 pub fn protocol(what: &str, source: russh::Error) -> CommError {
     CommError::Ssh {
         op: what.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -163,7 +163,7 @@ async fn session(
             };
             CommError::Sftp {
                 op: format!("could not start SFTP on the builder ({how})"),
-                source: e,
+                source: Box::new(e),
             }
         })?;
     // A reply can wait behind IN_FLIGHT large writes on a slow link: be patient once started.

@@ -227,11 +227,11 @@ pub(super) async fn put(
         .await
         .map_err(|e| CommError::Staging {
             what: what.to_string(),
-            source: crate::aws::AwsError::from_sdk(
+            source: Box::new(crate::aws::AwsError::from_sdk(
                 "PutObject",
                 Some(&format!("s3://{bucket}/{key}")),
                 e,
-            ),
+            )),
         })?;
     let conf = PresigningConfig::expires_in(expiry)
         .map_err(|e| crate::aws::AwsError::local("presigning GetObject", Some(key), e))?;
