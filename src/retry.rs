@@ -68,6 +68,50 @@ pub enum Poll<T, E> {
     Fail(E),
 }
 
+impl<T, E> Poll<T, E> {
+    /// The same answer with the failure turned into another error type.
+    pub fn map_err<F>(self, f: impl FnOnce(E) -> F) -> Poll<T, F> {
+        match self {
+            Poll::Ready(v) => Poll::Ready(v),
+            Poll::Pending(why) => Poll::Pending(why),
+            Poll::Throttled => Poll::Throttled,
+            Poll::Fail(e) => Poll::Fail(f(e)),
+        }
+    }
+}
+
+/// An error that can say the service is throttling us. The one rule "throttling means look
+/// again, harder; anything else is decided by the caller" lives in [`Poll::from_err`] and
+/// [`Poll::unless_throttled`].
+pub trait Throttle {
+    fn is_throttling(&self) -> bool;
+}
+
+impl<T, E: Throttle> Poll<T, E> {
+    /// A failed attempt: throttling is [`Poll::Throttled`], anything else fails the poll.
+    pub fn from_err(e: E) -> Self {
+        Self::unless_throttled(e, Poll::Fail)
+    }
+
+    /// A failed attempt: throttling is [`Poll::Throttled`], anything else is what `other`
+    /// makes of it (often [`Poll::Pending`] for errors known to pass).
+    pub fn unless_throttled(e: E, other: impl FnOnce(E) -> Self) -> Self {
+        if e.is_throttling() {
+            Poll::Throttled
+        } else {
+            other(e)
+        }
+    }
+
+    /// An attempt's result: `Ok` is ready, errors as in [`Poll::from_err`].
+    pub fn from_result(r: Result<T, E>) -> Self {
+        match r {
+            Ok(v) => Poll::Ready(v),
+            Err(e) => Self::from_err(e),
+        }
+    }
+}
+
 /// Why polling ended without a value.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError<E> {
@@ -175,6 +219,38 @@ mod tests {
             Err(PollError::Timeout { last, .. }) => assert_eq!(last, "still pending"),
             other => panic!("expected timeout, got {other:?}"),
         }
+    }
+
+    struct Fake(bool);
+    impl Throttle for Fake {
+        fn is_throttling(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn throttling_is_looked_at_again_and_the_rest_is_the_callers_call() {
+        assert!(matches!(
+            Poll::<(), _>::from_err(Fake(true)),
+            Poll::Throttled
+        ));
+        assert!(matches!(
+            Poll::<(), _>::from_err(Fake(false)),
+            Poll::Fail(_)
+        ));
+        let pending = |_| Poll::<(), Fake>::Pending("soon".into());
+        assert!(matches!(
+            Poll::unless_throttled(Fake(true), pending),
+            Poll::Throttled
+        ));
+        assert!(matches!(
+            Poll::unless_throttled(Fake(false), pending),
+            Poll::Pending(_)
+        ));
+        assert!(matches!(
+            Poll::<u8, Fake>::from_result(Ok(1)),
+            Poll::Ready(1)
+        ));
     }
 
     #[tokio::test]

@@ -140,9 +140,13 @@ where
         async move {
             match fut.await {
                 Ok(v) => Poll::Ready(v),
-                Err(e) if e.is_throttling() => Poll::Throttled,
-                Err(e) if transient(&e) => Poll::Pending(e.to_string()),
-                Err(e) => Poll::Fail(e),
+                Err(e) => Poll::unless_throttled(e, |e| {
+                    if transient(&e) {
+                        Poll::Pending(e.to_string())
+                    } else {
+                        Poll::Fail(e)
+                    }
+                }),
             }
         }
     })
@@ -154,15 +158,6 @@ where
 pub fn tagged_with_build(tags: &[Tag], build_id: &str) -> bool {
     tags.iter()
         .any(|t| t.key() == Some("bake:build-id") && t.value() == Some(build_id))
-}
-
-/// Turns an AWS error inside a poll attempt into throttling (retry harder) or failure.
-fn poll_err<T>(e: AwsError) -> Poll<T, AwsError> {
-    if e.is_throttling() {
-        Poll::Throttled
-    } else {
-        Poll::Fail(e)
-    }
 }
 
 /// A poll that ended without a value, as an error naming the resource.
@@ -187,7 +182,7 @@ pub async fn wait_instance_state(
 ) -> Result<Instance, AwsError> {
     let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| async {
         match describe_instance(ec2, id).await {
-            Err(e) => poll_err(e),
+            Err(e) => Poll::from_err(e),
             Ok(None) if want == InstanceStateName::Terminated => Poll::Ready(None),
             Ok(None) => Poll::Pending(format!("{id} not visible yet")),
             Ok(Some(inst)) => {
@@ -229,7 +224,7 @@ pub async fn wait_image_available(
 ) -> Result<Image, AwsError> {
     let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| async {
         match describe_image(ec2, id).await {
-            Err(e) => poll_err(e),
+            Err(e) => Poll::from_err(e),
             Ok(None) => Poll::Pending(format!("{id} not visible yet")),
             Ok(Some(img)) => match img.state() {
                 Some(ImageState::Available) => Poll::Ready(img),
@@ -280,7 +275,7 @@ pub async fn delete_snapshot(ec2: &Client, id: &str, timeout: Duration) -> Resul
             Err(e) if e.code_is(&["InvalidSnapshot.InUse"]) => {
                 Poll::Pending(format!("{id} still in use: {}", e.message))
             }
-            Err(e) => poll_err(e),
+            Err(e) => Poll::from_err(e),
         }
     })
     .await;

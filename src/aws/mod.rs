@@ -124,24 +124,28 @@ fn ec2_config(conf: &aws_config::SdkConfig, budget: Arc<RateBudget>) -> aws_sdk_
     b.build()
 }
 
-/// A failed AWS call: which operation, on what, and what AWS said.
+/// The error an SDK call failed with, kept whole as the source of an [`AwsError`].
+pub type SdkSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failed AWS call: which operation, on what, and what AWS said (code, message, request id),
+/// with the SDK's own error kept as the source so the edge can show the whole chain.
 #[derive(Debug, thiserror::Error)]
 #[error("{op}{}: {}{message}", resource.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(), code.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
 pub struct AwsError {
     pub op: &'static str,
     pub resource: Option<String>,
-    pub code: Option<String>,
+    // Boxed strings keep the error small enough to return by value everywhere.
+    pub code: Option<Box<str>>,
     pub message: String,
+    /// The `x-amzn-requestid` (or S3's `x-amz-request-id`) AWS answered with, if it answered.
+    pub request_id: Option<Box<str>>,
+    #[source]
+    pub source: Option<SdkSource>,
 }
 
 impl AwsError {
     pub fn config(msg: &str) -> Self {
-        AwsError {
-            op: "configuration",
-            resource: None,
-            code: None,
-            message: msg.to_string(),
-        }
+        AwsError::new("configuration", None, msg)
     }
 
     pub fn new(op: &'static str, resource: Option<String>, message: impl Into<String>) -> Self {
@@ -150,16 +154,43 @@ impl AwsError {
             resource,
             code: None,
             message: message.into(),
+            request_id: None,
+            source: None,
         }
     }
 
-    /// Maps any SDK error, keeping the service's error code.
+    /// An error bake makes up with a service code, so callers treat it like AWS's own (a
+    /// resource EC2 said exists but does not show yet is `…NotFound`).
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// A request bake could not even build or sign (a bad filter, a presigning config): no
+    /// code, no request id, the SDK's error as source.
+    pub fn local(
+        op: &'static str,
+        resource: Option<&str>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AwsError {
+            source: Some(Box::new(e)),
+            ..AwsError::new(
+                op,
+                resource.map(str::to_string),
+                "the request could not be made",
+            )
+        }
+    }
+
+    /// Maps any SDK error, keeping the service's error code, the request id and the error.
     pub fn from_sdk<E, R>(op: &'static str, resource: Option<&str>, e: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
-        let code = e.code().map(str::to_string);
+        let code = e.code().map(Box::from);
+        let request_id = request_id_of(&e);
         let message = match e.message() {
             Some(m) => m.to_string(),
             None => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
@@ -169,6 +200,8 @@ impl AwsError {
             resource: resource.map(str::to_string),
             code,
             message,
+            request_id,
+            source: Some(Box::new(e)),
         }
     }
 
@@ -184,6 +217,8 @@ impl AwsError {
             "RequestLimitExceeded",
             "TooManyRequestsException",
             "RequestThrottled",
+            // S3 says it this way.
+            "SlowDown",
         ])
     }
 
@@ -211,6 +246,18 @@ impl AwsError {
         self.code.as_deref().is_some_and(|c| {
             c.ends_with(".NotFound") || c.ends_with("NotFound") || c == "InvalidAMIID.Unavailable"
         })
+    }
+}
+
+/// The request id of a service error: the SDKs keep it (`x-amzn-requestid`, EC2's
+/// `<RequestID>`, S3's `x-amz-request-id`) in the error metadata under `aws_request_id`.
+fn request_id_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<Box<str>> {
+    e.meta().extra("aws_request_id").map(Box::from)
+}
+
+impl crate::retry::Throttle for AwsError {
+    fn is_throttling(&self) -> bool {
+        AwsError::is_throttling(self)
     }
 }
 

@@ -239,11 +239,27 @@ fn validate(paths: &[PathBuf], vars: &Vars) -> Result<Validated, CliError> {
 
 /// Prints a runtime error as a diagnostic (miette on a terminal, plain otherwise).
 pub fn report_error(err: &(dyn std::error::Error + 'static)) {
-    let mut msg = format!("error: {err}");
-    let mut src = err.source();
-    while let Some(s) = src {
-        msg.push_str(&format!("\n  caused by: {s}"));
-        src = s.source();
+    // Each cause once: a cause whose text its parent already printed adds nothing. An AWS
+    // error ends the chain: its message is the SDK's, so what lies below says it again; its
+    // code and request id (what AWS support asks for) are shown instead.
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !lines.iter().any(|l| l.contains(&text)) {
+            lines.push(text);
+        }
+        if let Some(aws) = e.downcast_ref::<crate::aws::AwsError>() {
+            if let Some(id) = &aws.request_id {
+                lines.push(format!("AWS request id: {id}"));
+            }
+            break;
+        }
+        cur = e.source();
+    }
+    let mut msg = format!("error: {}", lines[0]);
+    for l in &lines[1..] {
+        msg.push_str(&format!("\n  caused by: {l}"));
     }
     eprintln!("{msg}");
 }

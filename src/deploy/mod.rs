@@ -545,8 +545,7 @@ pub async fn wait(
                         message: "the refresh is not listed any more".into(),
                     }),
                 },
-                Err(e) if e.is_throttling() => Poll::Throttled,
-                Err(e) => Poll::Fail(e.into()),
+                Err(e) => Poll::from_err(e).map_err(Into::into),
             }
         }
     })

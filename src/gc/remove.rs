@@ -223,8 +223,7 @@ where
                 Ok(()) => Poll::Ready(()),
                 Err(e) if e.is_not_found() => Poll::Ready(()),
                 Err(e) if e.code_is(busy) => Poll::Pending(format!("{id} still in use")),
-                Err(e) if e.is_throttling() => Poll::Throttled,
-                Err(e) => Poll::Fail(e),
+                Err(e) => Poll::from_err(e),
             }
         },
     )

@@ -325,8 +325,7 @@ where
                 Ok(v) if !v.is_empty() => Poll::Ready(v),
                 Ok(_) => Poll::Pending(format!("{what} not visible")),
                 Err(e) if e.is_not_found() => Poll::Pending(format!("{what} not visible")),
-                Err(e) if e.is_throttling() => Poll::Throttled,
-                Err(e) => Poll::Fail(e),
+                Err(e) => Poll::from_err(e),
             }
         }
     })
@@ -559,8 +558,7 @@ async fn delete_security_group(c: &Clients, id: &str) -> Result<(), AwsError> {
                 Err(e) if e.code_is(&["DependencyViolation"]) => {
                     Poll::Pending(format!("{id} still in use"))
                 }
-                Err(e) if e.is_throttling() => Poll::Throttled,
-                Err(e) => Poll::Fail(e),
+                Err(e) => Poll::from_err(e),
             }
         },
     )
@@ -688,12 +686,8 @@ mod tests {
         let got = find("thing", Duration::from_secs(5), || async {
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if n < 2 {
-                Err(AwsError {
-                    op: "Describe",
-                    resource: None,
-                    code: Some("InvalidInstanceID.NotFound".into()),
-                    message: "not yet".into(),
-                })
+                Err(AwsError::new("Describe", None, "not yet")
+                    .with_code("InvalidInstanceID.NotFound"))
             } else {
                 Ok(vec![n])
             }

@@ -292,14 +292,15 @@ fn name_taken(name: &str, other: &Image) -> BuildError {
         (Some(r), Some(b)) => format!("made by bake build {b} of recipe {r}"),
         _ => "not made by bake".to_string(),
     };
-    BuildError::Config(format!(
-        "image name {name:?} is already taken in this account by {} ({who}, created {}); \
-         bake never replaces or removes an image it did not make, not even with --force: \
-         change [image] name (e.g. add {{timestamp}}) or deregister {} yourself",
-        other.image_id().unwrap_or("an image"),
-        other.creation_date().unwrap_or("at an unknown time"),
-        other.image_id().unwrap_or("it"),
-    ))
+    BuildError::NameTaken {
+        name: name.to_string(),
+        image_id: other.image_id().unwrap_or("an image").to_string(),
+        who,
+        created: other
+            .creation_date()
+            .unwrap_or("at an unknown time")
+            .to_string(),
+    }
 }
 
 /// The one rule for "the image this fingerprint already has": ours, available, marked

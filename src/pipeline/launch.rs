@@ -71,10 +71,20 @@ impl Bake<'_> {
         let name = format!("bake-{}-{build_id}", recipe.name);
         let ssh = recipe.communicator == CommunicatorKind::Ssh;
 
-        let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-            .map_err(|e| BuildError::Config(e.to_string()))?;
-        let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-            .map_err(|e| BuildError::Config(e.to_string()))?;
+        let client_key =
+            PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|source| {
+                BuildError::Key {
+                    what: "generating the client key",
+                    source,
+                }
+            })?;
+        let host_key =
+            PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|source| {
+                BuildError::Key {
+                    what: "generating the host key",
+                    source,
+                }
+            })?;
 
         let st = ui.stage("prepare", "creating temporary key pair and security group");
         let key_fut = async {
@@ -82,10 +92,14 @@ impl Bake<'_> {
                 return Ok::<_, BuildError>(None);
             }
             let undo = cleanup.push(Undo::key_pair(&name, build_id));
-            let public = client_key
-                .public_key()
-                .to_openssh()
-                .map_err(|e| BuildError::Config(e.to_string()))?;
+            let public =
+                client_key
+                    .public_key()
+                    .to_openssh()
+                    .map_err(|source| BuildError::Key {
+                        what: "encoding the client key",
+                        source,
+                    })?;
             let res = ec2
                 .import_key_pair()
                 .key_name(&name)
@@ -126,11 +140,7 @@ impl Bake<'_> {
                 SshInterface::PublicIp | SshInterface::PublicDns
             ) && ssh
             {
-                return Err(BuildError::Config(
-                "the builder is reached on its public address but builder.ssh_ingress_cidrs is empty: set it to \
-                 your egress address (e.g. [\"203.0.113.7/32\"]); bake never opens SSH to the world by default"
-                    .into(),
-            ));
+                return Err(BuildError::NoIngress);
             } else {
                 vec![vpc_cidr]
             };
@@ -325,10 +335,10 @@ impl Bake<'_> {
             (Some(a), _) => a,
             (None, false) => String::new(),
             (None, true) => {
-                return Err(BuildError::Config(format!(
-                    "{id} has no {:?} address; choose another ssh.interface or a subnet that provides one",
-                    recipe.ssh.interface
-                )));
+                return Err(BuildError::NoAddress {
+                    instance: id.to_string(),
+                    interface: format!("{:?}", recipe.ssh.interface),
+                });
             }
         };
         st.finish(&format!(
@@ -458,8 +468,8 @@ async fn vpc_of(clients: &Clients, subnet: Option<&str>) -> Result<(String, Stri
         None => ec2.describe_vpcs().filters(filter("is-default", ["true"])),
     };
     let out = req.send().await.ctx("DescribeVpcs", vpc_id.as_deref())?;
-    let vpc = out.vpcs().first().ok_or_else(|| {
-        BuildError::Config("no default VPC in this region: set builder.subnet_id (and security_group_ids if you like)".into())
+    let vpc = out.vpcs().first().ok_or_else(|| BuildError::NoDefaultVpc {
+        region: clients.region.clone(),
     })?;
     Ok((
         vpc.vpc_id().unwrap_or_default().to_string(),
@@ -510,11 +520,17 @@ pub fn user_data(
 ) -> Result<String, BuildError> {
     let private = host_key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-        .map_err(|e| BuildError::Config(e.to_string()))?;
+        .map_err(|source| BuildError::Key {
+            what: "encoding the host key",
+            source,
+        })?;
     let public = host_key
         .public_key()
         .to_openssh()
-        .map_err(|e| BuildError::Config(e.to_string()))?;
+        .map_err(|source| BuildError::Key {
+            what: "encoding the host key",
+            source,
+        })?;
     let indented: String = private.lines().map(|l| format!("    {l}\n")).collect();
     let cloud = format!(
         "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {public}\n"

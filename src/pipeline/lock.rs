@@ -83,8 +83,7 @@ pub async fn acquire(
                     };
                 }
                 Err(e) if e.code_is(&["InvalidKeyPair.Duplicate"]) => {}
-                Err(e) if e.is_throttling() => return Poll::Throttled,
-                Err(e) => return Poll::Fail(e),
+                Err(e) => return Poll::from_err(e),
             }
             match find_by_fingerprint(ec2, fingerprint).await {
                 Ok(Some(hit)) => return Poll::Ready(Acquired::Built(hit)),

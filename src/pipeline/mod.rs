@@ -5,6 +5,8 @@
 //! end the same way: the caller runs the stack. Independent work overlaps: uploads are hashed
 //! while the source AMI is resolved; the key pair and security group are created together.
 
+pub mod error;
+pub use error::BuildError;
 pub mod cleanup;
 mod deadman;
 mod image;
@@ -23,10 +25,9 @@ use serde::Serialize;
 pub use cleanup::{Cleanup, Undo};
 pub use image::{STATE_TAG, is_complete};
 
-use crate::aws::{AwsError, Clients};
-use crate::plan::{self, Fingerprint, HashCache, PlanError};
+use crate::aws::Clients;
+use crate::plan::{self, Fingerprint, HashCache};
 use crate::recipe::model::Recipe;
-use crate::remote::CommError;
 use crate::ui::Ui;
 
 #[derive(Debug, Clone, Default)]
@@ -55,35 +56,6 @@ pub struct BuildResult {
 pub struct StageTime {
     pub name: String,
     pub seconds: f64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Aws(#[from] AwsError),
-    #[error(transparent)]
-    Comm(#[from] CommError),
-    #[error("cannot read upload: {0}")]
-    Plan(#[from] PlanError),
-    #[error("source AMI: {0}")]
-    Source(String),
-    #[error("step {step:?} failed with {status} after {attempts} attempt(s){}", tail_text(.tail))]
-    StepFailed {
-        step: String,
-        status: String,
-        attempts: u32,
-        tail: Vec<String>,
-    },
-    #[error("{0}")]
-    Config(String),
-}
-
-fn tail_text(tail: &[String]) -> String {
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; last output:\n    {}", tail.join("\n    "))
-    }
 }
 
 /// A running build's signs of life: its journal entry on this machine and the renewal of its
@@ -307,7 +279,7 @@ pub async fn inputs(clients: &Clients, recipe: &Recipe) -> Result<Inputs, BuildE
     let source = source::resolve(&clients.ec2, &recipe.source).await;
     let plans = hashing
         .await
-        .map_err(|e| BuildError::Config(format!("hashing task failed: {e}")))??;
+        .map_err(|source| BuildError::Hashing { source })??;
     let source = source?;
     let scripts = plan::read_scripts(recipe)?;
     let fp = plan::compute(recipe, &source.id, &plans, &scripts);

@@ -84,9 +84,7 @@ impl Bake<'_> {
             build_id,
             ..
         } = *self;
-        let settings = recipe.ssm.clone().ok_or_else(|| {
-            BuildError::Config("communicator \"ssm\" needs an [ssm] section".into())
-        })?;
+        let settings = recipe.ssm.clone().ok_or_else(|| BuildError::NoSsmSection)?;
         let st = ui.stage(
             "connect",
             &format!(

@@ -57,9 +57,7 @@ impl Communicator {
                     },
                 )
                 .await;
-                r.map_err(|e| {
-                    CommError::Protocol(format!("waiting for the builder to reboot: {e}"))
-                })
+                r.map_err(|source| CommError::Reboot { source })
             }
             Communicator::Ssm(c) => c.wait_rebooted(timeout).await,
         }

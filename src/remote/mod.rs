@@ -11,7 +11,11 @@ pub mod ssh;
 pub mod ssm;
 pub(crate) mod transfer;
 
+use std::convert::Infallible;
 use std::time::Duration;
+
+use crate::aws::AwsError;
+use crate::retry::{PollError, Throttle};
 
 /// The result of running one step to completion (successfully or not).
 #[derive(Debug, Clone)]
@@ -52,6 +56,83 @@ pub enum CommError {
     },
     #[error("step {step} timed out after {timeout:?}")]
     StepTimeout { step: String, timeout: Duration },
-    #[error("{0}")]
-    Protocol(String),
+    /// An SSH request (channel, exec, data) failed on the connection.
+    #[error("{op}: {source}")]
+    Ssh {
+        op: String,
+        #[source]
+        source: Box<russh::Error>,
+    },
+    /// The SFTP session could not be started or a request on it failed.
+    #[error("{op}: {source}")]
+    Sftp {
+        op: String,
+        #[source]
+        source: Box<russh_sftp::client::error::Error>,
+    },
+    /// An AWS call of the SSM communicator failed; kept whole so throttling stays visible.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// Staging an upload in S3 failed.
+    #[error("upload of {what} failed: staging in S3: {source}")]
+    Staging {
+        what: String,
+        #[source]
+        source: Box<AwsError>,
+    },
+    /// A helper task of the communicator (building a bundle …) died.
+    #[error("{what}: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("the builder did not run a basic shell command: {stderr}")]
+    NoShell { stderr: String },
+    #[error("a first command on {instance} did not succeed: {stderr}")]
+    FirstCommand { instance: String, stderr: String },
+    #[error("waiting for the builder to reboot: {source}")]
+    Reboot {
+        #[source]
+        source: PollError<Infallible>,
+    },
+    #[error("{what}: Systems Manager refused the command on {instance}: {last}")]
+    CommandRefused {
+        what: String,
+        instance: String,
+        last: String,
+    },
+    /// `status`: SSM's status and its details, e.g. `Failed (Failed)`.
+    #[error("{what}: command {command_id} ended {status}{}", stderr_text(.stderr))]
+    CommandEnded {
+        what: String,
+        command_id: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn stderr_text(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", stderr.trim())
+    }
+}
+
+impl CommError {
+    /// The service behind the communicator is throttling us (SSM or S3): wait, do not fail.
+    pub fn is_throttling(&self) -> bool {
+        match self {
+            CommError::Aws(e) => e.is_throttling(),
+            CommError::Staging { source, .. } => source.is_throttling(),
+            _ => false,
+        }
+    }
+}
+
+impl Throttle for CommError {
+    fn is_throttling(&self) -> bool {
+        CommError::is_throttling(self)
+    }
 }

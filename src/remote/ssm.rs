@@ -116,7 +116,7 @@ pub struct SsmCommunicator {
 }
 
 fn aws(e: AwsError) -> CommError {
-    CommError::Protocol(e.to_string())
+    CommError::Aws(e)
 }
 
 impl SsmCommunicator {
@@ -174,11 +174,10 @@ impl SsmCommunicator {
             .await?;
         match inv.status {
             Done::Exit(0) => Ok(()),
-            _ => Err(CommError::Protocol(format!(
-                "a first command on {} did not succeed: {}",
-                self.instance_id,
-                inv.stderr.trim()
-            ))),
+            _ => Err(CommError::FirstCommand {
+                instance: self.instance_id.clone(),
+                stderr: inv.stderr.trim().to_string(),
+            }),
         }
     }
 
@@ -206,7 +205,7 @@ impl SsmCommunicator {
             },
         )
         .await;
-        r.map_err(|e| CommError::Protocol(format!("waiting for the builder to reboot: {e}")))
+        r.map_err(|source| CommError::Reboot { source })
     }
 
     async fn wait_online(&self) -> Result<(), CommError> {
@@ -215,7 +214,7 @@ impl SsmCommunicator {
             .key("InstanceIds")
             .values(id)
             .build()
-            .map_err(|e| CommError::Protocol(e.to_string()))?;
+            .map_err(|e| AwsError::local("DescribeInstanceInformation", Some(id), e))?;
         let r = retry::poll(
             Backoff::AWS
                 .with_timeout(self.settings.timeout)
@@ -233,8 +232,7 @@ impl SsmCommunicator {
                         .ctx("DescribeInstanceInformation", Some(id))
                     {
                         Ok(o) => o,
-                        Err(e) if e.is_throttling() => return Poll::Throttled,
-                        Err(e) => return Poll::Fail(e),
+                        Err(e) => return Poll::from_err(e),
                     };
                     let info = out
                         .instance_information_list()
@@ -405,9 +403,13 @@ impl SsmCommunicator {
                             "no command id in the response",
                         )),
                     },
-                    Err(e) if e.is_throttling() => Poll::Throttled,
-                    Err(e) if e.code_is(&["InvalidInstanceId"]) => Poll::Pending(e.to_string()),
-                    Err(e) => Poll::Fail(e),
+                    Err(e) => Poll::unless_throttled(e, |e| {
+                        if e.code_is(&["InvalidInstanceId"]) {
+                            Poll::Pending(e.to_string())
+                        } else {
+                            Poll::Fail(e)
+                        }
+                    }),
                 }
             }
         })
@@ -416,9 +418,11 @@ impl SsmCommunicator {
             Ok(c) => c,
             Err(PollError::Failed(e)) => return Err(aws(e)),
             Err(PollError::Timeout { last, .. }) => {
-                return Err(CommError::Protocol(format!(
-                    "{what}: Systems Manager refused the command: {last}"
-                )));
+                return Err(CommError::CommandRefused {
+                    what: what.to_string(),
+                    instance: id.to_string(),
+                    last,
+                });
             }
         };
 
@@ -447,8 +451,7 @@ impl SsmCommunicator {
                 Err(e) if e.code_is(&["InvocationDoesNotExist"]) => {
                     return Poll::Pending("command not visible yet".into());
                 }
-                Err(e) if e.is_throttling() => return Poll::Throttled,
-                Err(e) => return Poll::Fail(e),
+                Err(e) => return Poll::from_err(e),
             };
             match out.status() {
                 None
@@ -537,16 +540,16 @@ impl SsmCommunicator {
                 Done::TimedOut
             }
             Some(s) => {
-                return Err(CommError::Protocol(format!(
-                    "{what}: command {cid} ended {} ({}){}",
-                    s.as_str(),
-                    out.status_details().unwrap_or_default(),
-                    if stderr.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", stderr.trim())
-                    }
-                )));
+                return Err(CommError::CommandEnded {
+                    what: what.to_string(),
+                    command_id: cid.to_string(),
+                    status: format!(
+                        "{} ({})",
+                        s.as_str(),
+                        out.status_details().unwrap_or_default()
+                    ),
+                    stderr: stderr.to_string(),
+                });
             }
             None => unreachable!("polled until a final status"),
         };

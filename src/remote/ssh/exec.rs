@@ -47,8 +47,12 @@ impl Captured {
     }
 }
 
-pub fn protocol(what: &str, e: impl std::fmt::Display) -> CommError {
-    CommError::Protocol(format!("{what}: {e}"))
+/// A failed SSH request, naming what bake was doing.
+pub fn protocol(what: &str, source: russh::Error) -> CommError {
+    CommError::Ssh {
+        op: what.to_string(),
+        source: Box::new(source),
+    }
 }
 
 /// Runs `command`, feeding it `stdin` and collecting all output. For short helper commands.
@@ -152,10 +156,9 @@ pub async fn probe(handle: &Handle<Client>) -> Result<Remote, CommError> {
         .find_map(|l| l.trim().strip_prefix("bake-uid:"));
     let openssl = text.lines().any(|l| l.trim() == "bake-openssl");
     if uid.is_none() {
-        return Err(CommError::Protocol(format!(
-            "the builder did not run a basic shell command: {}",
-            out.stderr_text()
-        )));
+        return Err(CommError::NoShell {
+            stderr: out.stderr_text(),
+        });
     }
     Ok(Remote {
         sudo: if uid == Some("0") { "" } else { "sudo -n " },

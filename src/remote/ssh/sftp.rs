@@ -159,7 +159,10 @@ async fn session(
             } else {
                 format!("{}{server}", remote.sudo)
             };
-            CommError::Protocol(format!("could not start SFTP on the builder ({how}): {e}"))
+            CommError::Sftp {
+                op: format!("could not start SFTP on the builder ({how})"),
+                source: Box::new(e),
+            }
         })?;
     // A reply can wait behind IN_FLIGHT large writes on a slow link: be patient once started.
     sftp.set_timeout(120);

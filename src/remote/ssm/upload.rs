@@ -93,7 +93,10 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
         let small_bytes = file_bytes(&tar_items);
         let (tar, hash) = tokio::task::spawn_blocking(move || build_tar(&tar_items))
             .await
-            .map_err(|e| CommError::Protocol(format!("building the upload bundle: {e}")))??;
+            .map_err(|source| CommError::Task {
+                what: "building the upload bundle",
+                source,
+            })??;
         let key = format!("{stage}bundle.tar");
         let url = put(
             c,
@@ -224,17 +227,16 @@ pub(super) async fn put(
         .checksum_sha256(aws_smithy_types::base64::encode(sha256))
         .send()
         .await
-        .map_err(|e| {
-            upload_err(
-                what,
-                format!(
-                    "staging in s3://{bucket}/{key}: {}",
-                    crate::aws::AwsError::from_sdk("PutObject", Some(key), e)
-                ),
-            )
+        .map_err(|e| CommError::Staging {
+            what: what.to_string(),
+            source: Box::new(crate::aws::AwsError::from_sdk(
+                "PutObject",
+                Some(&format!("s3://{bucket}/{key}")),
+                e,
+            )),
         })?;
     let conf = PresigningConfig::expires_in(expiry)
-        .map_err(|e| CommError::Protocol(format!("presigning: {e}")))?;
+        .map_err(|e| crate::aws::AwsError::local("presigning GetObject", Some(key), e))?;
     let req = s3
         .get_object()
         .bucket(bucket)
