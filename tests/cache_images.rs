@@ -126,7 +126,14 @@ fn unchanged_inputs_hit_the_cache_and_changes_miss() {
     assert_eq!(fifth["cached"], false);
     assert_eq!(fifth["source_ami"], older.as_str());
 
-    // --force rebuilds even on a hit.
+    // --force rebuilds even on a hit. The image name has {timestamp} (1 s resolution) and a
+    // taken name is refused, as EC2 refuses it: start the forced build in the next second.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - u64::from(now.subsec_nanos()) + 1_000_000,
+    ));
     let forced = build_json(&lab, &cache, &r, &["--force"]);
     assert_eq!(forced["cached"], false);
     assert_ne!(forced["ami_id"], fifth["ami_id"]);
