@@ -164,7 +164,8 @@ fn ten_builds_one_after_another_all_succeed_and_leave_nothing() {
             failures.push(format!("build {i} failed:\n{}", stderr(&out)));
             continue;
         }
-        let v = json(&out);
+        let doc = json(&out);
+        let v = doc["builds"][0].clone();
         fingerprints.push(v["fingerprint"].as_str().unwrap_or_default().to_string());
         match check_build(&h, &v, &stderr(&out)) {
             None => ok += 1,
