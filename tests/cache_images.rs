@@ -24,20 +24,6 @@ fn recipe(dir: &Path, name: &str) -> PathBuf {
     write_recipe(dir, name, parts)
 }
 
-/// Instances ever launched for a recipe (any state).
-fn launched(lab: &Lab, recipe: &str) -> usize {
-    lab.rt.block_on(async {
-        let out = lab
-            .ec2
-            .describe_instances()
-            .filters(recipe_filter(recipe))
-            .send()
-            .await
-            .unwrap();
-        out.reservations().iter().map(|r| r.instances().len()).sum()
-    })
-}
-
 #[test]
 fn unchanged_inputs_hit_the_cache_and_changes_miss() {
     let lab = Lab::new();
@@ -48,13 +34,17 @@ fn unchanged_inputs_hit_the_cache_and_changes_miss() {
 
     let first = build_json(&lab, &cache, &r, &[]);
     assert_eq!(first["cached"], false);
-    let n = launched(&lab, &name);
+    let n = lab.instances_launched(&name).len();
 
     // Same inputs: no instance, same AMI.
     let second = build_json(&lab, &cache, &r, &[]);
     assert_eq!(second["cached"], true);
     assert_eq!(second["ami_id"], first["ami_id"]);
-    assert_eq!(launched(&lab, &name), n, "a cache hit launched an instance");
+    assert_eq!(
+        lab.instances_launched(&name).len(),
+        n,
+        "a cache hit launched an instance"
+    );
 
     // Comments, formatting and key order do not matter.
     let text = std::fs::read_to_string(&r).unwrap();

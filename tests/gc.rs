@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::run::*;
 use common::*;
 
 const SSH: &str = "timeout = \"60s\"";
@@ -23,70 +22,6 @@ fn bake(lab: &Lab, dir: &Path) -> Command {
     c
 }
 
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Running {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (up to two minutes) for a stderr line containing `marker`.
-    fn wait_for(&mut self, marker: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let l = self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("{marker:?} never appeared:\n{}", self.seen.join("\n")));
-            self.seen.push(l.clone());
-            if l.contains(marker) {
-                return;
-            }
-        }
-    }
-
-    fn build_id(&self) -> String {
-        self.seen
-            .iter()
-            .find_map(|l| l.split("build ").nth(1)?.split_whitespace().next())
-            .filter(|id| id.starts_with("b-"))
-            .expect("bake names its build id first")
-            .to_string()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn finish(mut self) -> (bool, String) {
-        let ok = self.child.wait().unwrap().success();
-        let rest: Vec<String> = self.lines.iter().collect();
-        self.seen.extend(rest);
-        (ok, self.seen.join("\n"))
-    }
-}
-
 fn build_cmd(lab: &Lab, dir: &Path, recipe: &Path) -> Command {
     let mut c = bake(lab, dir);
     c.args(["build", "--plain"]).arg(recipe);
@@ -95,26 +30,7 @@ fn build_cmd(lab: &Lab, dir: &Path, recipe: &Path) -> Command {
 
 /// Everything the lab still has that names `build_id`, except finished images (results).
 fn leftovers_of(build_id: &str) -> Vec<String> {
-    let env = lab_env();
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "60"])
-        .arg(format!("{}/leftovers", env["BAKE_LAB_API"]))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "lab leftovers report: {}",
-        stderr(&out)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["leftovers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e.to_string().contains(build_id))
-        .filter(|e| e["tags"]["bake:state"] != "complete")
-        .map(|e| e.to_string())
-        .collect()
+    leftovers_of_build(&lab_env(), build_id)
 }
 
 fn gc(lab: &Lab, dir: &Path, args: &[&str]) -> std::process::Output {
@@ -290,7 +206,8 @@ fn gc_beside_a_live_build_leaves_it_intact() {
             .join("\n");
         assert!(!block.contains("removed"), "{text}");
     }
-    let (ok, log) = b.finish();
+    let (st, log) = b.finish();
+    let ok = st.success();
     assert!(ok, "the build beside gc failed:\n{log}");
     assert_eq!(leftovers_of(&id), Vec::<String>::new());
     let out = gc(&lab, tmp.path(), &[]);
@@ -566,7 +483,8 @@ fn the_finished_image_holds_no_secret_and_no_temporary_key() {
         out.key_pairs()[0].public_key().unwrap().to_string()
     });
     let blob = temp_key.split_whitespace().nth(1).unwrap().to_string();
-    let (ok, log) = b.finish();
+    let (st, log) = b.finish();
+    let ok = st.success();
     assert!(ok, "{log}");
     assert!(!log.contains(&secret), "secret in bake's output");
     let ami = lab.images_of(&name)[0].image_id().unwrap().to_string();

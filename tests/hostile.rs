@@ -105,24 +105,6 @@ fn recipe(dir: &Path, name: &str, mark: &str, nap: u32, upload: bool) -> PathBuf
     )
 }
 
-/// Every instance ever launched for `recipe` (terminated ones included).
-fn instances_launched(lab: &Lab, recipe: &str) -> Vec<String> {
-    lab.rt.block_on(async {
-        let out = lab
-            .ec2
-            .describe_instances()
-            .filters(recipe_filter(recipe))
-            .send()
-            .await
-            .unwrap();
-        out.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter_map(|i| i.instance_id().map(str::to_string))
-            .collect()
-    })
-}
-
 /// Checks one finished build (a `--output json` object): an image, one builder, nothing left.
 /// Returns what is wrong, if anything.
 fn check_build(h: &Hostile, b: &serde_json::Value, log: &str) -> Option<String> {
@@ -132,7 +114,7 @@ fn check_build(h: &Hostile, b: &serde_json::Value, log: &str) -> Option<String> 
     if !b["ami_id"].as_str().is_some_and(|a| a.starts_with("ami-")) {
         return Some(format!("{recipe}: no image in {b}\n{log}"));
     }
-    let launched = instances_launched(&h.lab, recipe);
+    let launched = h.lab.instances_launched(recipe);
     if launched.len() != 1 {
         return Some(format!("{recipe}: builders launched {launched:?}\n{log}"));
     }

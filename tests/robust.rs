@@ -218,24 +218,6 @@ fn assert_nothing_left(lab: &Lab, name: &str, keep_images: bool, context: &str) 
     }
 }
 
-/// Every instance ever launched for `recipe` (terminated ones included).
-fn instances_launched(lab: &Lab, recipe: &str) -> Vec<String> {
-    lab.rt.block_on(async {
-        let out = lab
-            .ec2
-            .describe_instances()
-            .filters(recipe_filter(recipe))
-            .send()
-            .await
-            .unwrap();
-        out.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter_map(|i| i.instance_id().map(str::to_string))
-            .collect()
-    })
-}
-
 #[test]
 fn a_taken_image_name_is_refused_before_anything_is_created() {
     let lab = Lab::new();
@@ -250,7 +232,7 @@ fn a_taken_image_name_is_refused_before_anything_is_created() {
         let err = assert_exit(&out, 1, &["already taken", &other, "not made by bake"]);
         assert!(!err.contains("launch:"), "launched anyway:\n{err}");
         assert_intact(&lab, &other, &snaps, &err);
-        assert!(instances_launched(&lab, &name).is_empty(), "{err}");
+        assert!(lab.instances_launched(&name).is_empty(), "{err}");
         assert_nothing_left(&lab, &name, true, &err);
     }
 }
@@ -324,7 +306,7 @@ fn lost_answers_to_every_create_are_adopted_and_one_builder_is_launched() {
             "rule {id} did not fire: {fired:?}\n{err}"
         );
     }
-    assert_eq!(instances_launched(&lab, &name).len(), 1, "{err}");
+    assert_eq!(lab.instances_launched(&name).len(), 1, "{err}");
     assert_eq!(lab.images_of(&name).len(), 1, "{err}");
     assert_nothing_left(&lab, &name, true, &err);
 }
@@ -349,7 +331,7 @@ fn throttled_run_instances_and_lagging_visibility_are_waited_out() {
     let out = lab.build(tmp.path(), &["--plain"], &r);
     let err = assert_exit(&out, 0, &["built"]);
     assert_eq!(f.fired()[&ids[0]], 5, "{err}");
-    assert_eq!(instances_launched(&lab, &name).len(), 1, "{err}");
+    assert_eq!(lab.instances_launched(&name).len(), 1, "{err}");
     assert_nothing_left(&lab, &name, true, &err);
 }
 
@@ -386,7 +368,7 @@ fn a_builder_launched_without_an_answer_is_found_by_tag_and_terminated() {
             "terminated i-",
         ],
     );
-    assert_eq!(instances_launched(&lab, &name).len(), 1, "{err}");
+    assert_eq!(lab.instances_launched(&name).len(), 1, "{err}");
     assert_nothing_left(&lab, &name, false, &err);
 }
 
@@ -609,7 +591,7 @@ fn five_builds_at_once_on_a_hostile_ec2_all_succeed_and_leave_nothing() {
     for (b, n) in builds.iter().zip(&names) {
         assert_eq!(b["recipe"], n.as_str());
         assert!(b["ami_id"].as_str().unwrap().starts_with("ami-"), "{b}");
-        assert_eq!(instances_launched(&lab, n).len(), 1, "{n}: {err}");
+        assert_eq!(lab.instances_launched(n).len(), 1, "{n}: {err}");
         assert_nothing_left(&lab, n, true, &err);
     }
     eprintln!("hostile faults injected: {faults}");

@@ -31,6 +31,7 @@ pub async fn remove(
         Kind::Lock,
         Kind::S3Objects,
     ];
+    let build_id = build.build_id.clone();
     let mut ok = true;
     for kind in order {
         let batch: Vec<&mut Resource> = build
@@ -54,11 +55,16 @@ pub async fn remove(
             }
             continue;
         }
-        let results = futures::future::join_all(
-            batch
-                .iter()
-                .map(|r| remove_one(c, r.kind, &r.id, r.name.as_deref(), snapshot_users)),
-        )
+        let results = futures::future::join_all(batch.iter().map(|r| {
+            remove_one(
+                c,
+                &build_id,
+                r.kind,
+                &r.id,
+                r.name.as_deref(),
+                snapshot_users,
+            )
+        }))
         .await;
         for (r, res) in batch.into_iter().zip(results) {
             ok &= record(r, res.map_err(|e| e.to_string()));
@@ -109,6 +115,7 @@ async fn terminate(c: &Clients, ids: &[String]) -> Result<(), AwsError> {
 
 async fn remove_one(
     c: &Clients,
+    build_id: &str,
     kind: Kind,
     id: &str,
     name: Option<&str>,
@@ -117,35 +124,8 @@ async fn remove_one(
     let e = &c.ec2;
     match kind {
         Kind::Instance => unreachable!("instances are terminated together"),
-        Kind::Image => {
-            let Some(img) = ec2::describe_image(e, id).await? else {
-                return Ok("already gone".into());
-            };
-            let snaps = ec2::image_snapshots(&img);
-            // A snapshot another image also uses stays.
-            let keep: Vec<String> = snaps
-                .iter()
-                .filter(|s| {
-                    snapshot_users
-                        .get(*s)
-                        .is_some_and(|users| users.iter().any(|u| u != id))
-                })
-                .cloned()
-                .collect();
-            let deleted = ec2::deregister_with_snapshots(e, id, &snaps, &keep).await?;
-            Ok(format!(
-                "deregistered{}",
-                if deleted.is_empty() {
-                    String::new()
-                } else {
-                    format!(", deleted {}", deleted.join(", "))
-                }
-            ))
-        }
-        Kind::Snapshot => {
-            ec2::delete_snapshot(e, id, Duration::from_secs(120)).await?;
-            Ok("deleted".into())
-        }
+        Kind::Image => remove_image(c, id, snapshot_users).await,
+        Kind::Snapshot => remove_snapshot(c, build_id, id, snapshot_users).await,
         Kind::Volume => {
             retry_in_use(
                 id,
@@ -201,6 +181,99 @@ async fn remove_one(
             Ok(format!("deleted {n} object(s)"))
         }
     }
+}
+
+/// Deregisters a half-made image and deletes its snapshots (but those another image uses).
+async fn remove_image(
+    c: &Clients,
+    id: &str,
+    snapshot_users: &BTreeMap<String, BTreeSet<String>>,
+) -> Result<String, AwsError> {
+    let e = &c.ec2;
+    let Some(img) = ec2::describe_image(e, id).await? else {
+        return Ok("already gone".into());
+    };
+    let snaps = ec2::image_snapshots(&img);
+    // A snapshot another image also uses stays.
+    let keep: Vec<String> = snaps
+        .iter()
+        .filter(|s| {
+            snapshot_users
+                .get(*s)
+                .is_some_and(|users| users.iter().any(|u| u != id))
+        })
+        .cloned()
+        .collect();
+    let deleted = ec2::deregister_with_snapshots(e, id, &snaps, &keep).await?;
+    Ok(format!(
+        "deregistered{}",
+        if deleted.is_empty() {
+            String::new()
+        } else {
+            format!(", deleted {}", deleted.join(", "))
+        }
+    ))
+}
+
+/// A snapshot that looked orphaned may belong to an image EC2 does not list yet (the build
+/// died right after CreateImage). DeleteSnapshot then names that image: if it is this build's
+/// unfinished one it goes first, and the snapshot with it; any other image keeps it.
+async fn remove_snapshot(
+    c: &Clients,
+    build_id: &str,
+    id: &str,
+    snapshot_users: &BTreeMap<String, BTreeSet<String>>,
+) -> Result<String, AwsError> {
+    let e = &c.ec2;
+    let err = match e
+        .delete_snapshot()
+        .snapshot_id(id)
+        .send()
+        .await
+        .ctx("DeleteSnapshot", Some(id))
+    {
+        Ok(_) => return Ok("deleted".into()),
+        Err(err) if err.is_not_found() => return Ok("already gone".into()),
+        Err(err) if err.code_is(&["InvalidSnapshot.InUse"]) => err,
+        Err(err) => return Err(err),
+    };
+    let Some(ami) = image_id_in(&err.message) else {
+        return Err(err);
+    };
+    // EC2 just said the image exists: wait for Describe to show it.
+    let img = retry::poll(
+        Backoff::AWS.with_timeout(Duration::from_secs(60)),
+        |_| async {
+            match ec2::describe_image(e, &ami).await {
+                Ok(Some(img)) => Poll::Ready(img),
+                Ok(None) => Poll::Pending(format!("{ami} not listed yet")),
+                Err(err) => Poll::from_err(err),
+            }
+        },
+    )
+    .await
+    .map_err(|err| ec2::poll_failure("DescribeImages", &ami, err))?;
+    let tags = ec2::tag_map(img.tags());
+    if tags.get("bake:build-id").map(String::as_str) != Some(build_id)
+        || super::half_made(&tags, img.state()).is_none()
+    {
+        return Ok(format!(
+            "kept: in use by {ami}, which is not this build's unfinished image"
+        ));
+    }
+    let done = remove_image(c, &ami, snapshot_users).await?;
+    ec2::delete_snapshot(e, id, Duration::from_secs(120)).await?;
+    Ok(format!(
+        "in use by this build's unfinished image {ami}, not listed yet: {done}; deleted"
+    ))
+}
+
+/// The image id in an `InvalidSnapshot.InUse` message ("… is currently in use by ami-…").
+fn image_id_in(message: &str) -> Option<String> {
+    message
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-'))
+        .find(|w| w.starts_with("ami-") && w.len() > 4)
+        .map(str::to_string)
 }
 
 /// Retries a deletion while AWS says the resource is still in use (right after its instance
@@ -308,4 +381,21 @@ async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize,
             .ctx("DeleteObject", Some(k))?;
     }
     Ok(list.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_id_in;
+
+    #[test]
+    fn the_image_named_by_a_snapshot_in_use_error() {
+        assert_eq!(
+            image_id_in(
+                "The snapshot snap-8e7fc7916c468f6ad is currently in use by ami-179cc79c17b230a37"
+            )
+            .as_deref(),
+            Some("ami-179cc79c17b230a37")
+        );
+        assert_eq!(image_id_in("The snapshot snap-1 is in use"), None);
+    }
 }

@@ -66,6 +66,24 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Every instance ever launched for `recipe` (terminated ones included).
+    pub fn instances_launched(&self, recipe: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_instances()
+                .filters(recipe_filter(recipe))
+                .send()
+                .await
+                .unwrap();
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id().map(str::to_string))
+                .collect()
+        })
+    }
+
     pub fn new() -> Lab {
         let env = lab_env();
         let rt = tokio::runtime::Builder::new_current_thread()

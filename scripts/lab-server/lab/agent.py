@@ -197,14 +197,16 @@ class Lab:
             self._kill(sb)
         layer = self.layers_dir / ami_id
         # O(1): the upper dir *becomes* the layer; the instance continues on a fresh
-        # upper dir stacked on it, which shows exactly the same files.
-        os.rename(sb.dir / "upper", layer)
+        # upper dir stacked on it, which shows exactly the same files. Under the lock with
+        # the records that name it: a gc_layers() in between (another image deregistered)
+        # would otherwise see an unowned layer and trash the image's content.
+        with self.lock:
+            os.rename(sb.dir / "upper", layer)
+            sb.layers = [ami_id] + sb.layers
+            self.images[ami_id] = ImageInfo(list(sb.layers), sb.user)
         (sb.dir / "upper").mkdir()
         self._rmtree(sb.dir / "work")
         (sb.dir / "work").mkdir()
-        with self.lock:
-            sb.layers = [ami_id] + sb.layers
-            self.images[ami_id] = ImageInfo(list(sb.layers), sb.user)
         if was_running:
             self.timing.plan(sb, pending=False)
             self._boot(sb)

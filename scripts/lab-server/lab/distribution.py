@@ -34,6 +34,7 @@ from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.exceptions import EC2ClientError
 
 from . import regions
+from .hook import wrap as _wrap
 
 log = logging.getLogger("lab.distribution")
 
@@ -42,19 +43,6 @@ AMI_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 ORG_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}$")
 OU_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
 
-
-def _wrap(cls: Any, name: str):
-    def deco(f):
-        orig = getattr(cls, name)
-
-        def wrapper(*a, **kw):
-            return f(orig, *a, **kw)
-
-        wrapper.__name__ = name
-        setattr(cls, name, wrapper)
-        return f
-
-    return deco
 
 
 def _iso(dt: datetime) -> str:

@@ -7,7 +7,6 @@ Every behavioural difference fixed here is listed in scripts/lab-server/README.m
 from __future__ import annotations
 
 import copy
-import functools
 from collections import OrderedDict
 import ipaddress
 import logging
@@ -27,6 +26,7 @@ from moto.moto_api._internal import models as m_api
 
 from . import regions
 from .agent import LOOPBACK, RESERVED, Lab, is_lab_ip
+from .hook import wrap as _wrap
 
 log = logging.getLogger("lab.patches")
 
@@ -36,21 +36,6 @@ _net = ipaddress.ip_network(DEFAULT_VPC_CIDR)
 if not (_net.prefixlen == 16 and _net.subnet_of(ipaddress.ip_network("127.0.0.0/8"))):
     raise SystemExit(f"LAB_VPC_CIDR must be a /16 inside 127.0.0.0/8, got {DEFAULT_VPC_CIDR}")
 
-
-def _wrap(cls: Any, name: str):
-    """Decorator: replace cls.name by f(original, *args, **kwargs)."""
-
-    def deco(f):
-        orig = getattr(cls, name)
-
-        @functools.wraps(orig)
-        def wrapper(*args, **kwargs):
-            return f(orig, *args, **kwargs)
-
-        setattr(cls, name, wrapper)
-        return f
-
-    return deco
 
 
 def _cidr_error(code: str, cidr: str, what: str) -> EC2ClientError:

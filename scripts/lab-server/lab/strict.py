@@ -10,7 +10,6 @@ timing profile), not only in the states moto's instant transitions leave behind.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ from moto.ec2.models import elastic_block_store as m_ebs
 from moto.ec2.models import instances as m_inst
 from moto.ec2.models import key_pairs as m_keys
 from moto.ec2.models import security_groups as m_sg
+from .hook import wrap as _wrap
 
 log = logging.getLogger("lab.strict")
 
@@ -27,21 +27,6 @@ log = logging.getLogger("lab.strict")
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
 
-
-def _wrap(cls: Any, name: str):
-    """Decorator: replace cls.name by f(original, *args, **kwargs)."""
-
-    def deco(f):
-        orig = getattr(cls, name)
-
-        @functools.wraps(orig)
-        def wrapper(*args, **kwargs):
-            return f(orig, *args, **kwargs)
-
-        setattr(cls, name, wrapper)
-        return f
-
-    return deco
 
 
 def _state(inst: Any) -> str:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from .hook import wrap as _wrap
 
 log = logging.getLogger("lab.timing")
 
@@ -349,21 +350,6 @@ def _due(obj: Any) -> bool:
         return True
     return False
 
-
-def _wrap(cls: Any, name: str):
-    """Decorator: replace cls.name by f(original, *args, **kwargs)."""
-
-    def deco(f):
-        orig = getattr(cls, name)
-
-        def wrapper(*a, **kw):
-            return f(orig, *a, **kw)
-
-        wrapper.__name__ = name
-        setattr(cls, name, wrapper)
-        return f
-
-    return deco
 
 
 def install_early(lab: Any) -> None:
