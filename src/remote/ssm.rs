@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
 
+use super::transfer::fetch::run_staged_script;
 use super::transfer::script::{run_file, shell_quote, step_script};
 use super::{CommError, StepOutcome};
 use crate::aws::{AwsError, Clients, Ctx};
@@ -578,12 +579,7 @@ impl SsmCommunicator {
             &format!("the script of {what}"),
         )
         .await?;
-        Ok(format!(
-            "set -e\n{}f=$(mktemp /tmp/bake-script.XXXXXXXX)\ntrap 'rm -f \"$f\"' EXIT\n\
-             fetch {} \"$f\"\ncheck {hex} \"$f\" 'staged script'\nsh \"$f\"\n",
-            upload::FETCH,
-            shell_quote(&url),
-        ))
+        Ok(run_staged_script(&url, &hex))
     }
 
     async fn cancel(&self, cid: &str) {

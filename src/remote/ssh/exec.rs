@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::Remote;
 use super::connect::Client;
 use crate::recipe::model::Step;
-use crate::remote::transfer::script::{run_file, shell_quote, step_script};
+use crate::remote::transfer::script::{kill_session, run_file, step_script};
 use crate::remote::{CommError, StepOutcome};
 use crate::ui::{OutputTail, SharedSink, Stream};
 
@@ -296,16 +296,7 @@ pub async fn run(
 /// because sudo steps run as root).
 async fn kill(handle: &Handle<Client>, remote: &Remote, pid: Option<u32>) {
     let Some(pid) = pid else { return };
-    let inner = format!("kill -KILL -- -{pid} 2>/dev/null; pkill -KILL -s {pid} 2>/dev/null; true");
-    let command = if remote.sudo.is_empty() {
-        inner
-    } else {
-        format!(
-            "{}sh -c {} 2>/dev/null || {{ {inner}; }}",
-            remote.sudo,
-            shell_quote(&inner)
-        )
-    };
+    let command = kill_session(remote.sudo, pid);
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
         capture(handle, &command, Vec::new()),

@@ -23,7 +23,8 @@ use super::Remote;
 use super::connect::Client;
 use super::exec::{capture, protocol};
 use crate::remote::CommError;
-use crate::remote::transfer::script::shell_quote;
+use crate::remote::transfer::script::{as_root, program_as_root, remove_file};
+use crate::remote::transfer::sftp::{SFTP_SERVERS, finish_script, prepare_script};
 use crate::remote::transfer::staging::{Item, SourceFile, upload_err};
 use crate::remote::transfer::verify;
 
@@ -39,15 +40,6 @@ pub(super) enum LargeFiles {
 
 /// The one place the large-file transport is chosen (see the measurements in `upload.rs`).
 pub(super) const LARGE_FILES: LargeFiles = LargeFiles::RawStream;
-
-/// Where `sftp-server` lives on the distributions builders run; the first executable wins.
-const SFTP_SERVERS: &[&str] = &[
-    "/usr/lib/openssh/sftp-server",
-    "/usr/libexec/openssh/sftp-server",
-    "/usr/lib/ssh/sftp-server",
-    "/usr/libexec/sftp-server",
-    "/usr/lib/sftp-server",
-];
 
 /// Bytes per SFTP write request. OpenSSH accepts packets up to 256 KiB (and says so in its
 /// `limits@openssh.com` reply, which russh-sftp honours); bigger writes mean fewer replies.
@@ -74,18 +66,6 @@ fn parent(dest: &str) -> &str {
         .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p })
 }
 
-/// The root shell that creates `parent` and names the first `sftp-server` binary it finds.
-fn prepare_script(parent: &str) -> String {
-    let candidates: Vec<String> = SFTP_SERVERS.iter().map(|s| shell_quote(s)).collect();
-    format!(
-        "umask 022\nmkdir -p -- {}\n\
-         for s in {}; do [ -x \"$s\" ] && {{ echo \"bake-sftp-server:$s\"; exit 0; }}; done\n\
-         echo bake-sftp-server:\n",
-        shell_quote(parent),
-        candidates.join(" ")
-    )
-}
-
 /// Opens an SFTP session as root whose working files may go into `parent` (created first).
 ///
 /// One round trip first creates the directory and finds the `sftp-server` binary (as root, so
@@ -98,11 +78,7 @@ async fn session(
     remote: &Remote,
     parent: &str,
 ) -> Result<SftpSession, CommError> {
-    let prepare = format!(
-        "{}sh -c {}",
-        remote.sudo,
-        shell_quote(&format!("set -e\n{}", prepare_script(parent)))
-    );
+    let prepare = as_root(remote.sudo, &prepare_script(parent));
     let out = capture(handle, &prepare, Vec::new()).await?;
     if out.status != Some(0) {
         return Err(upload_err(
@@ -130,7 +106,7 @@ async fn session(
             .await
             .map_err(|e| protocol("starting the sftp subsystem", e))?;
     } else if !server.is_empty() {
-        let command = format!("{}{}", remote.sudo, shell_quote(&server));
+        let command = program_as_root(remote.sudo, &server);
         channel
             .exec(true, command)
             .await
@@ -233,17 +209,6 @@ async fn send(
     fed
 }
 
-/// The root shell that checks the temp file's hash and renames it into place; the temp file is
-/// removed whatever happens.
-fn finish_script(item: &Item, temp: &str, hasher: &str) -> String {
-    let mut script = format!(
-        "set -e\nt={}\ntrap 'rm -f -- \"$t\"' EXIT\n",
-        shell_quote(temp)
-    );
-    script.push_str(&verify::verify_and_move(item, hasher));
-    script
-}
-
 /// Uploads one large file over SFTP, then verifies and renames it into place. `hasher` is the
 /// command that prints `HEX…` for a path (`openssl dgst -sha256 -r` or `sha256sum`).
 pub(super) async fn upload(
@@ -262,12 +227,12 @@ pub(super) async fn upload(
     let sent = send(&sftp, item, &temp, on_sent).await;
     let _ = sftp.close().await;
     if let Err(e) = sent {
-        let rm = format!("{}rm -f -- {}", remote.sudo, shell_quote(&temp));
+        let rm = remove_file(remote.sudo, &temp);
         let _ = capture(handle, &rm, Vec::new()).await;
         return Err(e);
     }
 
-    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
+    let command = as_root(remote.sudo, &script);
     let out = capture(handle, &command, Vec::new()).await?;
     verify::finish_outcome(out.status, &out.stderr_text(), path, expected, "finishing")
 }

@@ -52,7 +52,7 @@ use super::exec::{Chunk, capture, pipe};
 use super::sftp;
 use crate::plan::{EntryKind, UploadPlan};
 use crate::remote::CommError;
-use crate::remote::transfer::script::shell_quote;
+use crate::remote::transfer::script::as_root;
 use crate::remote::transfer::staging::{
     Item, SourceFile, file_bytes, file_hashes, items, owners_and_roots, split_streams, tar_extract,
     tar_header, tar_mtime, upload_err,
@@ -231,7 +231,7 @@ async fn upload_tar(
     script: &str,
     items: Vec<Item>,
 ) -> Result<Vec<(String, [u8; 32])>, CommError> {
-    let command = format!("{}sh -c {}", remote.sudo, shell_quote(script));
+    let command = as_root(remote.sudo, script);
 
     let files = file_hashes(&items);
     let first = items.first().map(|i| i.dest.clone()).unwrap_or_default();
@@ -265,11 +265,7 @@ async fn verify(
         list.extend_from_slice(path.as_bytes());
         list.push(0);
     }
-    let command = format!(
-        "{}sh -c {}",
-        remote.sudo,
-        shell_quote(&format!("xargs -0 -r {}", hasher(remote)))
-    );
+    let command = as_root(remote.sudo, &format!("xargs -0 -r {}", hasher(remote)));
     let out = capture(handle, &command, list).await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let remote_hashes = verify::parse_hashes(&stdout);
@@ -331,7 +327,7 @@ async fn upload_raw(
 ) -> Result<(), CommError> {
     let expected = item.sha256.map(hex::encode).unwrap_or_default();
     let script = verify::receive_script(&item, hasher(remote));
-    let command = format!("{}sh -c {}", remote.sudo, shell_quote(&script));
+    let command = as_root(remote.sudo, &script);
 
     let path = item.dest.clone();
     let (tx, rx) = mpsc::channel(READ_AHEAD);

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::{Done, SsmCommunicator};
 use crate::plan::{EntryKind, UploadPlan};
 use crate::remote::CommError;
+use crate::remote::transfer::fetch::FETCH;
 use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::staging::{
     Item, SourceFile, file_bytes, file_hashes, items, owners_and_roots, tar_extract, tar_header,
@@ -48,18 +49,6 @@ fn build_tar(items: &[Item]) -> Result<(Vec<u8>, [u8; 32]), CommError> {
     let hash: [u8; 32] = Sha256::digest(&buf).into();
     Ok((buf, hash))
 }
-
-/// The download helper every staged object goes through on the builder.
-pub(super) const FETCH: &str = r#"fetch() {
-  if command -v curl >/dev/null 2>&1; then curl -fsS --retry 3 -o "$2" "$1"
-  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
-  elif command -v python3 >/dev/null 2>&1; then python3 -c 'import shutil, sys, urllib.request
-with urllib.request.urlopen(sys.argv[1]) as r, open(sys.argv[2], "wb") as f: shutil.copyfileobj(r, f, 1 << 20)' "$1" "$2"
-  else echo "bake: the builder has neither curl, wget nor python3 to fetch staged uploads" >&2; return 1
-  fi
-}
-check() { printf '%s  %s\n' "$1" "$2" | sha256sum -c --quiet - >/dev/null 2>&1 || { echo "bake: $3: sha256 mismatch after download (expected $1)" >&2; exit 1; }; }
-"#;
 
 pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), CommError> {
     let all = items(plans);

@@ -4,7 +4,9 @@
 //! SSH and SSM both use this module and never each other, so an upload or a step behaves the
 //! same whichever transport the recipe chose.
 
+pub(crate) mod fetch;
 pub(crate) mod script;
+pub(crate) mod sftp;
 pub(crate) mod staging;
 pub(crate) mod tar;
 pub(crate) mod verify;

@@ -63,6 +63,34 @@ pub fn script_body(script: &str) -> String {
     )
 }
 
+/// The command that runs `script` under `sh` as root: `sudo` is the login's prefix (`sudo -n `,
+/// or empty when logged in as root). The script is one quoted word, so no part of it is
+/// parsed by the login shell.
+pub fn as_root(sudo: &str, script: &str) -> String {
+    format!("{sudo}sh -c {}", shell_quote(script))
+}
+
+/// Best effort: kills a timed-out step's whole session (process group `pid`, then anything in
+/// its session) as root when sudo works (sudo steps run as root), else as the login user.
+pub fn kill_session(sudo: &str, pid: u32) -> String {
+    let inner = format!("kill -KILL -- -{pid} 2>/dev/null; pkill -KILL -s {pid} 2>/dev/null; true");
+    if sudo.is_empty() {
+        inner
+    } else {
+        format!("{} 2>/dev/null || {{ {inner}; }}", as_root(sudo, &inner))
+    }
+}
+
+/// Runs the program at `path` (no arguments) as root: the SFTP server on its own channel.
+pub fn program_as_root(sudo: &str, path: &str) -> String {
+    format!("{sudo}{}", shell_quote(path))
+}
+
+/// Removes a file as root (an upload's temp file after a failed transfer).
+pub fn remove_file(sudo: &str, path: &str) -> String {
+    format!("{sudo}rm -f -- {}", shell_quote(path))
+}
+
 /// Single-quotes `s` for POSIX sh.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -72,6 +100,34 @@ pub fn shell_quote(s: &str) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn as_root_hands_the_script_to_sh_as_one_word() {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(as_root("", r#"x="it's"; printf '%s|' "$x" "$0""#))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's|sh|");
+    }
+
+    #[test]
+    fn kill_session_kills_the_whole_process_group() {
+        let mut child = std::process::Command::new("setsid")
+            .args(["sh", "-c", "sleep 30 & sleep 30; wait"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(kill_session("", child.id()))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t0 = std::time::Instant::now();
+        child.wait().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "the group survived");
+    }
 
     #[test]
     fn a_step_runs_from_a_file_that_is_gone_once_it_starts() {
