@@ -23,6 +23,21 @@ pub enum BuildError {
         attempts: u32,
         tail: Vec<String>,
     },
+    #[error("test {test:?} failed with {status} after {attempts} attempt(s) on {instance} (launched from {image}); {image_fate}{}", tail_text(.tail))]
+    TestFailed {
+        test: String,
+        status: String,
+        attempts: u32,
+        instance: String,
+        image: String,
+        /// What became of the image: removed, kept for inspection, or (a cache hit) left.
+        image_fate: String,
+        tail: Vec<String>,
+    },
+    #[error(
+        "recipe {recipe} has no image with fingerprint {fingerprint} to test: run `bake build` first"
+    )]
+    NoImageToTest { recipe: String, fingerprint: String },
     #[error(
         "image name {name:?} is already taken in this account by {image_id} ({who}, created {created}); \
          bake never replaces or removes an image it did not make, not even with --force: \
