@@ -165,15 +165,17 @@ impl Bake<'_> {
                 )
             }
         };
-        Err(BuildError::TestFailed {
-            test: last.name.clone(),
-            status: last.error.clone().unwrap_or_default(),
-            attempts: last.attempts,
-            instance: tester.instance_id.clone(),
-            image: image.ami_id.clone(),
-            image_fate,
-            tail,
-        })
+        Err(BuildError::TestFailed(Box::new(
+            super::error::TestFailure {
+                test: last.name.clone(),
+                status: last.error.clone().unwrap_or_default(),
+                attempts: last.attempts,
+                instance: tester.instance_id.clone(),
+                image: image.ami_id.clone(),
+                image_fate,
+                tail,
+            },
+        )))
     }
 
     /// Runs one test with its retries; returns its result and the last attempt's output tail.
@@ -289,4 +291,60 @@ async fn tag_tested(
         .await
         .ctx("CreateTags", Some(&image.ami_id))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::model::{Step, StepBody};
+
+    fn test(expect: Option<&str>) -> Test {
+        Test {
+            step: Step {
+                name: "t".into(),
+                body: StepBody::Run("true".into()),
+                sudo: false,
+                env: Default::default(),
+                workdir: None,
+                timeout: std::time::Duration::from_secs(1),
+                retries: 0,
+                reboot: false,
+            },
+            expect_output: expect.map(str::to_string),
+        }
+    }
+
+    fn outcome(status: Option<u32>, lines: &[&str]) -> crate::remote::StepOutcome {
+        crate::remote::StepOutcome {
+            exit_status: status,
+            tail: lines.iter().map(|l| l.to_string()).collect(),
+            disconnected: status.is_none(),
+            duration: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_test_passes_on_exit_0_with_matching_output() {
+        assert_eq!(verdict(&test(None), &outcome(Some(0), &[])), None);
+        assert_eq!(
+            verdict(&test(None), &outcome(Some(3), &["x"])).as_deref(),
+            Some("exit status 3")
+        );
+        assert_eq!(
+            verdict(&test(None), &outcome(None, &[])).as_deref(),
+            Some("the connection dropped")
+        );
+        let t = test(Some("(?m)^active$"));
+        assert_eq!(verdict(&t, &outcome(Some(0), &["x", "active"])), None);
+        assert!(
+            verdict(&t, &outcome(Some(0), &["inactive"]))
+                .unwrap()
+                .contains("does not match")
+        );
+        // The exit status decides first.
+        assert_eq!(
+            verdict(&t, &outcome(Some(1), &["active"])).as_deref(),
+            Some("exit status 1")
+        );
+    }
 }

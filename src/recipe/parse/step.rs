@@ -80,7 +80,7 @@ fn step_like(
     what: &str,
 ) -> Option<Step> {
     let n0 = cx.errors.len();
-    let name = cx.req_string(&t, "name", "\"install\"");
+    let name = cx.req_string(t, "name", "\"install\"");
     if let Some(n) = &name {
         cx.no_sensitive(&n.span, &format!("`name` in {}", t.name), Exposed::StepName);
         if let Some(first) = names.get(&n.v) {
@@ -97,8 +97,8 @@ fn step_like(
             names.insert(n.v.clone(), n.span.clone());
         }
     }
-    let run = cx.string(&t, "run");
-    let script = cx.string(&t, "script");
+    let run = cx.string(t, "run");
+    let script = cx.string(t, "script");
     let body = match (run, script) {
         (Some(_), Some(s)) => {
             cx.err(
@@ -109,7 +109,7 @@ fn step_like(
             None
         }
         (None, None) => {
-            if cx.get(&t, "run").is_none() && cx.get(&t, "script").is_none() {
+            if cx.get(t, "run").is_none() && cx.get(t, "script").is_none() {
                 cx.err(
                     Some(t.span.clone()),
                     format!("{} needs `run` or `script`", t.name),
@@ -153,9 +153,9 @@ fn step_like(
             None => None,
         },
     };
-    let sudo = cx.boolean(&t, "sudo").unwrap_or(false);
+    let sudo = cx.boolean(t, "sudo").unwrap_or(false);
     let mut env = BTreeMap::new();
-    if let Some(map) = cx.string_map(&t, "env") {
+    if let Some(map) = cx.string_map(t, "env") {
         for (k, v) in map.v {
             if !checks::is_env_name(&k.v) {
                 cx.err(
@@ -167,19 +167,19 @@ fn step_like(
             env.insert(k.v, v.v);
         }
     }
-    let workdir = cx.string(&t, "workdir");
+    let workdir = cx.string(t, "workdir");
     if let Some(w) = &workdir {
-        cx.absolute_remote(&t, "workdir", w);
+        cx.absolute_remote(t, "workdir", w);
     }
     let timeout = cx
-        .duration(&t, "timeout")
+        .duration(t, "timeout")
         .map(|d| d.v)
         .unwrap_or(Duration::from_secs(30 * 60));
     let retries = cx
-        .integer(&t, "retries", 0, 100)
+        .integer(t, "retries", 0, 100)
         .map(|r| r.v as u32)
         .unwrap_or(0);
-    let reboot = cx.boolean(&t, "reboot").unwrap_or(false);
+    let reboot = cx.boolean(t, "reboot").unwrap_or(false);
     if cx.errors.len() > n0 {
         return None;
     }
