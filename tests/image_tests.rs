@@ -194,3 +194,27 @@ fn keep_failed_keeps_exactly_the_image_tagged_failed() {
     // Besides the image (and the snapshot it is made of), nothing.
     assert_eq!(temporaries_left(&lab, &name), Vec::<String>::new());
 }
+
+#[test]
+fn sigint_during_a_test_leaves_nothing() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("itest-int");
+    let slow = "[[test]]\nname = \"slow\"\nrun = \"echo started; sleep 30\"\n";
+    let path = recipe(dir.path(), &name, slow);
+    let (code, err) = interrupt_when(
+        &lab,
+        &dir.path().join("cache"),
+        &path,
+        "slow | started",
+        std::time::Duration::from_millis(200),
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert_eq!(image_tags(&lab, &name), vec![], "{err}");
+    assert_eq!(
+        lab_leftovers(&lab.env, &name, &[]),
+        Vec::<String>::new(),
+        "{err}"
+    );
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
+}
