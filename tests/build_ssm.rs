@@ -624,3 +624,37 @@ fn sensitive_values_never_reach_the_ssm_command_history() {
     c.assert_clean("");
     c.remove();
 }
+
+#[test]
+fn image_tests_over_ssm_run_on_an_instance_of_the_new_image() {
+    let c = Case::new("ssmtest-", true);
+    let r = c.recipe(
+        "",
+        "",
+        "[[step]]\nname = \"mark\"\nsudo = true\nrun = \"echo baked > /etc/mark\"\n\
+         [[test]]\nname = \"mark there\"\nrun = \"cat /etc/mark\"\nexpect_output = \"^baked$\"\n",
+    );
+    let out = c.build(&["--output", "json"], &r);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = one_build(&out);
+    let tests = &b["tests"];
+    assert_eq!(tests["passed"], true, "{b}");
+    let tester = tests["instance_id"].as_str().unwrap().to_string();
+    let image = c.lab.rt.block_on(async {
+        let o = c
+            .lab
+            .ec2
+            .describe_instances()
+            .instance_ids(&tester)
+            .send()
+            .await
+            .unwrap();
+        o.reservations()[0].instances()[0]
+            .image_id()
+            .unwrap_or_default()
+            .to_string()
+    });
+    assert_eq!(image, b["ami_id"].as_str().unwrap());
+    c.assert_clean("after an SSM build with tests");
+    c.remove();
+}

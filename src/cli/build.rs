@@ -24,6 +24,10 @@ pub struct BuildFlags {
     pub jobs: usize,
     pub force: bool,
     pub manifest: Option<PathBuf>,
+    /// A failing `[[test]]` keeps the new image, tagged `bake:tested=failed`.
+    pub keep_failed: bool,
+    /// `bake test`: run the tests on the current image, build nothing.
+    pub test_only: bool,
 }
 
 /// One recipe's build in the report: the image, or why there is none.
@@ -79,7 +83,11 @@ async fn run_builds(
     let started = std::time::Instant::now();
     let (clients, jobs) = (clients.clone(), flags.jobs);
     let several = recipes.len() > 1;
-    let opts = BuildOptions { force: flags.force };
+    let opts = BuildOptions {
+        force: flags.force,
+        keep_failed: flags.keep_failed,
+        test_only: flags.test_only,
+    };
     let cleanups: Vec<Arc<Cleanup>> = recipes.iter().map(|_| Arc::new(Cleanup::new())).collect();
     let uis: Vec<Ui> = recipes
         .iter()
@@ -246,6 +254,16 @@ impl Report for Builds {
             let _ = writeln!(t, "  fingerprint {}", b.fingerprint);
             if !b.snapshots.is_empty() {
                 let _ = writeln!(t, "  snapshots   {}", b.snapshots.join(", "));
+            }
+            if let Some(tests) = &b.tests {
+                let _ = writeln!(
+                    t,
+                    "  tests       {} passed on {} (from {}), {}",
+                    tests.results.len(),
+                    tests.instance_id,
+                    tests.image_id,
+                    tests.fingerprint
+                );
             }
             for s in &b.stages {
                 let d = fmt_duration(Duration::from_secs_f64(s.seconds));

@@ -116,6 +116,16 @@ pub enum Cmd {
         /// Write (append to) a Packer-style manifest JSON file.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// When a [[test]] fails, keep the new image (tagged bake:tested=failed) to inspect it.
+        #[arg(long)]
+        keep_failed: bool,
+    },
+    /// Run the recipes' [[test]]s on their current images (on a fresh instance of each).
+    Test {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: Vars,
     },
     /// Show each recipe's fingerprint and whether a build would be skipped.
     Plan {
@@ -156,11 +166,25 @@ async fn run(cli: Cli) -> u8 {
             jobs,
             force,
             manifest,
+            keep_failed,
         } => {
             let opts = build::BuildFlags {
                 jobs,
                 force,
                 manifest,
+                keep_failed,
+                test_only: false,
+            };
+            finish(build::build(&recipes, &vars, &g, &opts).await, out)
+        }
+        Cmd::Test { recipes, vars } => {
+            let opts = build::BuildFlags {
+                jobs: 1,
+                force: false,
+                manifest: None,
+                // The image was published already: a failure tags it, never removes it.
+                keep_failed: true,
+                test_only: true,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }

@@ -23,6 +23,13 @@ pub enum BuildError {
         attempts: u32,
         tail: Vec<String>,
     },
+    /// Boxed: the error of every stage would otherwise carry its size.
+    #[error("{0}")]
+    TestFailed(Box<TestFailure>),
+    #[error(
+        "recipe {recipe} has no image with fingerprint {fingerprint} to test: run `bake build` first"
+    )]
+    NoImageToTest { recipe: String, fingerprint: String },
     #[error(
         "image name {name:?} is already taken in this account by {image_id} ({who}, created {created}); \
          bake never replaces or removes an image it did not make, not even with --force: \
@@ -68,4 +75,18 @@ fn tail_text(tail: &[String]) -> String {
     } else {
         format!("; last output:\n    {}", tail.join("\n    "))
     }
+}
+
+/// A `[[test]]` that failed on the instance launched from the new image.
+#[derive(Debug, thiserror::Error)]
+#[error("test {test:?} failed with {status} after {attempts} attempt(s) on {instance} (launched from {image}); {image_fate}{}", tail_text(.tail))]
+pub struct TestFailure {
+    pub test: String,
+    pub status: String,
+    pub attempts: u32,
+    pub instance: String,
+    pub image: String,
+    /// What became of the image: removed, kept for inspection, or (a cache hit) left.
+    pub image_fate: String,
+    pub tail: Vec<String>,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Image, ImageState, InstanceStateName, ResourceType};
 
-use super::cleanup::Undo;
+use super::cleanup::{Token, Undo};
 use super::launch::Builder;
 use super::source::SourceImage;
 use super::{Bake, BuildError, FoundImage, Inputs};
@@ -35,6 +35,10 @@ pub fn image_tags(
     t.insert("bake:build-id".into(), build_id.to_string());
     // Until the build marks it complete, a half-made image that `bake gc` may remove.
     t.insert(STATE_TAG.into(), "pending".into());
+    if !recipe.tests.is_empty() {
+        // Not published until the tests pass on a fresh instance (see `super::verify_image`).
+        t.insert(super::verify_image::TESTED_TAG.into(), "pending".into());
+    }
     let (k, v) = super::lease::initial_tag();
     t.insert(k, v);
     for (i, v) in plan::encode_inputs(fp).into_iter().enumerate() {
@@ -61,13 +65,14 @@ pub fn image_name(template: &str, recipe: &str, fp: &Fingerprint) -> String {
 
 impl Bake<'_> {
     /// The "stop" and "image" stages: the provisioned builder becomes the image `name`,
-    /// tagged with how it was made and marked complete.
+    /// tagged with how it was made and marked complete. Its undo is still registered (the
+    /// token): the caller keeps the image once it passed its tests.
     pub(super) async fn make_image(
         &self,
         builder: &Builder,
         inputs: &Inputs,
         name: &str,
-    ) -> Result<FoundImage, BuildError> {
+    ) -> Result<(FoundImage, Token), BuildError> {
         let Bake {
             clients,
             recipe,
@@ -184,16 +189,19 @@ impl Bake<'_> {
             .await?;
         }
         mark_complete(ec2, &ami, &snapshots).await?;
-        cleanup.keep(undo);
         st.finish(&format!(
             "{ami} available, snapshots {}",
             snapshots.join(", ")
         ));
-        Ok(FoundImage {
-            ami_id: ami,
-            name: name.to_string(),
-            snapshots,
-        })
+        // The undo stays registered: the test stage keeps the image once its tests pass.
+        Ok((
+            FoundImage {
+                ami_id: ami,
+                name: name.to_string(),
+                snapshots,
+            },
+            undo,
+        ))
     }
 }
 

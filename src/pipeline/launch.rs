@@ -45,10 +45,44 @@ pub fn build_tags(recipe: &Recipe, build_id: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// What an instance is launched for: the builder, or the instance of the new image the
+/// `[[test]]`s run on. The tester has its own names, client token and stages, no staging and
+/// none of the builder's user data or root volume settings (it boots the image as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Builder,
+    Tester,
+}
+
+impl Role {
+    fn suffix(self) -> &'static str {
+        match self {
+            Role::Builder => "",
+            Role::Tester => "-test",
+        }
+    }
+
+    fn stage(self, name: &str) -> String {
+        match self {
+            Role::Builder => name.to_string(),
+            Role::Tester => format!("test {name}"),
+        }
+    }
+}
+
 impl Bake<'_> {
     /// The "prepare" and "launch" stages: temporary key pair and security group, then the
     /// builder, each undo registered before the call that creates it.
     pub(super) async fn launch(&self, source: &SourceImage) -> Result<Builder, BuildError> {
+        self.launch_as(Role::Builder, source).await
+    }
+
+    /// [`Self::launch`] for either role; `source` is the image the instance boots.
+    pub(super) async fn launch_as(
+        &self,
+        role: Role,
+        source: &SourceImage,
+    ) -> Result<Builder, BuildError> {
         let Bake {
             clients,
             recipe,
@@ -59,7 +93,11 @@ impl Bake<'_> {
         } = *self;
         // What the communicator will stage outside the builder goes *after* the builder on
         // cleanup: an agent finishing an interrupted command cannot write behind our back.
-        let staged = Communicator::staged_objects(recipe, build_id);
+        let staged = match role {
+            Role::Builder => Communicator::staged_objects(recipe, build_id),
+            // The builder's undo already covers the same prefix.
+            Role::Tester => Vec::new(),
+        };
         for s in &staged {
             cleanup.push(Undo::DeleteStagedObjects {
                 bucket: s.bucket.clone(),
@@ -68,7 +106,8 @@ impl Bake<'_> {
         }
         let ec2 = &clients.ec2;
         let tags = build_tags(recipe, build_id);
-        let name = format!("bake-{}-{build_id}", recipe.name);
+        let name = format!("bake-{}-{build_id}{}", recipe.name, role.suffix());
+        let client_token = format!("{build_id}{}", role.suffix());
         let ssh = recipe.communicator == CommunicatorKind::Ssh;
 
         let client_key =
@@ -86,7 +125,10 @@ impl Bake<'_> {
                 }
             })?;
 
-        let st = ui.stage("prepare", "creating temporary key pair and security group");
+        let st = ui.stage(
+            &role.stage("prepare"),
+            "creating temporary key pair and security group",
+        );
         let key_fut = async {
             if !ssh {
                 return Ok::<_, BuildError>(None);
@@ -225,18 +267,23 @@ impl Bake<'_> {
         ));
 
         let st = ui.stage(
-            "launch",
+            &role.stage("launch"),
             &format!(
                 "launching {} from {}",
                 recipe.builder.instance_type, source.id
             ),
         );
         let dead_man = super::deadman::arm_script(recipe.builder.max_lifetime.as_secs());
-        let user_data = user_data(recipe.builder.user_data.as_deref(), &host_key, &dead_man)?;
+        let own = match role {
+            Role::Builder => recipe.builder.user_data.as_deref(),
+            Role::Tester => None,
+        };
+        let user_data = user_data(own, &host_key, &dead_man)?;
         let mut run_tags = recipe.builder.run_tags.clone();
-        run_tags
-            .entry("Name".into())
-            .or_insert_with(|| format!("bake builder {}", recipe.name));
+        run_tags.entry("Name".into()).or_insert_with(|| match role {
+            Role::Builder => format!("bake builder {}", recipe.name),
+            Role::Tester => format!("bake test {}", recipe.name),
+        });
         run_tags.extend(tags.clone());
         if !staged.is_empty() {
             // Where this build's staged objects are, for `bake gc` on any machine.
@@ -278,13 +325,13 @@ impl Bake<'_> {
             };
             req = req.iam_instance_profile(spec);
         }
-        if let Some(bdm) = root_volume(recipe, source) {
+        if let Some(bdm) = root_volume(recipe, source).filter(|_| role == Role::Builder) {
             req = req.block_device_mappings(bdm);
         }
         // The client token makes RunInstances idempotent: a retry after a lost answer (the SDK's
         // or ours) returns the instance the first attempt launched instead of a second one.
-        let req = req.client_token(build_id);
-        let undo = cleanup.push(Undo::instance(build_id, build_id));
+        let req = req.client_token(&client_token);
+        let undo = cleanup.push(Undo::instance(build_id, &client_token));
         let launched = std::time::Instant::now();
         let res = ec2::settle(
             "RunInstances",

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod lookup;
 mod provision;
 pub mod source;
+pub mod verify_image;
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,10 @@ use crate::ui::Ui;
 pub struct BuildOptions {
     /// Rebuild even when an image with the same fingerprint exists.
     pub force: bool,
+    /// A failing test keeps the new image (tagged `bake:tested=failed`) instead of removing it.
+    pub keep_failed: bool,
+    /// `bake test`: no build; run the tests on the image the fingerprint already has.
+    pub test_only: bool,
 }
 
 /// What a build produced; printed as the summary or as JSON.
@@ -50,6 +55,10 @@ pub struct BuildResult {
     pub build_id: String,
     pub seconds: f64,
     pub stages: Vec<StageTime>,
+    /// The `[[test]]`s run on a fresh instance of the image (absent: none were run, e.g. the
+    /// recipe has none or the image already passed these tests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<verify_image::TestsReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,7 +154,16 @@ impl Bake<'_> {
 
         // The image's name is fixed now, and refused before anything is created if it is taken.
         let image_name = image::image_name(&self.recipe.image.name, &self.recipe.name, &inputs.fp);
-        let (image, cached) = match self.cached(&inputs.fp, &image_name).await? {
+        let hit = if self.opts.test_only {
+            let hit = image::find_by_fingerprint(&self.clients.ec2, &inputs.fp.hash).await?;
+            Some(hit.ok_or_else(|| BuildError::NoImageToTest {
+                recipe: self.recipe.name.clone(),
+                fingerprint: inputs.fp.hash.clone(),
+            })?)
+        } else {
+            self.cached(&inputs.fp, &image_name).await?
+        };
+        let (image, made) = match hit {
             Some(hit) => {
                 self.ui.line(&format!(
                     "image {} ({}) already has fingerprint {}: nothing to build",
@@ -153,15 +171,20 @@ impl Bake<'_> {
                     hit.name,
                     inputs.fp.short()
                 ));
-                (hit, true)
+                (hit, None)
             }
             None => {
                 let builder = self.launch(&inputs.source).await?;
                 self.provision(&builder, &inputs).await?;
-                let made = self.make_image(&builder, &inputs, &image_name).await?;
-                (made, false)
+                let (made, undo) = self.make_image(&builder, &inputs, &image_name).await?;
+                (made, Some(undo))
             }
         };
+        let cached = made.is_none();
+        // Nothing may use the image before its tests pass.
+        let tests = self.verify_image(&image, made).await?;
+        // Seam for region copies / sharing / SSM parameter (distribution): call it here,
+        // after `verify_image`, so only a tested image is ever distributed.
         Ok(BuildResult {
             recipe: self.recipe.name.clone(),
             ami_id: image.ami_id,
@@ -174,6 +197,7 @@ impl Bake<'_> {
             build_id: self.build_id.to_string(),
             seconds: started.elapsed().as_secs_f64(),
             stages: stage_times(self.ui),
+            tests,
         })
     }
 

@@ -72,7 +72,7 @@ impl Bake<'_> {
     }
 
     /// SSM: no session, no inbound port.
-    async fn connect_ssm(
+    pub(super) async fn connect_ssm(
         &self,
         builder: &Builder,
         sink: SharedSink,
@@ -118,7 +118,7 @@ impl Bake<'_> {
         }
     }
 
-    async fn connect_ssh(
+    pub(super) async fn connect_ssh(
         &self,
         builder: &Builder,
         sink: SharedSink,

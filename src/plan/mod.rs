@@ -176,6 +176,50 @@ pub fn read_scripts(recipe: &Recipe) -> Result<Vec<String>, PlanError> {
         .collect()
 }
 
+/// The bytes of each `[[test]]`'s script, in recipe order.
+pub fn read_test_scripts(recipe: &Recipe) -> Result<Vec<String>, PlanError> {
+    recipe
+        .tests
+        .iter()
+        .map(|t| match &t.step.body {
+            StepBody::Run(text) => Ok(text.clone()),
+            StepBody::Script(path) => std::fs::read_to_string(path).map_err(|e| PlanError {
+                path: path.clone(),
+                message: format!("cannot read test script: {e}"),
+            }),
+        })
+        .collect()
+}
+
+/// The fingerprint of the tests, apart from the image's (changing a test does not rebuild the
+/// image; it re-runs the tests on it): everything that decides whether a test passes — names,
+/// script bytes, sudo, env, workdir, expect_output — but not timeouts or retries.
+pub fn tests_fingerprint(recipe: &Recipe, scripts: &[String]) -> String {
+    #[derive(Serialize)]
+    struct T<'a> {
+        name: &'a str,
+        script: &'a str,
+        sudo: bool,
+        env: &'a BTreeMap<String, String>,
+        workdir: &'a Option<String>,
+        expect_output: &'a Option<String>,
+    }
+    let all: Vec<T> = recipe
+        .tests
+        .iter()
+        .zip(scripts)
+        .map(|(t, script)| T {
+            name: &t.step.name,
+            script,
+            sudo: t.step.sudo,
+            env: &t.step.env,
+            workdir: &t.step.workdir,
+            expect_output: &t.expect_output,
+        })
+        .collect();
+    format!("t{VERSION}-{}", &digest_of(&all)[..32])
+}
+
 /// The tag value recording component digests: `name=digest8` pairs, where a name is shortened
 /// to a 6-hex hash of itself so long destinations fit. EC2 caps a tag value at 256 characters,
 /// so the record is split over as many values as needed.

@@ -53,6 +53,7 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             retries: 0,
             reboot: false,
         }],
+        tests: vec![],
         image: Image {
             name: "{recipe}-{hash}".into(),
             description: None,
@@ -216,4 +217,29 @@ fn directory_entries_are_sorted_and_complete() {
     let rels: Vec<_> = plans[0].entries.iter().map(|e| e.rel.as_str()).collect();
     assert_eq!(rels, vec!["a.txt", "sub", "sub/b.txt"]);
     let _ = PathBuf::new();
+}
+
+#[test]
+fn tests_have_their_own_fingerprint_apart_from_the_image() {
+    let (_d, mut r) = setup();
+    let scripts = read_scripts(&r).unwrap();
+    let image_before = compute(&r, "ami-1", &[], &scripts);
+    let step = r.steps[0].clone();
+    r.tests = vec![Test {
+        step: Step {
+            name: "user".into(),
+            body: StepBody::Run("id -u web".into()),
+            ..step
+        },
+        expect_output: None,
+    }];
+    let t1 = tests_fingerprint(&r, &read_test_scripts(&r).unwrap());
+    // A test changes: the tests' fingerprint does, the image's does not.
+    r.tests[0].expect_output = Some("^9".into());
+    let t2 = tests_fingerprint(&r, &read_test_scripts(&r).unwrap());
+    assert_ne!(t1, t2);
+    assert_eq!(compute(&r, "ami-1", &[], &scripts), image_before);
+    // Retries and timeouts decide how a test runs, not whether it passes.
+    r.tests[0].step.retries = 5;
+    assert_eq!(tests_fingerprint(&r, &read_test_scripts(&r).unwrap()), t2);
 }

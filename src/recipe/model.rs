@@ -31,6 +31,8 @@ pub struct Recipe {
     pub ssm: Option<Ssm>,
     pub uploads: Vec<Upload>,
     pub steps: Vec<Step>,
+    /// Run on a fresh instance of the new image before it is published.
+    pub tests: Vec<Test>,
     pub image: Image,
     pub deploy: Option<Deploy>,
     /// Values (from variables marked sensitive) that must never appear in output.
@@ -159,6 +161,15 @@ pub struct Step {
     /// The step reboots the builder: a dropped connection is expected, and bake reconnects
     /// before the next step.
     pub reboot: bool,
+}
+
+/// A `[[test]]`: run like a step (never `reboot`) on an instance launched from the new image;
+/// it passes when it exits 0 and its output matches `expect_output`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Test {
+    pub step: Step,
+    /// A regex (regex-lite syntax) the last lines of output must match.
+    pub expect_output: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -47,6 +47,7 @@ const TOP_KEYS: &[&str] = &[
     "ssm",
     "upload",
     "step",
+    "test",
     "image",
     "deploy",
 ];
@@ -67,6 +68,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("ssm", ssm::SSM_KEYS),
         ("upload[]", upload::UPLOAD_KEYS),
         ("step[]", step::STEP_KEYS),
+        ("test[]", step::TEST_KEYS),
         ("image", image::IMAGE_KEYS),
         ("deploy", deploy::DEPLOY_KEYS),
     ]
@@ -215,6 +217,7 @@ pub(crate) fn build(
 
     let uploads = upload::uploads(&mut cx, &root);
     let steps = step::steps(&mut cx, &root);
+    let tests = step::tests(&mut cx, &root);
     let image = image::image(&mut cx, &root, name.as_ref().map(|n| n.v.as_str()));
     let deploy = deploy::deploy(&mut cx, &root);
 
@@ -234,6 +237,7 @@ pub(crate) fn build(
             ssm: ssm?,
             uploads,
             steps,
+            tests,
             image: image?,
             deploy: deploy?,
             secrets: secrets.clone(),
