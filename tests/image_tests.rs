@@ -218,3 +218,41 @@ fn sigint_during_a_test_leaves_nothing() {
     );
     assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
 }
+
+#[test]
+fn sigkill_during_a_test_leaves_a_half_made_image_that_gc_removes() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("itest-kill");
+    let slow = "[[test]]\nname = \"slow\"\nrun = \"echo started; sleep 30\"\n";
+    let path = recipe(dir.path(), &name, slow);
+    let state = dir.path().join("state");
+    let mut cmd = lab.bake(&dir.path().join("cache"));
+    cmd.env("XDG_STATE_HOME", &state)
+        .args(["build", "--plain"])
+        .arg(&path);
+    let mut b = run::Running::start(cmd);
+    b.wait_for("slow | started");
+    let id = b.build_id();
+    b.kill9();
+    let log = b.drain();
+    // The image is not finished until its tests pass: no cache hit can pick it up...
+    let tags = image_tags(&lab, &name);
+    assert_eq!(tags.len(), 1, "one image, made before the tests\n{log}");
+    assert_eq!(tags[0].1["bake:state"], "pending", "{log}");
+    // ...and gc removes it with the tester and everything else of the build.
+    let out = lab
+        .bake(&dir.path().join("cache"))
+        .env("XDG_STATE_HOME", &state)
+        .args(["gc", "--yes"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{said}");
+    assert_eq!(image_tags(&lab, &name), vec![], "{said}");
+    assert_eq!(
+        run::leftovers_of_build(&lab.env, &id),
+        Vec::<String>::new(),
+        "{said}"
+    );
+}

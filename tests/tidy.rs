@@ -65,7 +65,12 @@ const LAYERS: &[(&[&str], &[Group])] = &[
     ),
     (
         &["remote", "transfer"],
-        &[g(&["verify"]), g(&["staging"]), peers(&["script", "tar"])],
+        &[
+            peers(&["sftp", "fetch"]),
+            g(&["verify"]),
+            g(&["staging"]),
+            peers(&["script", "tar"]),
+        ],
     ),
 ];
 

@@ -65,7 +65,7 @@ pub fn image_name(template: &str, recipe: &str, fp: &Fingerprint) -> String {
 
 impl Bake<'_> {
     /// The "stop" and "image" stages: the provisioned builder becomes the image `name`,
-    /// tagged with how it was made and marked complete. Its undo is still registered (the
+    /// tagged with how it was made, and marked complete unless tests must pass first. Its undo is still registered (the
     /// token): the caller keeps the image once it passed its tests.
     pub(super) async fn make_image(
         &self,
@@ -188,7 +188,11 @@ impl Bake<'_> {
             )
             .await?;
         }
-        mark_complete(ec2, &ami, &snapshots).await?;
+        // An image with tests is finished only once they pass (`verify_image` marks it): a
+        // bake killed during its tests leaves a half-made image `bake gc` removes.
+        if recipe.tests.is_empty() {
+            mark_complete(ec2, &ami, &snapshots).await?;
+        }
         st.finish(&format!(
             "{ami} available, snapshots {}",
             snapshots.join(", ")
@@ -206,7 +210,7 @@ impl Bake<'_> {
 }
 
 /// The image is finished: from now on `bake gc` never touches it and it is a cache hit.
-async fn mark_complete(
+pub(super) async fn mark_complete(
     ec2: &aws_sdk_ec2::Client,
     ami: &str,
     snapshots: &[String],

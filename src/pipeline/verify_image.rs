@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::cleanup::Token;
+use super::image::mark_complete;
 use super::launch::Role;
 use super::source::SourceImage;
 use super::{Bake, BuildError, FoundImage};
@@ -142,6 +143,7 @@ impl Bake<'_> {
         let Some(tail) = failure else {
             tag_tested(&clients.ec2, image, &fp).await?;
             if let Some(t) = made {
+                mark_complete(&clients.ec2, &image.ami_id, &image.snapshots).await?;
                 cleanup.keep(t);
             }
             return Ok(Some(report));
@@ -154,6 +156,8 @@ impl Bake<'_> {
             ),
             (Some(t), true) => {
                 tag_tested(&clients.ec2, image, "failed").await?;
+                // Kept on purpose: not a leftover for `bake gc`.
+                mark_complete(&clients.ec2, &image.ami_id, &image.snapshots).await?;
                 cleanup.keep(t);
                 keep_hint(image, &recipe.builder.instance_type)
             }
