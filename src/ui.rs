@@ -67,10 +67,10 @@ impl ColorChoice {
     }
 }
 
-/// Process-wide display settings from the global flags, set once before any command runs.
+/// Process-wide display settings from the global flags, set once before any command runs
+/// (colour itself lives in `console`'s switch, which every styled string consults).
 #[derive(Debug, Clone, Copy)]
 struct Settings {
-    color: bool,
     quiet: bool,
     unicode: bool,
 }
@@ -82,7 +82,6 @@ pub fn configure(color: ColorChoice, quiet: bool) {
     let color = color.enabled();
     console::set_colors_enabled_stderr(color);
     let _ = SETTINGS.set(Settings {
-        color,
         quiet,
         unicode: utf8_locale(),
     });
@@ -90,7 +89,6 @@ pub fn configure(color: ColorChoice, quiet: bool) {
 
 fn settings() -> Settings {
     *SETTINGS.get_or_init(|| Settings {
-        color: ColorChoice::Auto.enabled(),
         quiet: false,
         unicode: utf8_locale(),
     })

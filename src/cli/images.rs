@@ -72,7 +72,7 @@ impl Report for Listed {
         let mut t = comfy_table::Table::new();
         // Borderless columns (grep- and awk-friendly); on a terminal long cells wrap within
         // their column instead of pushing the next ones out of line.
-        t.load_preset(comfy_table::presets::NOTHING)
+        t.load_style(comfy_table::presets::NOTHING)
             .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
             .set_header([
                 "AMI",
