@@ -1,9 +1,15 @@
 //! What bake shows while it works: indicatif progress on a terminal, plain timestamped lines
 //! otherwise (CI logs), always on stderr so stdout carries only the result (text or JSON).
 //! Every line passes through [`Ui::redact`] so secrets never reach a log.
+//!
+//! On a terminal each running stage and each recipe's upload has one live line; a finished
+//! stage is printed once above them and its line cleared (as cargo does), so `-j 10` stays
+//! within the screen. Colour follows `--color` / `NO_COLOR`; symbols fall back to ASCII
+//! outside a UTF-8 locale. `--quiet` keeps only failures (errors and the result are printed
+//! by the command itself).
 
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -35,44 +41,156 @@ pub enum Output {
     Json,
 }
 
+/// `--color`: whether progress on stderr is coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ColorChoice {
+    /// When stderr is a terminal and `NO_COLOR` is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour stderr: `auto` follows the terminal and the NO_COLOR convention
+    /// (set and not empty means no colour) and `TERM=dumb`.
+    pub fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+            }
+        }
+    }
+}
+
+/// Process-wide display settings from the global flags, set once before any command runs
+/// (colour itself lives in `console`'s switch, which every styled string consults).
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    quiet: bool,
+    unicode: bool,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// Applies `--color` and `--quiet` to every [`Ui`] made after it (the first call wins).
+pub fn configure(color: ColorChoice, quiet: bool) {
+    let color = color.enabled();
+    console::set_colors_enabled_stderr(color);
+    let _ = SETTINGS.set(Settings {
+        quiet,
+        unicode: utf8_locale(),
+    });
+}
+
+fn settings() -> Settings {
+    *SETTINGS.get_or_init(|| Settings {
+        quiet: false,
+        unicode: utf8_locale(),
+    })
+}
+
+/// Whether the terminal can be expected to draw ✓ and braille spinners: the locale that
+/// governs character types (LC_ALL, then LC_CTYPE, then LANG) names UTF-8.
+fn utf8_locale() -> bool {
+    ["LC_ALL", "LC_CTYPE", "LANG"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .is_some_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.contains("utf-8") || v.contains("utf8")
+        })
+}
+
+/// Per-recipe prefix colours, picked by name so a recipe keeps its colour between runs.
+const PALETTE: [console::Color; 6] = [
+    console::Color::Cyan,
+    console::Color::Magenta,
+    console::Color::Yellow,
+    console::Color::Blue,
+    console::Color::Green,
+    console::Color::Red,
+];
+
 #[derive(Clone)]
 pub struct Ui {
     inner: Arc<Inner>,
     /// Shown before every line: the recipe name when several build at once.
     prefix: String,
+    /// The same prefix as drawn on a terminal (coloured when colour is on).
+    styled_prefix: String,
     /// (stage name, when it started, how long it took).
     timings: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
+    /// This recipe's upload bar (and, in plain output, the last quarter told): one per
+    /// recipe, so concurrent builds never drive one bar.
+    upload: Arc<Mutex<Option<(ProgressBar, u64)>>>,
 }
 
 struct Inner {
     mp: Option<MultiProgress>,
     secrets: Mutex<Vec<String>>,
-    upload: Mutex<Option<(ProgressBar, u64)>>,
+    settings: Settings,
 }
 
 impl Ui {
     /// Progress bars when stderr is a terminal (and `plain` is not forced), lines otherwise.
     pub fn new(plain: bool) -> Self {
-        let tty = !plain && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let settings = settings();
+        let tty = !plain
+            && !settings.quiet
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("CI").is_none();
         let mp = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Ui {
             inner: Arc::new(Inner {
                 mp,
                 secrets: Mutex::new(Vec::new()),
-                upload: Mutex::new(None),
+                settings,
             }),
             prefix: String::new(),
+            styled_prefix: String::new(),
             timings: Arc::new(Mutex::new(Vec::new())),
+            upload: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// A view of the same output that prefixes lines with `name` and keeps its own timings.
+    /// A view of the same output that prefixes lines with `name` and keeps its own timings
+    /// and its own upload bar.
     pub fn child(&self, name: &str) -> Self {
+        let prefix = format!("{name} | ");
+        let hash = name
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31) + b as usize);
+        let styled_prefix = console::style(&prefix)
+            .fg(PALETTE[hash % PALETTE.len()])
+            .for_stderr()
+            .to_string();
         Ui {
             inner: self.inner.clone(),
-            prefix: format!("{name} | "),
+            prefix,
+            styled_prefix,
             timings: Arc::new(Mutex::new(Vec::new())),
+            upload: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn quiet(&self) -> bool {
+        self.inner.settings.quiet
+    }
+
+    /// ✓/✗ on a UTF-8 terminal, words otherwise.
+    fn mark(&self, ok: bool) -> String {
+        let (sym, color) = match (ok, self.inner.settings.unicode) {
+            (true, true) => ("✓", console::Color::Green),
+            (false, true) => ("✗", console::Color::Red),
+            (true, false) => ("ok", console::Color::Green),
+            (false, false) => ("FAILED", console::Color::Red),
+        };
+        console::style(sym).fg(color).for_stderr().to_string()
     }
 
     pub fn is_tty(&self) -> bool {
@@ -93,12 +211,19 @@ impl Ui {
         redact(text, &self.inner.secrets.lock().unwrap())
     }
 
-    /// Prints one line above any progress bars.
+    /// Prints one line above any progress bars (nothing with `--quiet`).
     pub fn line(&self, msg: &str) {
+        if !self.quiet() {
+            self.line_always(msg);
+        }
+    }
+
+    /// Prints one line even with `--quiet`: what went wrong.
+    fn line_always(&self, msg: &str) {
         let msg = self.redact(msg);
         match &self.inner.mp {
             Some(mp) => {
-                let _ = mp.println(format!("{}{msg}", self.prefix));
+                let _ = mp.println(format!("{}{msg}", self.styled_prefix));
             }
             // Not eprintln!: after SIGHUP the terminal may be gone, and a failed write must
             // not panic in the middle of cleanup.
@@ -113,11 +238,15 @@ impl Ui {
     pub fn stage(&self, name: &str, msg: &str) -> Stage {
         let bar = self.inner.mp.as_ref().map(|mp| {
             let pb = mp.add(ProgressBar::new_spinner());
-            pb.set_style(
+            let style =
                 ProgressStyle::with_template("{spinner:.cyan} {prefix}{msg} {elapsed:.dim}")
-                    .unwrap(),
-            );
-            pb.set_prefix(format!("{}{name}: ", self.prefix));
+                    .unwrap();
+            pb.set_style(if self.inner.settings.unicode {
+                style
+            } else {
+                style.tick_chars("-\\|/ ")
+            });
+            pb.set_prefix(format!("{}{name}: ", self.styled_prefix));
             pb.set_message(self.redact(msg));
             pb.enable_steady_tick(Duration::from_millis(120));
             pb
@@ -241,8 +370,15 @@ impl Stage {
         let msg = self.ui.redact(msg);
         match &self.bar {
             Some(b) => {
-                b.set_style(ProgressStyle::with_template("{prefix}{msg}").unwrap());
-                b.finish_with_message(format!("✓ {msg} ({})", fmt_duration(d)));
+                // Printed once above the live lines and its own line cleared: finished stages
+                // scroll away instead of piling up as bars.
+                b.finish_and_clear();
+                let mark = self.ui.mark(true);
+                self.ui.line(&format!(
+                    "{}: {mark} {msg} ({})",
+                    self.name,
+                    fmt_duration(d)
+                ));
             }
             None => self
                 .ui
@@ -261,10 +397,15 @@ impl Stage {
         let msg = self.ui.redact(msg);
         match &self.bar {
             Some(b) => {
-                b.set_style(ProgressStyle::with_template("{prefix}{msg}").unwrap());
-                b.abandon_with_message(format!("✗ {msg} ({})", fmt_duration(d)));
+                b.finish_and_clear();
+                let mark = self.ui.mark(false);
+                self.ui.line_always(&format!(
+                    "{}: {mark} {msg} ({})",
+                    self.name,
+                    fmt_duration(d)
+                ));
             }
-            None => self.ui.line(&format!(
+            None => self.ui.line_always(&format!(
                 "{}: FAILED: {msg} ({})",
                 self.name,
                 fmt_duration(d)
@@ -285,7 +426,10 @@ impl Sink for Ui {
     }
 
     fn upload_progress(&self, done: u64, total: u64) {
-        let mut up = self.inner.upload.lock().unwrap();
+        if self.quiet() {
+            return;
+        }
+        let mut up = self.upload.lock().unwrap();
         match (&self.inner.mp, up.as_mut()) {
             (Some(mp), None) => {
                 let pb = mp.add(ProgressBar::new(total));
@@ -296,7 +440,7 @@ impl Sink for Ui {
                     .unwrap()
                     .progress_chars("=> "),
                 );
-                pb.set_prefix(self.prefix.clone());
+                pb.set_prefix(self.styled_prefix.clone());
                 pb.set_position(done);
                 *up = Some((pb, 0));
             }
@@ -313,7 +457,7 @@ impl Sink for Ui {
                         fmt_bytes(total),
                         quarter * 25
                     ));
-                    *self.inner.upload.lock().unwrap() = Some((ProgressBar::hidden(), quarter));
+                    *self.upload.lock().unwrap() = Some((ProgressBar::hidden(), quarter));
                     return;
                 }
             }

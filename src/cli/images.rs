@@ -69,36 +69,58 @@ async fn list(recipe: Option<String>, g: &Global) -> Result<Listed, CliError> {
 
 impl Report for Listed {
     fn text(&self) -> String {
-        let mut t = format!(
-            "{:<22} {:<14} {:<12} {:<21} {:<30} USED BY\n",
-            "AMI", "RECIPE", "FINGERPRINT", "CREATED", "SNAPSHOTS"
-        );
+        let mut t = comfy_table::Table::new();
+        // Borderless columns (grep- and awk-friendly); on a terminal long cells wrap within
+        // their column instead of pushing the next ones out of line.
+        t.load_style(comfy_table::presets::NOTHING)
+            .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+            .set_header([
+                "AMI",
+                "NAME",
+                "RECIPE",
+                "FINGERPRINT",
+                "CREATED",
+                "SNAPSHOTS",
+                "USED BY",
+            ]);
         for i in &self.images {
             let snaps: Vec<String> = i
                 .snapshots
                 .iter()
-                .map(|s| {
-                    let size = s.size_gib.map(|g| format!(" ({g} GiB)"));
-                    format!("{}{}", s.id, size.unwrap_or_default())
+                .map(|s| match s.size_gib {
+                    Some(g) => format!("{} ({g} GiB)", s.id),
+                    None => s.id.clone(),
                 })
                 .collect();
             let used = if i.used_by.is_empty() {
                 "-".to_string()
             } else {
-                i.used_by.join("; ")
+                i.used_by.join("\n")
             };
-            let _ = writeln!(
-                t,
-                "{:<22} {:<14} {:<12} {:<21} {:<30} {used}",
-                i.ami_id,
-                i.recipe,
-                &i.fingerprint[..i.fingerprint.len().min(12)],
-                format!("{}Z", &i.created[..i.created.len().min(19)]),
-                snaps.join(", "),
-            );
-            let _ = writeln!(t, "{:<22} {}", "", i.name);
+            t.add_row([
+                i.ami_id.clone(),
+                i.name.clone(),
+                i.recipe.clone(),
+                i.fingerprint.chars().take(12).collect(),
+                created(&i.created),
+                snaps.join("\n"),
+                used,
+            ]);
         }
-        t.trim_end().to_string()
+        // comfy-table pads every line to the table's width; trailing blanks are noise in a
+        // log and in a diff.
+        t.lines()
+            .map(|l| l.trim_end().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// An EC2 creation date (RFC 3339) as UTC to the second; what EC2 sent if it is not a date.
+fn created(raw: &str) -> String {
+    match raw.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts.strftime("%Y-%m-%d %H:%M:%SZ").to_string(),
+        Err(_) => raw.to_string(),
     }
 }
 
@@ -241,5 +263,50 @@ impl Report for RemovedAll {
 
     fn outcome(&self) -> Result<(), CliError> {
         failed_if(self.failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::retention::SnapshotInfo;
+
+    fn img(id: &str, name: &str, created: &str) -> ImageInfo {
+        ImageInfo {
+            ami_id: id.into(),
+            name: name.into(),
+            recipe: "web".into(),
+            fingerprint: "0123456789abcdef0123".into(),
+            created: created.into(),
+            state: "available".into(),
+            snapshots: vec![SnapshotInfo {
+                id: "snap-0123".into(),
+                size_gib: Some(8),
+            }],
+            used_by: vec![],
+        }
+    }
+
+    #[test]
+    fn the_list_table_keeps_its_columns_with_long_names_and_parses_dates() {
+        let long = "web-".to_string() + &"x".repeat(70);
+        let l = Listed {
+            images: vec![
+                img("ami-1", &long, "2026-12-02T11:05:09.000Z"),
+                img("ami-22", "web-1", "2026-12-01T10:00:00+02:00"),
+            ],
+        };
+        let text = l.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Every row's RECIPE cell starts where its header does: long names do not shift it.
+        let col = lines[0].find("RECIPE").unwrap();
+        for row in &lines[1..] {
+            assert_eq!(row.find(" web ").map(|i| i + 1), Some(col), "{text}");
+        }
+        assert!(lines[1].contains("2026-12-02 11:05:09Z"), "{text}");
+        // Parsed, not sliced: an offset is converted to UTC.
+        assert!(lines[2].contains("2026-12-01 08:00:00Z"), "{text}");
+        assert!(lines[1].contains("0123456789ab "), "{text}");
     }
 }

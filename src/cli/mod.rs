@@ -11,14 +11,14 @@ mod signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 pub use report::{CliError, Diagnostic, RecipeFailure, Report, fail, finish};
 
 use crate::aws::Clients;
 use crate::recipe::{self, model::Recipe};
-use crate::ui::Output;
+use crate::ui::{ColorChoice, Output};
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INPUT: u8 = 2;
@@ -29,7 +29,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
     name = "bake",
     version,
     about = "Bake golden AWS machine images from TOML recipes",
-    propagate_version = true
+    propagate_version = true,
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -38,7 +39,18 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  bake validate recipes/web.toml          check a recipe without touching AWS
+  bake plan recipes/*.toml                fingerprints, and which builds would be skipped
+  bake build -j 4 recipes/*.toml          build four recipes at once
+  bake build --output json web.toml       the result as JSON on stdout, progress on stderr
+  bake images prune --recipe web --keep 3 --older-than 14d --yes
+  bake completions bash > ~/.local/share/bash-completion/completions/bake
+  bake man > ~/.local/share/man/man1/bake.1";
+
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// AWS region (default: the standard chain: AWS_REGION, profile, …).
     #[arg(long, global = true, env = "BAKE_REGION")]
@@ -52,6 +64,12 @@ pub struct Global {
     /// Plain timestamped progress lines even on a terminal.
     #[arg(long, global = true)]
     pub plain: bool,
+    /// Colour on stderr: auto (a terminal, and NO_COLOR unset), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+    /// Print only errors and the final result, no progress.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -141,10 +159,33 @@ pub enum Cmd {
     Deploy(deploy::DeployArgs),
     /// List (or with --yes remove) what builds that no longer run left behind.
     Gc(gc::GcArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Examples:\n  \
+        bash: bake completions bash > ~/.local/share/bash-completion/completions/bake\n  \
+        zsh:  bake completions zsh > \"${fpath[1]}/_bake\"\n  \
+        fish: bake completions fish > ~/.config/fish/completions/bake.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print bake's man page (roff) on stdout.
+    #[command(after_help = "Example:\n  bake man > ~/.local/share/man/man1/bake.1 && man bake")]
+    Man,
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Help and usage errors come from clap before the flags are parsed, so `--color` is
+    // looked for by hand to colour them (or not) too.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = Cli::command().color(clap_color(&args));
+    let cli = match cmd
+        .try_get_matches_from(&args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    crate::ui::configure(cli.global.color, cli.global.quiet);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,6 +233,42 @@ async fn run(cli: Cli) -> u8 {
         Cmd::Images(cmd) => images::run(cmd, &g).await,
         Cmd::Deploy(args) => deploy::run(args, &g).await,
         Cmd::Gc(args) => finish(gc::run(args, &g).await, out),
+        Cmd::Completions { shell } => print_generated(|w| {
+            clap_complete::generate(shell, &mut Cli::command(), "bake", w);
+            Ok(())
+        }),
+        Cmd::Man => print_generated(|w| clap_mangen::Man::new(Cli::command()).render(w)),
+    }
+}
+
+/// `--color` as clap should use it for help and usage errors.
+fn clap_color(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        let v = match a.strip_prefix("--color") {
+            Some("") => it.next(),
+            Some(rest) => rest.strip_prefix('='),
+            None => continue,
+        };
+        match v {
+            Some("always") => return clap::ColorChoice::Always,
+            Some("never") => return clap::ColorChoice::Never,
+            _ => {}
+        }
+    }
+    clap::ColorChoice::Auto
+}
+
+/// Writes a generated file (completions, man page) to stdout; a closed pipe is not an error.
+fn print_generated(f: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match f(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            report_error(&e);
+            EXIT_FAILED
+        }
     }
 }
 
