@@ -48,13 +48,15 @@ pub fn header(
     };
     raw_header(
         out,
-        truncate(&name, 100),
-        size,
-        flag,
-        truncate(link, 100),
-        mode,
+        &Fields {
+            name: truncate(&name, 100),
+            size,
+            flag,
+            link: truncate(link, 100),
+            mode,
+            mtime,
+        },
         owner,
-        mtime,
     );
 }
 
@@ -78,30 +80,40 @@ fn long_record(out: &mut Vec<u8>, flag: u8, value: &str) {
     let size = data.len() as u64 + 1;
     raw_header(
         out,
-        b"././@LongLink",
-        size,
-        flag,
-        b"",
-        0o644,
+        &Fields {
+            name: b"././@LongLink",
+            size,
+            flag,
+            link: b"",
+            mode: 0o644,
+            mtime: 0,
+        },
         &Owner::default(),
-        0,
     );
     out.extend_from_slice(data);
     out.push(0);
     out.extend(std::iter::repeat_n(0u8, padding(size)));
 }
 
-#[allow(clippy::too_many_arguments)]
-fn raw_header(
-    out: &mut Vec<u8>,
-    name: &[u8],
+/// One header block's fields, already cut to the lengths the format holds.
+struct Fields<'a> {
+    name: &'a [u8],
     size: u64,
     flag: u8,
-    link: &[u8],
+    link: &'a [u8],
     mode: u32,
-    owner: &Owner,
     mtime: u64,
-) {
+}
+
+fn raw_header(out: &mut Vec<u8>, f: &Fields<'_>, owner: &Owner) {
+    let Fields {
+        name,
+        size,
+        flag,
+        link,
+        mode,
+        mtime,
+    } = *f;
     let mut h = [0u8; BLOCK];
     h[..name.len()].copy_from_slice(name);
     octal(&mut h[100..108], u64::from(mode & 0o7777));
