@@ -198,7 +198,7 @@ impl Bake<'_> {
 }
 
 /// The image is finished: from now on `bake gc` never touches it and it is a cache hit.
-async fn mark_complete(
+pub(super) async fn mark_complete(
     ec2: &aws_sdk_ec2::Client,
     ami: &str,
     snapshots: &[String],

@@ -9,6 +9,7 @@ pub mod error;
 pub use error::BuildError;
 pub mod cleanup;
 mod deadman;
+pub mod distribute;
 mod image;
 pub mod journal;
 mod launch;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use cleanup::{Cleanup, Undo};
+pub use distribute::RegionImage;
 pub use image::{STATE_TAG, is_complete};
 
 use crate::aws::Clients;
@@ -50,6 +52,22 @@ pub struct BuildResult {
     pub build_id: String,
     pub seconds: f64,
     pub stages: Vec<StageTime>,
+    /// Every region's image, the build region first (just it without `[image] regions`).
+    pub regions: Vec<RegionImage>,
+}
+
+impl BuildResult {
+    /// Packer's manifest `artifact_id`: `region:ami` for every region, comma-separated.
+    pub fn artifact_id(&self) -> String {
+        if self.regions.is_empty() {
+            return format!("{}:{}", self.region, self.ami_id);
+        }
+        self.regions
+            .iter()
+            .map(|r| format!("{}:{}", r.region, r.ami_id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +180,9 @@ impl Bake<'_> {
                 (made, false)
             }
         };
+        // The image is available in the build region. Image tests (issue 14) belong here,
+        // before anything is copied or shared.
+        let regions = self.distribute(&inputs.fp, &image).await?;
         Ok(BuildResult {
             recipe: self.recipe.name.clone(),
             ami_id: image.ami_id,
@@ -174,6 +195,7 @@ impl Bake<'_> {
             build_id: self.build_id.to_string(),
             seconds: started.elapsed().as_secs_f64(),
             stages: stage_times(self.ui),
+            regions,
         })
     }
 
