@@ -185,5 +185,5 @@ fn the_build_region_among_the_copy_regions_is_refused_before_any_aws_call() {
         },
     );
     let out = lab.build(tmp.path(), &[], &r);
-    assert_exit(&out, 2, &["is the build region", ":15:"]);
+    assert_exit(&out, 2, &["is the build region", ".toml:14:25:"]);
 }
