@@ -54,7 +54,7 @@ pub struct Clients {
     /// The client-side request budget every EC2 call of this process goes through.
     pub budget: Arc<RateBudget>,
     /// The loaded configuration, for the same clients in another region.
-    conf: aws_config::SdkConfig,
+    conf: Arc<aws_config::SdkConfig>,
 }
 
 impl Clients {
@@ -86,7 +86,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             region,
             budget,
-            conf,
+            conf: Arc::new(conf),
         })
     }
 
@@ -109,7 +109,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             region: region.to_string(),
             budget,
-            conf,
+            conf: Arc::new(conf),
         }
     }
 }

@@ -123,7 +123,10 @@ impl Bake<'_> {
         }
         if let Some((region, source)) = failed.into_iter().next() {
             st.fail(&format!("copy to {region} failed"));
-            return Err(BuildError::Copy { region, source });
+            return Err(BuildError::Copy {
+                region,
+                source: Box::new(source),
+            });
         }
         futures::future::try_join_all(all.iter().map(|(c, img)| self.settle_region(c, img)))
             .await?;

@@ -59,7 +59,7 @@ pub enum BuildError {
     Copy {
         region: String,
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     #[error("hashing task failed: {source}")]
     Hashing {
