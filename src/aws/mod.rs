@@ -53,6 +53,8 @@ pub struct Clients {
     pub region: String,
     /// The client-side request budget every EC2 call of this process goes through.
     pub budget: Arc<RateBudget>,
+    /// The loaded configuration, for the same clients in another region.
+    conf: Arc<aws_config::SdkConfig>,
 }
 
 impl Clients {
@@ -84,7 +86,31 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             region,
             budget,
+            conf: Arc::new(conf),
         })
+    }
+
+    /// The same clients (credentials, endpoints, profile) in `region`, with their own request
+    /// budget: EC2 throttles per region.
+    pub fn in_region(&self, region: &str) -> Clients {
+        let conf = self
+            .conf
+            .to_builder()
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        let s3_conf = aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build();
+        let budget = Arc::new(RateBudget::new());
+        Clients {
+            ec2: aws_sdk_ec2::Client::from_conf(ec2_config(&conf, budget.clone())),
+            ssm: aws_sdk_ssm::Client::new(&conf),
+            autoscaling: aws_sdk_autoscaling::Client::new(&conf),
+            s3: aws_sdk_s3::Client::from_conf(s3_conf),
+            region: region.to_string(),
+            budget,
+            conf: Arc::new(conf),
+        }
     }
 }
 

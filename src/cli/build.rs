@@ -61,6 +61,15 @@ pub async fn build(
     let recipes = load_all(paths, vars)?;
     let signals = Signals::install();
     let clients = load_clients(g).await?;
+    // The build region is known only now (from the AWS configuration); still no AWS call.
+    for r in &recipes {
+        if let Some((at, msg)) = pipeline::distribute::build_region_listed(r, &clients.region) {
+            return Err(CliError::Input(format!(
+                "{}:{at}: {msg}\n  help: remove it from regions (copies go to the other regions)",
+                r.path.display()
+            )));
+        }
+    }
     let ui = Ui::new(g.plain);
     let report = run_builds(&recipes, &clients, &ui, flags, signals).await;
     if let Some(m) = &flags.manifest {
@@ -307,7 +316,7 @@ fn write_manifest(path: &Path, built: &[&BuildResult]) -> std::io::Result<()> {
                 "builder_type": "bake.amazon-ebs",
                 "build_time": now,
                 "files": null,
-                "artifact_id": format!("{}:{}", b.region, b.ami_id),
+                "artifact_id": b.artifact_id(),
                 "packer_run_uuid": b.build_id,
                 "custom_data": { "fingerprint": b.fingerprint, "cached": b.cached, "ami_name": b.ami_name, "source_ami": b.source_ami },
             }));

@@ -87,6 +87,13 @@ pub enum Undo {
         build_id: String,
         made: Made,
     },
+    /// A copy of the image in another region: as `DeregisterImage`, in `region`.
+    DeregisterCopy {
+        region: String,
+        name: String,
+        build_id: String,
+        made: Made,
+    },
     /// The per-fingerprint build lock, if this build holds it.
     ReleaseLock { name: String, build_id: String },
     /// Every S3 object under `prefix` (the SSM communicator's staged uploads and command
@@ -134,6 +141,7 @@ impl Undo {
             | Undo::DeleteKeyPair { build_id, .. }
             | Undo::DeleteSecurityGroup { build_id, .. }
             | Undo::DeregisterImage { build_id, .. }
+            | Undo::DeregisterCopy { build_id, .. }
             | Undo::ReleaseLock { build_id, .. } => Some(build_id),
             Undo::DeleteStagedObjects { .. } => None,
         }
@@ -144,7 +152,8 @@ impl Undo {
             Undo::TerminateInstance { made, .. }
             | Undo::DeleteKeyPair { made, .. }
             | Undo::DeleteSecurityGroup { made, .. }
-            | Undo::DeregisterImage { made, .. } => Some(made),
+            | Undo::DeregisterImage { made, .. }
+            | Undo::DeregisterCopy { made, .. } => Some(made),
             Undo::ReleaseLock { .. } | Undo::DeleteStagedObjects { .. } => None,
         }
     }
@@ -184,6 +193,15 @@ impl std::fmt::Display for Undo {
                 f,
                 "image named {name} tagged bake:build-id={build_id} and its snapshots"
             ),
+            Undo::DeregisterCopy {
+                region,
+                name,
+                made: Made::Id(id),
+                ..
+            } => write!(f, "copy {id} ({name}) in {region} and its snapshots"),
+            Undo::DeregisterCopy { region, name, .. } => {
+                write!(f, "copy {name} in {region} and its snapshots")
+            }
             Undo::ReleaseLock { name, .. } => write!(f, "build lock {name}"),
             Undo::DeleteStagedObjects { bucket, prefix } => {
                 write!(f, "staged objects s3://{bucket}/{prefix}")
@@ -403,6 +421,22 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
             } else {
                 format!("deleted security group {}", done.join(", "))
             })
+        }
+        Undo::DeregisterCopy {
+            region,
+            name,
+            build_id,
+            made,
+        } => {
+            let there = c.in_region(region);
+            let same = Undo::DeregisterImage {
+                name: name.clone(),
+                build_id: build_id.clone(),
+                made: made.clone(),
+            };
+            Box::pin(undo_one(&there, &same))
+                .await
+                .map(|m| format!("{m} in {region}"))
         }
         Undo::ReleaseLock { name, build_id } => super::lock::release(c, name, build_id).await,
         Undo::DeleteStagedObjects { bucket, prefix } => delete_staged(c, bucket, prefix).await,

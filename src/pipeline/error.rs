@@ -62,6 +62,12 @@ pub enum BuildError {
         #[source]
         source: russh::keys::ssh_key::Error,
     },
+    #[error("copy to {region} failed: {source}")]
+    Copy {
+        region: String,
+        #[source]
+        source: Box<AwsError>,
+    },
     #[error("hashing task failed: {source}")]
     Hashing {
         #[source]

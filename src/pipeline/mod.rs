@@ -9,6 +9,7 @@ pub mod error;
 pub use error::BuildError;
 pub mod cleanup;
 mod deadman;
+pub mod distribute;
 mod image;
 pub mod journal;
 mod launch;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use cleanup::{Cleanup, Undo};
+pub use distribute::RegionImage;
 pub use image::{STATE_TAG, is_complete};
 
 use crate::aws::Clients;
@@ -59,6 +61,22 @@ pub struct BuildResult {
     /// recipe has none or the image already passed these tests).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tests: Option<verify_image::TestsReport>,
+    /// Every region's image, the build region first (just it without `[image] regions`).
+    pub regions: Vec<RegionImage>,
+}
+
+impl BuildResult {
+    /// Packer's manifest `artifact_id`: `region:ami` for every region, comma-separated.
+    pub fn artifact_id(&self) -> String {
+        if self.regions.is_empty() {
+            return format!("{}:{}", self.region, self.ami_id);
+        }
+        self.regions
+            .iter()
+            .map(|r| format!("{}:{}", r.region, r.ami_id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,10 +199,10 @@ impl Bake<'_> {
             }
         };
         let cached = made.is_none();
-        // Nothing may use the image before its tests pass.
+        // Nothing may use the image before its tests pass: only a tested image is copied,
+        // shared or published.
         let tests = self.verify_image(&image, made).await?;
-        // Seam for region copies / sharing / SSM parameter (distribution): call it here,
-        // after `verify_image`, so only a tested image is ever distributed.
+        let regions = self.distribute(&inputs.fp, &image).await?;
         Ok(BuildResult {
             recipe: self.recipe.name.clone(),
             ami_id: image.ami_id,
@@ -198,6 +216,7 @@ impl Bake<'_> {
             seconds: started.elapsed().as_secs_f64(),
             stages: stage_times(self.ui),
             tests,
+            regions,
         })
     }
 

@@ -59,6 +59,7 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             description: None,
             tags: BTreeMap::new(),
             snapshot_tags: BTreeMap::new(),
+            distribution: Default::default(),
         },
         deploy: None,
         secrets: vec![],

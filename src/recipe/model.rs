@@ -179,6 +179,55 @@ pub struct Image {
     pub description: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub snapshot_tags: BTreeMap<String, String>,
+    pub distribution: Distribution,
+}
+
+/// Where the image goes after it is made: copies to other regions, who may launch it, when it
+/// is deprecated, and the SSM parameter naming it. The default distributes nowhere.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Distribution {
+    /// Regions to copy to, besides the build region, each with the recipe position
+    /// (`line:col`) it was written at: the build region is known only once AWS
+    /// configuration is loaded, and listing it is refused there, pointing here.
+    pub regions: Vec<(String, String)>,
+    pub deprecate_after: Option<Duration>,
+    pub deregistration_protection: bool,
+    /// `v2.0`: instances launched from the image require IMDSv2.
+    pub imds_support: Option<String>,
+    /// Template with `{recipe}`; set to the AMI id in every region once all are available.
+    pub ssm_parameter: Option<String>,
+    pub share: Share,
+    /// KMS key per copy region: the copy is encrypted with it.
+    pub kms: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Share {
+    pub accounts: Vec<String>,
+    pub organizations: Vec<String>,
+    pub organizational_units: Vec<String>,
+    pub public: bool,
+    /// Snapshots get createVolumePermission for the same accounts (and `all` when public).
+    pub snapshots: bool,
+}
+
+impl Distribution {
+    pub fn region_names(&self) -> Vec<String> {
+        self.regions.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Anything to do after the image exists in the build region.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+            && self.deprecate_after.is_none()
+            && !self.deregistration_protection
+            && self.imds_support.is_none()
+            && self.ssm_parameter.is_none()
+            && self.share.accounts.is_empty()
+            && self.share.organizations.is_empty()
+            && self.share.organizational_units.is_empty()
+            && !self.share.public
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -1,11 +1,24 @@
-//! `[image]`: the resulting AMI's name template, description, tags and snapshot tags.
+//! `[image]`: the resulting AMI's name template, description, tags and snapshot tags; its
+//! distribution keys are read in `distribution.rs`.
 
 use super::super::checks;
 use super::super::model::Image;
 use super::sensitive::Exposed;
 use super::walker::{Cx, Tbl};
 
-pub(super) const IMAGE_KEYS: &[&str] = &["name", "description", "tags", "snapshot_tags"];
+pub(super) const IMAGE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "tags",
+    "snapshot_tags",
+    "regions",
+    "deprecate_after",
+    "deregistration_protection",
+    "imds_support",
+    "ssm_parameter",
+    "share",
+    "kms",
+];
 
 pub(super) fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -> Option<Image> {
     let Some(t) = cx.table(root, "image", "[image]".to_string()) else {
@@ -45,6 +58,7 @@ pub(super) fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -
     }
     let tags = cx.tags(&t, "tags");
     let snapshot_tags = cx.tags(&t, "snapshot_tags");
+    let distribution = super::distribution::distribution(cx, &t);
     if cx.errors.len() > n0 {
         return None;
     }
@@ -53,5 +67,6 @@ pub(super) fn image(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, recipe: Option<&str>) -
         description: description.map(|d| d.v),
         tags,
         snapshot_tags,
+        distribution,
     })
 }

@@ -7,6 +7,7 @@
 
 mod builder;
 mod deploy;
+mod distribution;
 mod image;
 mod packer;
 mod sensitive;
@@ -70,6 +71,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("step[]", step::STEP_KEYS),
         ("test[]", step::TEST_KEYS),
         ("image", image::IMAGE_KEYS),
+        ("image.share", distribution::SHARE_KEYS),
         ("deploy", deploy::DEPLOY_KEYS),
     ]
 }
@@ -82,6 +84,7 @@ pub fn known_values() -> Vec<(&'static str, &'static [&'static str])> {
         ("source.filter.architecture", source::ARCHITECTURES),
         ("builder.root_volume.type", builder::VOLUME_TYPES),
         ("ssh.interface", ssh::INTERFACES),
+        ("image.imds_support", distribution::IMDS_SUPPORT),
     ]
 }
 

@@ -1,0 +1,189 @@
+//! Distribution against the lab (issue 13): one build, copies to two more regions tagged at
+//! creation, shared, deprecated and named by an SSM parameter in every region; the cache is
+//! per region, so a rebuild is a hit everywhere and a deregistered copy is copied again
+//! without building.
+
+#![cfg(feature = "lab")]
+
+mod common;
+
+use common::*;
+
+const EXTRA: [&str; 2] = ["us-west-2", "eu-west-1"];
+
+fn ec2_in(lab: &Lab, region: &str) -> aws_sdk_ec2::Client {
+    let conf = lab
+        .conf
+        .to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+fn ssm_in(lab: &Lab, region: &str) -> aws_sdk_ssm::Client {
+    let conf = lab
+        .conf
+        .to_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    aws_sdk_ssm::Client::new(&conf)
+}
+
+fn ami_of(build: &serde_json::Value, region: &str) -> String {
+    build["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == region)
+        .unwrap_or_else(|| panic!("no image in {region}: {build}"))["ami_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn one_build_copies_to_every_region_and_the_cache_is_per_region() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let name = unique("dist-");
+    std::fs::create_dir_all(tmp.path().join("files")).unwrap();
+    std::fs::write(tmp.path().join("files/app.txt"), "distributed\n").unwrap();
+    let r = write_recipe(
+        tmp.path(),
+        &name,
+        Recipe {
+            tail: "tags = { team = \"infra\" }\n\
+                   regions = [\"us-west-2\", \"eu-west-1\"]\n\
+                   deprecate_after = \"30d\"\n\
+                   ssm_parameter = \"/bake/{recipe}/latest\"\n\
+                   [image.share]\naccounts = [\"111122223333\"]\nsnapshots = true\n\
+                   [[upload]]\nsource = \"files/app.txt\"\ndestination = \"/opt/app.txt\"",
+            ..Recipe::default()
+        },
+    );
+
+    let first = build_json(&lab, &cache, &r, &[]);
+    assert_eq!(first["cached"], false);
+    assert_eq!(first["regions"].as_array().unwrap().len(), 3, "{first}");
+    let home = first["ami_id"].as_str().unwrap().to_string();
+    assert_eq!(ami_of(&first, "us-east-1"), home);
+    let fp = first["fingerprint"].as_str().unwrap().to_string();
+
+    lab.rt.block_on(async {
+        for region in EXTRA {
+            let ec2 = ec2_in(&lab, region);
+            let ami = ami_of(&first, region);
+            assert_ne!(ami, home, "{region} got no copy of its own");
+            let img = ec2
+                .describe_images()
+                .image_ids(&ami)
+                .send()
+                .await
+                .unwrap()
+                .images()[0]
+                .clone();
+            let t = tags(img.tags());
+            assert_eq!(t.get("bake:fingerprint"), Some(&fp), "{region}: {t:?}");
+            assert_eq!(t.get("team").map(String::as_str), Some("infra"));
+            assert_eq!(t.get("bake:state").map(String::as_str), Some("complete"));
+            assert!(img.deprecation_time().is_some(), "{region}: not deprecated");
+            let perms = ec2
+                .describe_image_attribute()
+                .image_id(&ami)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .unwrap();
+            let users: Vec<_> = perms
+                .launch_permissions()
+                .iter()
+                .filter_map(|p| p.user_id())
+                .collect();
+            assert_eq!(users, ["111122223333"], "{region}");
+            let snap = img.block_device_mappings()[0]
+                .ebs()
+                .unwrap()
+                .snapshot_id()
+                .unwrap()
+                .to_string();
+            let sp = ec2
+                .describe_snapshot_attribute()
+                .snapshot_id(&snap)
+                .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                sp.create_volume_permissions()
+                    .iter()
+                    .any(|p| p.user_id() == Some("111122223333")),
+                "{region}: snapshot {snap} not shared"
+            );
+            let st = tags(
+                ec2.describe_snapshots()
+                    .snapshot_ids(&snap)
+                    .send()
+                    .await
+                    .unwrap()
+                    .snapshots()[0]
+                    .tags(),
+            );
+            assert_eq!(st.get("bake:fingerprint"), Some(&fp), "{region} snapshot");
+            let p = ssm_in(&lab, region)
+                .get_parameter()
+                .name(format!("/bake/{name}/latest"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(p.parameter().unwrap().value(), Some(ami.as_str()));
+        }
+    });
+
+    // The rebuild is a hit in all three regions: same images, nothing copied.
+    let second = build_json(&lab, &cache, &r, &[]);
+    assert_eq!(second["cached"], true);
+    for region in ["us-east-1", "us-west-2", "eu-west-1"] {
+        assert_eq!(ami_of(&second, region), ami_of(&first, region), "{region}");
+    }
+    assert!(
+        second["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["copied"] == false)
+    );
+
+    // One copy gone: the next build copies again, without building.
+    let gone = ami_of(&first, "eu-west-1");
+    lab.rt.block_on(async {
+        ec2_in(&lab, "eu-west-1")
+            .deregister_image()
+            .image_id(&gone)
+            .send()
+            .await
+            .unwrap();
+    });
+    let third = build_json(&lab, &cache, &r, &[]);
+    assert_eq!(third["cached"], true, "a missing copy rebuilt the image");
+    let again = ami_of(&third, "eu-west-1");
+    assert_ne!(again, gone);
+    assert_eq!(ami_of(&third, "us-west-2"), ami_of(&first, "us-west-2"));
+}
+
+#[test]
+fn the_build_region_among_the_copy_regions_is_refused_before_any_aws_call() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("dist-home-");
+    let r = write_recipe(
+        tmp.path(),
+        &name,
+        Recipe {
+            tail: "regions = [\"us-west-2\", \"us-east-1\"]",
+            ..Recipe::default()
+        },
+    );
+    let out = lab.build(tmp.path(), &[], &r);
+    assert_exit(&out, 2, &["is the build region", ".toml:14:25:"]);
+}
