@@ -187,3 +187,88 @@ fn the_build_region_among_the_copy_regions_is_refused_before_any_aws_call() {
     let out = lab.build(tmp.path(), &[], &r);
     assert_exit(&out, 2, &["is the build region", ".toml:14:25:"]);
 }
+
+/// The images of `recipe` in `region` (any state but deregistered).
+fn images_in(lab: &Lab, region: &str, recipe: &str) -> Vec<String> {
+    lab.rt.block_on(async {
+        ec2_in(lab, region)
+            .describe_images()
+            .owners("self")
+            .filters(recipe_filter(recipe))
+            .send()
+            .await
+            .unwrap()
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id().map(str::to_string))
+            .collect()
+    })
+}
+
+#[test]
+fn a_failed_copy_keeps_the_good_ones_and_the_rerun_copies_only_what_is_missing() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let name = unique("dist-fail-");
+    let r = write_recipe(
+        tmp.path(),
+        &name,
+        Recipe {
+            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
+            ..Recipe::default()
+        },
+    );
+    // EC2 refuses the first copy of this recipe's image (whichever region asks first).
+    let rule = serde_json::json!({
+        "service": "ec2", "action": "CopyImage", "params": {"Name": {"regex": name}},
+        "kind": "error", "status": 400, "code": "InvalidParameterValue",
+        "message": "lab: this copy is refused", "times": 1,
+    });
+    lab_api(&lab.env, "POST", "faults", &rule.to_string());
+    let out = lab.build(tmp.path(), &[], &r);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let failed = EXTRA
+        .into_iter()
+        .find(|region| err.contains(region) && images_in(&lab, region, &name).is_empty())
+        .unwrap_or_else(|| panic!("no region named without a copy:\n{err}"));
+    assert!(err.contains("this copy is refused"), "{err}");
+    let good = EXTRA.into_iter().find(|r| *r != failed).unwrap();
+    let kept = images_in(&lab, good, &name);
+    assert_eq!(kept.len(), 1, "the good copy in {good} is kept\n{err}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
+
+    // The rerun builds nothing and copies only to the region that failed.
+    let b = build_json(&lab, &cache, &r, &[]);
+    assert_eq!(b["cached"], true, "{b}");
+    assert_eq!(ami_of(&b, good), kept[0], "{b}");
+    assert_eq!(images_in(&lab, failed, &name), [ami_of(&b, failed)], "{b}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn a_lost_copy_answer_is_retried_without_a_second_copy() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let name = unique("dist-lost-");
+    let r = write_recipe(
+        tmp.path(),
+        &name,
+        Recipe {
+            tail: "regions = [\"us-west-2\"]",
+            ..Recipe::default()
+        },
+    );
+    // The copy is made, its answer lost (a 500): the retry must get the same copy back.
+    let rule = serde_json::json!({
+        "service": "ec2", "action": "CopyImage", "params": {"Name": {"regex": name}},
+        "when": "after", "kind": "lost", "times": 1,
+    });
+    lab_api(&lab.env, "POST", "faults", &rule.to_string());
+    let b = build_json(&lab, &cache, &r, &[]);
+    let copies = images_in(&lab, "us-west-2", &name);
+    assert_eq!(copies, [ami_of(&b, "us-west-2")], "one copy, not two: {b}");
+    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+}
