@@ -237,14 +237,22 @@ fn a_failed_copy_keeps_the_good_ones_and_the_rerun_copies_only_what_is_missing()
     let good = EXTRA.into_iter().find(|r| *r != failed).unwrap();
     let kept = images_in(&lab, good, &name);
     assert_eq!(kept.len(), 1, "the good copy in {good} is kept\n{err}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new(), "{err}");
+    // Every region (the lab's own report): nothing but the images checked above.
+    assert_eq!(
+        lab_leftovers(&lab.env, &name, &["image", "snapshot"]),
+        Vec::<String>::new(),
+        "{err}"
+    );
 
     // The rerun builds nothing and copies only to the region that failed.
     let b = build_json(&lab, &cache, &r, &[]);
     assert_eq!(b["cached"], true, "{b}");
     assert_eq!(ami_of(&b, good), kept[0], "{b}");
     assert_eq!(images_in(&lab, failed, &name), [ami_of(&b, failed)], "{b}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    assert_eq!(
+        lab_leftovers(&lab.env, &name, &["image", "snapshot"]),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -270,5 +278,8 @@ fn a_lost_copy_answer_is_retried_without_a_second_copy() {
     let b = build_json(&lab, &cache, &r, &[]);
     let copies = images_in(&lab, "us-west-2", &name);
     assert_eq!(copies, [ami_of(&b, "us-west-2")], "one copy, not two: {b}");
-    assert_eq!(lab.leftovers(&name), Vec::<String>::new());
+    assert_eq!(
+        lab_leftovers(&lab.env, &name, &["image", "snapshot"]),
+        Vec::<String>::new()
+    );
 }
