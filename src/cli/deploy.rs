@@ -9,15 +9,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use serde_json::json;
 
-use super::{
-    CliError, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, Global, Report, Vars, fail, finish,
-    interrupted, load_clients, report_error,
-};
+use super::{CliError, Global, Report, Vars, finish, interrupted, load_clients};
 use crate::aws::Clients;
 use crate::deploy::{self, DeployRequest, GroupNow, PrefFlags, RefreshView, Retention, Started};
-use crate::ui::{Output, Ui, fmt_duration};
+use crate::ui::{Ui, fmt_duration};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -103,25 +99,14 @@ pub enum DeployAction {
 pub async fn run(args: DeployArgs, g: &Global) -> u8 {
     match args.action {
         Some(DeployAction::Status { asg }) => finish(status(&asg, g).await, g.output),
-        Some(DeployAction::Cancel { asg, no_wait }) => stop(&asg, g, no_wait, false).await,
-        Some(DeployAction::Rollback { asg, no_wait }) => stop(&asg, g, no_wait, true).await,
-        None => deploy_cmd(args.run, g).await,
+        Some(DeployAction::Cancel { asg, no_wait }) => {
+            finish(stop(&asg, g, no_wait, false).await, g.output)
+        }
+        Some(DeployAction::Rollback { asg, no_wait }) => {
+            finish(stop(&asg, g, no_wait, true).await, g.output)
+        }
+        None => finish(deploy_cmd(args.run, g).await, g.output),
     }
-}
-
-fn input_error(msg: &str, g: &Global) -> u8 {
-    eprintln!("error: {msg}");
-    if g.output == Output::Json {
-        emit(json!({ "error": msg }));
-    }
-    EXIT_INPUT
-}
-
-/// Prints one JSON document of a deploy command, with the `format_version` every command's
-/// JSON carries.
-fn emit(mut v: serde_json::Value) {
-    v["format_version"] = json!(super::report::FORMAT_VERSION);
-    println!("{v}");
 }
 
 fn hints(asg: &str) -> String {
@@ -130,35 +115,195 @@ fn hints(asg: &str) -> String {
     )
 }
 
-async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
-    let t0 = Instant::now();
-    // ---- input: everything checked before any AWS call
-    let loaded = match &a.recipe {
-        Some(p) => match a.vars.load(p) {
-            Ok(r) => Some(r),
-            Err(e) => return fail(CliError::Recipe(vec![e]), g.output),
-        },
+/// The refresh bake started: what it replaces with what.
+#[derive(Serialize, Clone)]
+struct Rollout {
+    refresh_id: String,
+    launch_template_id: String,
+    version_number: i64,
+    previous_version: i64,
+    previous_image: String,
+    pinned_from: Option<String>,
+    preferences: deploy::prefs::Prefs,
+}
+
+/// `bake deploy`: `{"format_version", "asg", "ami_id", "result", ...}` where `result` is
+/// `already_on_image`, `started` (--no-wait), `interrupted`, `deployed`, `cancelled`,
+/// `rolled_back`, `rollback_failed` or `failed`; the rest is there when known.
+#[derive(Serialize)]
+struct Deployed {
+    asg: String,
+    ami_id: String,
+    result: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    rollout: Option<Rollout>,
+    /// The launch template version already in use (`already_on_image`).
+    #[serde(rename = "version_number", skip_serializing_if = "Option::is_none")]
+    current_version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh: Option<RefreshView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<Retention>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<GroupNow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_error: Option<String>,
+    /// What stderr says about a refresh that did not succeed.
+    #[serde(skip)]
+    failure: Option<String>,
+}
+
+impl Deployed {
+    fn new(asg: &str, ami: &str, result: &'static str) -> Deployed {
+        Deployed {
+            asg: asg.to_string(),
+            ami_id: ami.to_string(),
+            result,
+            rollout: None,
+            current_version: None,
+            refresh: None,
+            retention: None,
+            seconds: None,
+            group: None,
+            group_error: None,
+            failure: None,
+        }
+    }
+}
+
+impl Report for Deployed {
+    fn text(&self) -> String {
+        let (asg, ami) = (&self.asg, &self.ami_id);
+        let Some(ro) = &self.rollout else {
+            let v = self.current_version.unwrap_or_default();
+            return format!(
+                "{asg}: already on {ami} (launch template version {v}, every instance); nothing to do"
+            );
+        };
+        let (id, lt, v) = (&ro.refresh_id, &ro.launch_template_id, ro.version_number);
+        match self.result {
+            "started" => format!(
+                "{asg}: instance refresh {id} started (launch template {lt} version {v}, image {ami}); not waiting\n{}",
+                hints(asg)
+            ),
+            "deployed" => {
+                let took = fmt_duration(Duration::from_secs_f64(self.seconds.unwrap_or_default()));
+                let mut t = format!(
+                    "{asg}: deployed {ami} in {took} (instance refresh {id} Successful)\n  launch template {lt} version {v} (was version {}, {})\n  group runs  {}",
+                    ro.previous_version,
+                    ro.previous_image,
+                    self.runs()
+                );
+                if let Some(r) = &self.retention
+                    && !r.deleted.is_empty()
+                {
+                    let _ = write!(
+                        t,
+                        "\n  deleted launch template versions {}",
+                        join(&r.deleted)
+                    );
+                }
+                t
+            }
+            // Interrupted and failed rollouts are told on stderr.
+            _ => String::new(),
+        }
+    }
+
+    fn outcome(&self) -> Result<(), CliError> {
+        match self.result {
+            "interrupted" => Err(CliError::Interrupted),
+            "already_on_image" | "started" | "deployed" => Ok(()),
+            _ => {
+                if let Some(f) = &self.failure {
+                    eprintln!("{f}");
+                }
+                Err(CliError::Failed)
+            }
+        }
+    }
+}
+
+impl Deployed {
+    fn runs(&self) -> String {
+        match (&self.group, &self.group_error) {
+            (Some(n), _) => n.describe(),
+            (None, e) => format!("unknown ({})", e.as_deref().unwrap_or("not read")),
+        }
+    }
+
+    /// The stderr account of a refresh that ended other than Successful.
+    fn failure_text(&self, r: &RefreshView, ro: &Rollout) -> String {
+        let (asg, ami, id) = (&self.asg, &self.ami_id, &ro.refresh_id);
+        let what = match r.status.as_str() {
+            "RollbackSuccessful" => "failed and was rolled back",
+            "RollbackFailed" => "failed, and so did its rollback",
+            "Cancelled" => "was cancelled",
+            _ => "failed",
+        };
+        let reason = r
+            .rollback_reason
+            .clone()
+            .or(r.status_reason.clone())
+            .unwrap_or_else(|| "no reason given".into());
+        let mut t = format!(
+            "error: {asg}: instance refresh {id} {what} ({}): {reason}\n  the group now runs {}",
+            r.status,
+            self.runs()
+        );
+        let replaced = self
+            .group
+            .as_ref()
+            .map(|n| n.instances.values().filter(|i| *i == ami).count())
+            .unwrap_or(0);
+        if (r.status == "Failed" || r.status == "Cancelled") && replaced > 0 {
+            let _ = write!(
+                t,
+                "\n  {replaced} instance(s) already replaced keep {ami}; to put the group back on {}, run `bake deploy --asg {asg} --ami {}`",
+                ro.previous_image, ro.previous_image
+            );
+        }
+        t
+    }
+}
+
+/// Everything `bake deploy` needs, checked before any AWS call.
+struct Plan {
+    asg: String,
+    ami: Option<String>,
+    recipe: Option<crate::recipe::model::Recipe>,
+    prefs: deploy::prefs::Prefs,
+}
+
+fn check_input(a: &RunArgs) -> Result<Plan, CliError> {
+    let recipe = match &a.recipe {
+        Some(p) => Some(a.vars.load(p).map_err(|e| CliError::Recipe(vec![e]))?),
         None => None,
     };
-    if a.ami.is_none() && loaded.is_none() {
-        return input_error("say what to deploy: --ami ID or --recipe FILE", g);
+    if a.ami.is_none() && recipe.is_none() {
+        return Err(CliError::Input(
+            "say what to deploy: --ami ID or --recipe FILE".into(),
+        ));
     }
     if let Some(ami) = &a.ami
         && !ami.starts_with("ami-")
     {
-        return input_error(&format!("--ami {ami:?} is not an image id (ami-…)"), g);
+        return Err(CliError::Input(format!(
+            "--ami {ami:?} is not an image id (ami-…)"
+        )));
     }
-    let recipe_deploy = loaded.as_ref().and_then(|r| r.deploy.as_ref());
-    let Some(asg) = a
+    let recipe_deploy = recipe.as_ref().and_then(|r| r.deploy.as_ref());
+    let asg = a
         .asg
         .clone()
         .or_else(|| recipe_deploy.and_then(|d| d.asg.clone()))
-    else {
-        return input_error(
-            "which group? --asg NAME (or `asg` in the recipe's [deploy] table)",
-            g,
-        );
-    };
+        .ok_or_else(|| {
+            CliError::Input(
+                "which group? --asg NAME (or `asg` in the recipe's [deploy] table)".into(),
+            )
+        })?;
     let flags = PrefFlags {
         min_healthy_percentage: a.min_healthy_percentage,
         max_healthy_percentage: a.max_healthy_percentage,
@@ -169,161 +314,123 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
         auto_rollback: a.auto_rollback,
         keep_versions: a.keep_versions,
     };
-    let prefs = match deploy::prefs::merge(recipe_deploy, &flags) {
-        Ok(p) => p,
-        Err(e) => return input_error(&e, g),
-    };
+    let prefs = deploy::prefs::merge(recipe_deploy, &flags).map_err(CliError::Input)?;
+    Ok(Plan {
+        asg,
+        ami: a.ami.clone(),
+        recipe,
+        prefs,
+    })
+}
 
-    let clients = match load_clients(g).await {
-        Ok(c) => c,
-        Err(e) => return fail(e, g.output),
-    };
+/// The image to roll out: `--ami`, or the one the recipe's fingerprint names.
+async fn which_image(clients: &Clients, ui: &Ui, plan: &Plan) -> Result<String, CliError> {
+    if let Some(ami) = &plan.ami {
+        return Ok(ami.clone());
+    }
+    let r = plan.recipe.as_ref().expect("checked: --ami or --recipe");
+    let stage = ui.stage("image", &format!("fingerprinting recipe {}", r.name));
+    match deploy::image_of_recipe(clients, r).await {
+        Ok(ami) => {
+            stage.finish(&format!("recipe {} is image {ami}", r.name));
+            Ok(ami)
+        }
+        Err(e) => {
+            stage.fail("no image");
+            Err(CliError::runtime(e))
+        }
+    }
+}
+
+async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
+    let t0 = Instant::now();
+    let plan = check_input(&a)?;
+    let clients = load_clients(g).await?;
     let ui = Ui::new(g.plain);
-    if let Some(r) = &loaded {
+    if let Some(r) = &plan.recipe {
         ui.add_secrets(&r.secrets);
     }
-    let fail = |e: &(dyn std::error::Error + 'static), extra: serde_json::Value| {
-        report_error(e);
-        if g.output == Output::Json {
-            let mut v = json!({ "asg": asg, "error": ui.redact(&e.to_string()) });
-            if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
-                o.extend(x.clone());
-            }
-            emit(v);
-        }
-        EXIT_FAILED
-    };
-
-    // ---- which image
-    let ami = match (&a.ami, &loaded) {
-        (Some(ami), _) => ami.clone(),
-        (None, Some(r)) => {
-            let stage = ui.stage("image", &format!("fingerprinting recipe {}", r.name));
-            match deploy::image_of_recipe(&clients, r).await {
-                Ok(ami) => {
-                    stage.finish(&format!("recipe {} is image {ami}", r.name));
-                    ami
-                }
-                Err(e) => {
-                    stage.fail("no image");
-                    return fail(&e, json!({}));
-                }
-            }
-        }
-        (None, None) => unreachable!(),
-    };
-
-    // ---- start
+    let asg = plan.asg.clone();
+    let ami = which_image(&clients, &ui, &plan).await?;
     let req = DeployRequest {
         asg: asg.clone(),
         ami: ami.clone(),
-        prefs: prefs.clone(),
+        prefs: plan.prefs.clone(),
     };
-    let started = match deploy::start(&clients, &ui, &req).await {
-        Ok(s) => s,
-        Err(e) => return fail(&e, json!({ "ami_id": ami })),
-    };
-    let Started::Started {
-        refresh_id,
-        launch_template_id,
-        version_number,
-        previous_version,
-        previous_image,
-        pinned_from,
-    } = &started
-    else {
-        let Started::AlreadyOnImage { version_number, .. } = &started else {
-            unreachable!()
-        };
-        match g.output {
-            Output::Json => emit(
-                json!({ "asg": asg, "ami_id": ami, "result": "already_on_image", "version_number": version_number }),
-            ),
-            Output::Text => println!(
-                "{asg}: already on {ami} (launch template version {version_number}, every instance); nothing to do"
-            ),
+    let ro = match deploy::start(&clients, &ui, &req)
+        .await
+        .map_err(CliError::runtime)?
+    {
+        Started::AlreadyOnImage { version_number, .. } => {
+            let mut d = Deployed::new(&asg, &ami, "already_on_image");
+            d.current_version = Some(version_number);
+            return Ok(d);
         }
-        return 0;
+        Started::Started {
+            refresh_id,
+            launch_template_id,
+            version_number,
+            previous_version,
+            previous_image,
+            pinned_from,
+        } => Rollout {
+            refresh_id,
+            launch_template_id,
+            version_number,
+            previous_version,
+            previous_image,
+            pinned_from,
+            preferences: plan.prefs.clone(),
+        },
     };
     ui.line(&format!(
-        "instance refresh {refresh_id} started on {asg}: {previous_image} → {ami}"
+        "instance refresh {} started on {asg}: {} → {ami}",
+        ro.refresh_id, ro.previous_image
     ));
-    let base = json!({
-        "asg": asg,
-        "ami_id": ami,
-        "refresh_id": refresh_id,
-        "launch_template_id": launch_template_id,
-        "version_number": version_number,
-        "previous_version": previous_version,
-        "previous_image": previous_image,
-        "pinned_from": pinned_from,
-        "preferences": prefs,
-    });
-    let keep_also = [*version_number, *previous_version];
-
-    if a.no_wait {
-        let retention = retain(
+    let keep_also = [ro.version_number, ro.previous_version];
+    let retain_now = || {
+        retain(
             &clients,
             &ui,
-            launch_template_id,
-            prefs.keep_versions,
+            &ro.launch_template_id,
+            plan.prefs.keep_versions,
             &keep_also,
         )
-        .await;
-        let mut v = base.clone();
-        v["result"] = json!("started");
-        v["retention"] = json!(retention);
-        match g.output {
-            Output::Json => emit(v),
-            Output::Text => println!(
-                "{asg}: instance refresh {refresh_id} started (launch template {launch_template_id} version {version_number}, image {ami}); not waiting\n{}",
-                hints(&asg)
-            ),
-        }
-        return 0;
+    };
+    if a.no_wait {
+        let mut d = Deployed::new(&asg, &ami, "started");
+        d.retention = retain_now().await;
+        d.rollout = Some(ro);
+        return Ok(d);
     }
 
-    // ---- follow
-    let stage = ui.stage("refresh", &format!("{refresh_id} Pending"));
+    let id = &ro.refresh_id;
+    let stage = ui.stage("refresh", &format!("{id} Pending"));
     let waited = tokio::select! {
-        r = deploy::wait(&clients, &stage, &asg, refresh_id) => r,
+        r = deploy::wait(&clients, &stage, &asg, id) => r,
         _ = interrupted() => {
             stage.fail("interrupted");
             eprintln!(
-                "interrupted: stopped waiting; instance refresh {refresh_id} keeps running on {asg}.\n{}",
+                "interrupted: stopped waiting; instance refresh {id} keeps running on {asg}.\n{}",
                 hints(&asg)
             );
-            if g.output == Output::Json {
-                let mut v = base.clone();
-                v["result"] = json!("interrupted");
-                emit(v);
-            }
-            return EXIT_INTERRUPTED;
+            let mut d = Deployed::new(&asg, &ami, "interrupted");
+            d.rollout = Some(ro.clone());
+            return Ok(d);
         }
     };
     let refresh = match waited {
         Ok(r) => r,
         Err(e) => {
             stage.fail("lost track of the refresh");
-            return fail(&e, base);
+            return Err(CliError::runtime(e));
         }
     };
-    let ok = refresh.status == "Successful";
-    if ok {
-        stage.finish(&format!("{refresh_id} Successful"));
+    if refresh.status == "Successful" {
+        stage.finish(&format!("{id} Successful"));
     } else {
         stage.fail(&refresh.progress());
     }
-    let retention = retain(
-        &clients,
-        &ui,
-        launch_template_id,
-        prefs.keep_versions,
-        &keep_also,
-    )
-    .await;
-    let now = deploy::group_now(&clients, &asg).await;
-    let seconds = t0.elapsed().as_secs_f64();
     let result = match refresh.status.as_str() {
         "Successful" => "deployed",
         "Cancelled" => "cancelled",
@@ -331,62 +438,19 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> u8 {
         "RollbackFailed" => "rollback_failed",
         _ => "failed",
     };
-    let mut v = base.clone();
-    v["result"] = json!(result);
-    v["refresh"] = json!(refresh);
-    v["retention"] = json!(retention);
-    v["seconds"] = json!(seconds);
-    match &now {
-        Ok(n) => v["group"] = json!(n),
-        Err(e) => v["group_error"] = json!(e.to_string()),
+    let mut d = Deployed::new(&asg, &ami, result);
+    d.retention = retain_now().await;
+    match deploy::group_now(&clients, &asg).await {
+        Ok(n) => d.group = Some(n),
+        Err(e) => d.group_error = Some(e.to_string()),
     }
-    let runs = match &now {
-        Ok(n) => n.describe(),
-        Err(e) => format!("unknown ({e})"),
-    };
-    if g.output == Output::Json {
-        emit(v);
+    d.seconds = Some(t0.elapsed().as_secs_f64());
+    if result != "deployed" {
+        d.failure = Some(d.failure_text(&refresh, &ro));
     }
-    if ok {
-        if g.output == Output::Text {
-            println!(
-                "{asg}: deployed {ami} in {} (instance refresh {refresh_id} Successful)",
-                fmt_duration(Duration::from_secs_f64(seconds))
-            );
-            println!(
-                "  launch template {launch_template_id} version {version_number} (was version {previous_version}, {previous_image})"
-            );
-            println!("  group runs  {runs}");
-            print_retention(retention.as_ref());
-        }
-        0
-    } else {
-        let what = match refresh.status.as_str() {
-            "RollbackSuccessful" => "failed and was rolled back",
-            "RollbackFailed" => "failed, and so did its rollback",
-            "Cancelled" => "was cancelled",
-            _ => "failed",
-        };
-        let reason = refresh
-            .rollback_reason
-            .clone()
-            .or(refresh.status_reason.clone())
-            .unwrap_or_else(|| "no reason given".into());
-        eprintln!(
-            "error: {asg}: instance refresh {refresh_id} {what} ({}): {reason}\n  the group now runs {runs}",
-            refresh.status
-        );
-        let replaced = now
-            .as_ref()
-            .map(|n| n.instances.values().filter(|i| **i == ami).count())
-            .unwrap_or(0);
-        if (refresh.status == "Failed" || refresh.status == "Cancelled") && replaced > 0 {
-            eprintln!(
-                "  {replaced} instance(s) already replaced keep {ami}; to put the group back on {previous_image}, run `bake deploy --asg {asg} --ami {previous_image}`"
-            );
-        }
-        EXIT_FAILED
-    }
+    d.refresh = Some(refresh);
+    d.rollout = Some(ro);
+    Ok(d)
 }
 
 async fn retain(
@@ -423,14 +487,6 @@ fn join(v: &[i64]) -> String {
         .map(|n| n.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn print_retention(r: Option<&Retention>) {
-    if let Some(r) = r
-        && !r.deleted.is_empty()
-    {
-        println!("  deleted launch template versions {}", join(&r.deleted));
-    }
 }
 
 fn refresh_text(asg: &str, r: &RefreshView, now: Option<&GroupNow>) -> String {
@@ -495,12 +551,47 @@ impl Report for Status {
     }
 }
 
+/// `bake deploy cancel|rollback`: `{"format_version", "asg", "refresh_id", "requested"}` with
+/// --no-wait, else `{"format_version", "asg", "refresh", "group"}` once it ended.
+#[derive(Serialize)]
+struct Stopped {
+    asg: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh: Option<RefreshView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<GroupNow>,
+    /// Whether the refresh reached the state asked for.
+    #[serde(skip)]
+    reached: bool,
+}
+
+impl Report for Stopped {
+    fn text(&self) -> String {
+        match (&self.refresh, &self.requested, &self.refresh_id) {
+            (Some(r), _, _) => refresh_text(&self.asg, r, self.group.as_ref()),
+            (None, Some(verb), Some(id)) => {
+                format!("{}: {verb} of instance refresh {id} requested", self.asg)
+            }
+            _ => String::new(),
+        }
+    }
+
+    fn outcome(&self) -> Result<(), CliError> {
+        if self.reached {
+            Ok(())
+        } else {
+            Err(CliError::Failed)
+        }
+    }
+}
+
 /// `cancel` (rollback = false) or `rollback`: request it, then follow to the end.
-async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
-    let clients = match load_clients(g).await {
-        Ok(c) => c,
-        Err(e) => return fail(e, g.output),
-    };
+async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> Result<Stopped, CliError> {
+    let clients = load_clients(g).await?;
     let (verb, want) = if rollback {
         ("rollback", "RollbackSuccessful")
     } else {
@@ -511,22 +602,16 @@ async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
     } else {
         deploy::cancel(&clients, asg).await
     };
-    let id = match requested {
-        Ok(id) => id,
-        Err(e) => {
-            report_error(&e);
-            if g.output == Output::Json {
-                emit(json!({ "asg": asg, "error": e.to_string() }));
-            }
-            return EXIT_FAILED;
-        }
-    };
+    let id = requested.map_err(CliError::runtime)?;
     if no_wait {
-        match g.output {
-            Output::Json => emit(json!({ "asg": asg, "refresh_id": id, "requested": verb })),
-            Output::Text => println!("{asg}: {verb} of instance refresh {id} requested"),
-        }
-        return 0;
+        return Ok(Stopped {
+            asg: asg.to_string(),
+            refresh_id: Some(id),
+            requested: Some(verb),
+            refresh: None,
+            group: None,
+            reached: true,
+        });
     }
     let ui = Ui::new(g.plain);
     let stage = ui.stage(verb, &format!("{id}: {verb} requested"));
@@ -535,26 +620,28 @@ async fn stop(asg: &str, g: &Global, no_wait: bool, rollback: bool) -> u8 {
         _ = interrupted() => {
             stage.fail("interrupted");
             eprintln!("interrupted: stopped waiting; the {verb} of {id} continues.\n{}", hints(asg));
-            return EXIT_INTERRUPTED;
+            return Err(CliError::Interrupted);
         }
     };
     let r = match waited {
         Ok(r) => r,
         Err(e) => {
             stage.fail("lost track of the refresh");
-            report_error(&e);
-            return EXIT_FAILED;
+            return Err(CliError::runtime(e));
         }
     };
-    if r.status == want {
+    let reached = r.status == want;
+    if reached {
         stage.finish(&format!("{id} {}", r.status));
     } else {
         stage.fail(&r.progress());
     }
-    let now = deploy::group_now(&clients, asg).await.ok();
-    match g.output {
-        Output::Json => emit(json!({ "asg": asg, "refresh": r, "group": now })),
-        Output::Text => println!("{}", refresh_text(asg, &r, now.as_ref())),
-    }
-    if r.status == want { 0 } else { EXIT_FAILED }
+    Ok(Stopped {
+        asg: asg.to_string(),
+        refresh_id: None,
+        requested: None,
+        group: deploy::group_now(&clients, asg).await.ok(),
+        refresh: Some(r),
+        reached,
+    })
 }

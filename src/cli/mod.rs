@@ -14,15 +14,11 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
-pub use report::{CliError, Diagnostic, RecipeFailure, Report, fail, finish};
+pub use report::{CliError, Diagnostic, RecipeFailure, Report, exit_code, finish};
 
 use crate::aws::Clients;
 use crate::recipe::{self, model::Recipe};
 use crate::ui::{ColorChoice, Output};
-
-pub const EXIT_FAILED: u8 = 1;
-pub const EXIT_INPUT: u8 = 2;
-pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
 #[command(

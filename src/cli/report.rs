@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, report_error};
+use super::report_error;
 use crate::recipe::{RecipeErrors, line_col};
 use crate::ui::Output;
 
@@ -45,14 +45,6 @@ impl CliError {
         CliError::Runtime(Box::new(e))
     }
 
-    pub fn code(&self) -> u8 {
-        match self {
-            CliError::Input(_) | CliError::Recipe(_) => EXIT_INPUT,
-            CliError::Runtime(_) | CliError::Failed => EXIT_FAILED,
-            CliError::Interrupted => EXIT_INTERRUPTED,
-        }
-    }
-
     /// Tells the error on stderr, and in JSON mode puts a document on stdout too, so a reader
     /// of stdout always gets one.
     fn show(&self, output: Output) {
@@ -86,6 +78,15 @@ impl CliError {
                 println!("{doc}");
             }
         }
+    }
+}
+
+/// The one place exit codes are decided: 1 failed, 2 bad input, 130 interrupted.
+pub fn exit_code(e: &CliError) -> u8 {
+    match e {
+        CliError::Input(_) | CliError::Recipe(_) => 2,
+        CliError::Runtime(_) | CliError::Failed => 1,
+        CliError::Interrupted => 130,
     }
 }
 
@@ -136,12 +137,6 @@ struct Versioned<'a, R> {
     report: &'a R,
 }
 
-/// Shows an error of a handler not yet returning a [`Report`] (deploy) and returns its code.
-pub fn fail(e: CliError, output: Output) -> u8 {
-    e.show(output);
-    e.code()
-}
-
 /// Renders a command's result once and returns its exit code.
 pub fn finish<R: Report>(res: Result<R, CliError>, output: Output) -> u8 {
     let outcome = res.and_then(|r| {
@@ -170,7 +165,7 @@ pub fn finish<R: Report>(res: Result<R, CliError>, output: Output) -> u8 {
         Err(e) => {
             // Partial-failure reports are already on stdout; only a handler's own error shows.
             e.show(output);
-            e.code()
+            exit_code(&e)
         }
     }
 }
