@@ -263,7 +263,7 @@ fn print_generated(f: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
             report_error(&e);
-            EXIT_FAILED
+            exit_code(&CliError::Failed)
         }
     }
 }
