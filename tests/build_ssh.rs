@@ -84,6 +84,10 @@ fn web_recipe_bakes_a_tagged_image_with_its_files_and_leaves_nothing() {
         m["builds"][0]["artifact_id"],
         format!("{}:{ami}", lab.env["AWS_REGION"])
     );
+    // Readable by Packer's own types: custom data is a string map, the run has one uuid.
+    let entry = &m["builds"][0];
+    assert_eq!(entry["custom_data"]["cached"], "false", "{m}");
+    assert_eq!(entry["packer_run_uuid"], m["last_run_uuid"], "{m}");
 
     lab.assert_no_leftovers(&name, "temporary resources left behind");
 

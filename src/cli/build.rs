@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
-use serde_json::json;
 
+use super::manifest;
 use super::signals::{Sig, Signals, sig_name};
 use super::{CliError, Global, Report, Vars, load_all, load_clients};
 use crate::aws::Clients;
@@ -302,30 +302,9 @@ impl Report for Builds {
     }
 }
 
-/// Appends to a Packer-style manifest so pipelines that read Packer's keep working.
 fn write_manifest(path: &Path, built: &[&BuildResult]) -> std::io::Result<()> {
-    let mut doc: serde_json::Value = std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| json!({ "builds": [] }));
-    let now = jiff::Timestamp::now().as_second();
-    for b in built {
-        if let Some(arr) = doc["builds"].as_array_mut() {
-            arr.push(json!({
-                "name": b.recipe,
-                "builder_type": "bake.amazon-ebs",
-                "build_time": now,
-                "files": null,
-                "artifact_id": b.artifact_id(),
-                "packer_run_uuid": b.build_id,
-                "custom_data": { "fingerprint": b.fingerprint, "cached": b.cached, "ami_name": b.ami_name, "source_ami": b.source_ami },
-            }));
-        }
-        doc["last_run_uuid"] = json!(b.build_id);
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
-    std::fs::rename(tmp, path)
+    let entries: Vec<manifest::Entry> = built.iter().map(|b| manifest::Entry::from(*b)).collect();
+    manifest::append(path, &manifest::run_uuid(), &entries)
 }
 
 /// `bake plan`: `{"format_version", "plans": [...]}`.

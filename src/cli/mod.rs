@@ -5,6 +5,7 @@ mod build;
 mod deploy;
 mod gc;
 mod images;
+mod manifest;
 mod report;
 mod signals;
 
