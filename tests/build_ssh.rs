@@ -353,3 +353,45 @@ fn script_steps_with_an_interpreter_line_run_through_it() {
     let out = lab.build(tmp.path(), &["--plain"], &r);
     assert_exit(&out, 0, &["python says 3"]);
 }
+
+#[test]
+fn debug_log_shows_sdk_requests_and_bakes_user_agent() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .env("BAKE_LOG", "debug")
+        .args(["images", "list"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" DEBUG ") && l.contains("rpc.method=\"DescribeImages\"")),
+        "no SDK request lines:\n{err}"
+    );
+    // -vv is the same through the flag; trace shows the user agent bake sends.
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .env_remove("BAKE_LOG")
+        .args(["images", "list", "-vvv"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let ua = format!("app/bake-{}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        err.contains(&ua),
+        "no {ua} in the user agent:\n{}",
+        &err[..err.len().min(4000)]
+    );
+    // Without either, no log at all.
+    let out = lab
+        .bake(&tmp.path().join("cache"))
+        .env_remove("BAKE_LOG")
+        .args(["images", "list"])
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains(" DEBUG "), "{}", stderr(&out));
+}

@@ -61,7 +61,11 @@ impl Clients {
     /// Loads the standard AWS configuration (env, profile, SSO, IMDS …), optionally overriding
     /// region and profile from the command line.
     pub async fn load(region: Option<&str>, profile: Option<&str>) -> Result<Self, AwsError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        // Every call names bake and its version in its user agent (`app/bake-0.1.0`), so
+        // CloudTrail and support can tell bake's calls apart.
+        let app = aws_config::AppName::new(concat!("bake-", env!("CARGO_PKG_VERSION")))
+            .expect("a valid app name");
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).app_name(app);
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_string()));
         }

@@ -67,6 +67,10 @@ pub struct Global {
     /// Print only errors and the final result, no progress.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Debug log on stderr: -v bake's own, -vv also the AWS SDK and SSH, -vvv trace.
+    /// BAKE_LOG (tracing filter syntax, e.g. `debug` or `bake=debug,russh=trace`) wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -183,6 +187,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     crate::ui::configure(cli.global.color, cli.global.quiet);
+    init_log(cli.global.verbose);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -236,6 +241,28 @@ async fn run(cli: Cli) -> u8 {
         }),
         Cmd::Man => print_generated(|w| clap_mangen::Man::new(Cli::command()).render(w)),
     }
+}
+
+/// The debug log (tracing, to stderr): off unless BAKE_LOG or -v asks for it.
+fn init_log(verbose: u8) {
+    let spec = match std::env::var("BAKE_LOG") {
+        Ok(s) if !s.trim().is_empty() => s,
+        _ => match verbose {
+            0 => return,
+            1 => "bake=debug".to_string(),
+            2 => "debug".to_string(),
+            _ => "trace".to_string(),
+        },
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: BAKE_LOG={spec:?} is not a tracing filter ({e}); using `debug`");
+        tracing_subscriber::EnvFilter::new("debug")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(console::colors_enabled_stderr())
+        .try_init();
 }
 
 /// `--color` as clap should use it for help and usage errors.
