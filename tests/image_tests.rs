@@ -115,8 +115,23 @@ fn passing_tests_run_on_the_new_image_and_changed_tests_rerun_on_the_same_image(
         &name,
         &PASSING.replace("id -u app", "getent passwd app"),
     );
+    // `bake plan` says so before anything runs: a hit, with tests changed.
+    let plan = |path: &Path| {
+        let out = lab
+            .bake(&cache)
+            .args(["plan", "--output", "json"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        json(&out)["plans"][0].clone()
+    };
+    let p = plan(&path);
+    assert_eq!(p["hit"], ami.as_str(), "{p}");
+    assert_eq!(p["tests_changed"], true, "{p}");
     let b2 = build_json(&lab, &cache, &path, &[]);
     assert_eq!(b2["cached"], true, "{b2}");
+    assert_eq!(plan(&path)["tests_changed"], false, "tested now");
     assert_eq!(b2["ami_id"], ami.as_str(), "{b2}");
     assert_eq!(b2["tests"]["passed"], true, "{b2}");
     let fp2 = b2["tests"]["fingerprint"].as_str().unwrap();

@@ -335,6 +335,12 @@ impl Report for Plans {
             let Some(newest) = (match &p.hit {
                 Some(ami) => {
                     let _ = writeln!(t, "{}: {fp} hit: {ami}", p.recipe);
+                    if p.tests_changed {
+                        let _ = writeln!(
+                            t,
+                            "  tests changed: a build runs the current tests on {ami} (no rebuild)"
+                        );
+                    }
                     continue;
                 }
                 None => {

@@ -24,6 +24,11 @@ pub struct PlanRow {
     /// The newest earlier image of this recipe, compared against on a miss.
     pub newest: Option<String>,
     pub changed: Vec<String>,
+    /// The `[[test]]`s' fingerprint (absent: the recipe has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests_fingerprint: Option<String>,
+    /// The hit was tested with other tests (or never): a build runs the current ones on it.
+    pub tests_changed: bool,
 }
 
 pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, BuildError> {
@@ -39,6 +44,21 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
     let newest = mine
         .iter()
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+    let tests_fingerprint = if recipe.tests.is_empty() {
+        None
+    } else {
+        let scripts = plan::read_test_scripts(recipe)?;
+        Some(plan::tests_fingerprint(recipe, &scripts))
+    };
+    // Tests are not part of the image's fingerprint: a hit tested with other tests is re-tested.
+    let tests_changed = match (&tests_fingerprint, &hit) {
+        (Some(tfp), Some(id)) => mine
+            .iter()
+            .find(|i| i.image_id() == Some(id.as_str()))
+            .map(|i| tag_map(i.tags()))
+            .is_none_or(|t| t.get(super::verify_image::TESTED_TAG) != Some(tfp)),
+        _ => false,
+    };
     let (newest_id, changed) = match (&hit, newest) {
         (None, Some(img)) => {
             let tags = tag_map(img.tags());
@@ -62,6 +82,8 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
         hit,
         newest: newest_id,
         changed,
+        tests_fingerprint,
+        tests_changed,
     })
 }
 
