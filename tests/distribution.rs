@@ -190,19 +190,10 @@ fn the_build_region_among_the_copy_regions_is_refused_before_any_aws_call() {
 
 /// The images of `recipe` in `region` (any state but deregistered).
 fn images_in(lab: &Lab, region: &str, recipe: &str) -> Vec<String> {
-    lab.rt.block_on(async {
-        ec2_in(lab, region)
-            .describe_images()
-            .owners("self")
-            .filters(recipe_filter(recipe))
-            .send()
-            .await
-            .unwrap()
-            .images()
-            .iter()
-            .filter_map(|i| i.image_id().map(str::to_string))
-            .collect()
-    })
+    lab.images_through(&ec2_in(lab, region), recipe)
+        .iter()
+        .filter_map(|i| i.image_id().map(str::to_string))
+        .collect()
 }
 
 #[test]

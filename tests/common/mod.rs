@@ -151,9 +151,17 @@ impl Lab {
     }
 
     pub fn images_of(&self, recipe: &str) -> Vec<aws_sdk_ec2::types::Image> {
+        self.images_through(&self.ec2, recipe)
+    }
+
+    /// The recipe's images as `ec2` (a client of any region) lists them.
+    pub fn images_through(
+        &self,
+        ec2: &aws_sdk_ec2::Client,
+        recipe: &str,
+    ) -> Vec<aws_sdk_ec2::types::Image> {
         self.rt.block_on(async {
-            self.ec2
-                .describe_images()
+            ec2.describe_images()
                 .owners("self")
                 .filters(recipe_filter(recipe))
                 .send()
