@@ -118,12 +118,8 @@ fn hints(asg: &str) -> String {
 /// The refresh bake started: what it replaces with what.
 #[derive(Serialize, Clone)]
 struct Rollout {
-    refresh_id: String,
-    launch_template_id: String,
-    version_number: i64,
-    previous_version: i64,
-    previous_image: String,
-    pinned_from: Option<String>,
+    #[serde(flatten)]
+    refresh: deploy::Refresh,
     preferences: deploy::prefs::Prefs,
 }
 
@@ -182,7 +178,11 @@ impl Report for Deployed {
                 "{asg}: already on {ami} (launch template version {v}, every instance); nothing to do"
             );
         };
-        let (id, lt, v) = (&ro.refresh_id, &ro.launch_template_id, ro.version_number);
+        let (id, lt, v) = (
+            &ro.refresh.refresh_id,
+            &ro.refresh.launch_template_id,
+            ro.refresh.version_number,
+        );
         match self.result {
             "started" => format!(
                 "{asg}: instance refresh {id} started (launch template {lt} version {v}, image {ami}); not waiting\n{}",
@@ -192,8 +192,8 @@ impl Report for Deployed {
                 let took = fmt_duration(Duration::from_secs_f64(self.seconds.unwrap_or_default()));
                 let mut t = format!(
                     "{asg}: deployed {ami} in {took} (instance refresh {id} Successful)\n  launch template {lt} version {v} (was version {}, {})\n  group runs  {}",
-                    ro.previous_version,
-                    ro.previous_image,
+                    ro.refresh.previous_version,
+                    ro.refresh.previous_image,
                     self.runs()
                 );
                 if let Some(r) = &self.retention
@@ -236,7 +236,7 @@ impl Deployed {
 
     /// The stderr account of a refresh that ended other than Successful.
     fn failure_text(&self, r: &RefreshView, ro: &Rollout) -> String {
-        let (asg, ami, id) = (&self.asg, &self.ami_id, &ro.refresh_id);
+        let (asg, ami, id) = (&self.asg, &self.ami_id, &ro.refresh.refresh_id);
         let what = match r.status.as_str() {
             "RollbackSuccessful" => "failed and was rolled back",
             "RollbackFailed" => "failed, and so did its rollback",
@@ -262,7 +262,7 @@ impl Deployed {
             let _ = write!(
                 t,
                 "\n  {replaced} instance(s) already replaced keep {ami}; to put the group back on {}, run `bake deploy --asg {asg} --ami {}`",
-                ro.previous_image, ro.previous_image
+                ro.refresh.previous_image, ro.refresh.previous_image
             );
         }
         t
@@ -366,33 +366,21 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
             d.current_version = Some(version_number);
             return Ok(d);
         }
-        Started::Started {
-            refresh_id,
-            launch_template_id,
-            version_number,
-            previous_version,
-            previous_image,
-            pinned_from,
-        } => Rollout {
-            refresh_id,
-            launch_template_id,
-            version_number,
-            previous_version,
-            previous_image,
-            pinned_from,
+        Started::Started(refresh) => Rollout {
+            refresh,
             preferences: plan.prefs.clone(),
         },
     };
     ui.line(&format!(
         "instance refresh {} started on {asg}: {} → {ami}",
-        ro.refresh_id, ro.previous_image
+        ro.refresh.refresh_id, ro.refresh.previous_image
     ));
-    let keep_also = [ro.version_number, ro.previous_version];
+    let keep_also = [ro.refresh.version_number, ro.refresh.previous_version];
     let retain_now = || {
         retain(
             &clients,
             &ui,
-            &ro.launch_template_id,
+            &ro.refresh.launch_template_id,
             plan.prefs.keep_versions,
             &keep_also,
         )
@@ -404,7 +392,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
         return Ok(d);
     }
 
-    let id = &ro.refresh_id;
+    let id = &ro.refresh.refresh_id;
     let stage = ui.stage("refresh", &format!("{id} Pending"));
     let waited = tokio::select! {
         r = deploy::wait(&clients, &stage, &asg, id) => r,

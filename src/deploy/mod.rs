@@ -223,15 +223,19 @@ pub enum Started {
         image_id: String,
         version_number: i64,
     },
-    Started {
-        refresh_id: String,
-        launch_template_id: String,
-        version_number: i64,
-        previous_version: i64,
-        previous_image: String,
-        /// Set when the group followed `$Latest`/`$Default` and was pinned first.
-        pinned_from: Option<String>,
-    },
+    Started(Refresh),
+}
+
+/// The instance refresh a roll-out started: what it replaces with what.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refresh {
+    pub refresh_id: String,
+    pub launch_template_id: String,
+    pub version_number: i64,
+    pub previous_version: i64,
+    pub previous_image: String,
+    /// Set when the group followed `$Latest`/`$Default` and was pinned first.
+    pub pinned_from: Option<String>,
 }
 
 async fn group_raw(clients: &Clients, asg: &str) -> Result<AutoScalingGroup, DeployError> {
@@ -502,14 +506,14 @@ pub async fn start(
             return Err(e.into());
         }
     };
-    Ok(Started::Started {
+    Ok(Started::Started(Refresh {
         refresh_id,
         launch_template_id: group.template_id,
         version_number: new.number,
         previous_version: group.version.number,
         previous_image,
         pinned_from,
-    })
+    }))
 }
 
 /// How refresh progress is polled: a quick first look, then every two seconds, for as long as
