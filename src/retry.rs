@@ -164,6 +164,58 @@ where
     }
 }
 
+/// One try of an action the recipe lets run again (a step's or a test's `retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1-based.
+    pub n: u32,
+    /// How many tries there are in all.
+    pub of: u32,
+}
+
+impl Attempt {
+    /// `name`, with "(attempt n/of)" when there is more than one try.
+    pub fn label(&self, name: &str) -> String {
+        if self.of > 1 {
+            format!("{name} (attempt {}/{})", self.n, self.of)
+        } else {
+            name.to_string()
+        }
+    }
+}
+
+/// What one try says.
+#[derive(Debug)]
+pub enum Tried<T, E> {
+    /// It worked: stop with this value.
+    Done(T),
+    /// It failed: try again if tries are left, else this is the answer.
+    Failed(E),
+    /// It failed in a way another try cannot mend: stop now.
+    Fatal(E),
+}
+
+/// Runs `attempt` up to `tries` times (at least once), waiting with the AWS backoff between
+/// tries: the first `Done`, a `Fatal` at once, or the last `Failed`. The action is an async
+/// closure so it can hold the communicator mutably across its awaits.
+pub async fn retry_times<T, E>(
+    tries: u32,
+    mut attempt: impl AsyncFnMut(Attempt) -> Tried<T, E>,
+) -> Result<T, E> {
+    let of = tries.max(1);
+    let mut n = 1;
+    loop {
+        match attempt(Attempt { n, of }).await {
+            Tried::Done(v) => return Ok(v),
+            Tried::Fatal(e) => return Err(e),
+            Tried::Failed(e) if n >= of => return Err(e),
+            Tried::Failed(_) => {}
+        }
+        tokio::time::sleep(Backoff::AWS.delay(n)).await;
+        n += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +310,35 @@ mod tests {
         let b = Backoff::AWS;
         let r: Result<(), PollError<&str>> = poll(b, |_| async { Poll::Fail("boom") }).await;
         assert!(matches!(r, Err(PollError::Failed("boom"))));
+    }
+
+    #[tokio::test]
+    async fn retry_times_stops_at_done_fatal_or_the_last_try() {
+        let mut seen = Vec::new();
+        let r: Result<u32, &str> = retry_times(3, async |a: Attempt| {
+            seen.push(a.label("step"));
+            if a.n < 2 {
+                Tried::Failed("no")
+            } else {
+                Tried::Done(a.n)
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(2));
+        assert_eq!(seen, ["step (attempt 1/3)", "step (attempt 2/3)"]);
+
+        let mut tries = 0;
+        let r: Result<(), &str> = retry_times(3, async |_| {
+            tries += 1;
+            Tried::Fatal("broken")
+        })
+        .await;
+        assert_eq!((r, tries), (Err("broken"), 1));
+
+        let r: Result<(), u32> = retry_times(2, async |a: Attempt| Tried::Failed(a.n)).await;
+        assert_eq!(r, Err(2));
+        assert_eq!(Attempt { n: 1, of: 1 }.label("t"), "t");
+        let r: Result<(), u32> = retry_times(0, async |a: Attempt| Tried::Failed(a.of)).await;
+        assert_eq!(r, Err(1));
     }
 }

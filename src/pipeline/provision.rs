@@ -12,6 +12,7 @@ use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 use crate::remote::any::Communicator;
 use crate::remote::ssh::{SshCommunicator, SshTarget};
 use crate::remote::ssm::{self, SsmCommunicator};
+use crate::retry::{Attempt, Tried, retry_times};
 use crate::ui::SharedSink;
 use crate::ui::fmt_bytes;
 
@@ -195,59 +196,55 @@ impl Bake<'_> {
         builder: &Builder,
     ) -> Result<(), BuildError> {
         let ui = self.ui;
-        let attempts = step.retries + 1;
-        let mut last = None;
-        for attempt in 1..=attempts {
-            let label = if attempts > 1 {
-                format!("{} (attempt {attempt}/{attempts})", step.name)
-            } else {
-                step.name.clone()
-            };
+        retry_times(step.retries + 1, async |attempt: Attempt| {
+            let label = attempt.label(&step.name);
             let st = ui.stage(&format!("step {}", step.name), &format!("running {label}"));
-            let outcome = comm.run(step, script).await;
-            match outcome {
-                Ok(o) if o.exit_status == Some(0) => {
-                    st.finish("exit 0");
-                    if step.reboot {
-                        self.reboot(comm, builder).await?;
-                    }
-                    return Ok(());
-                }
-                Ok(o) if o.disconnected && step.reboot => {
-                    // The step rebooted the machine itself.
-                    st.finish("builder went down for reboot");
-                    let st = ui.stage("reboot", "reconnecting");
-                    comm.reconnect().await?;
-                    st.finish("reconnected");
-                    return Ok(());
-                }
-                Ok(o) => {
-                    let status = match (o.exit_status, o.disconnected) {
-                        (Some(s), _) => format!("exit status {s}"),
-                        (None, true) => "the connection dropped".to_string(),
-                        (None, false) => "no exit status".to_string(),
-                    };
-                    st.fail(&status);
-                    if o.disconnected {
-                        comm.reconnect().await?;
-                    }
-                    last = Some(BuildError::StepFailed {
-                        step: step.name.clone(),
-                        status,
-                        attempts: attempt,
-                        tail: o.tail,
-                    });
-                }
+            let o = match comm.run(step, script).await {
+                Ok(o) => o,
                 Err(e) => {
                     st.fail(&e.to_string());
-                    last = Some(e.into());
+                    return Tried::Failed(e.into());
                 }
+            };
+            if o.exit_status == Some(0) {
+                st.finish("exit 0");
+                return match step.reboot {
+                    true => self
+                        .reboot(comm, builder)
+                        .await
+                        .map_or_else(Tried::Fatal, Tried::Done),
+                    false => Tried::Done(()),
+                };
             }
-            if attempt < attempts {
-                tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
+            if o.disconnected && step.reboot {
+                // The step rebooted the machine itself.
+                st.finish("builder went down for reboot");
+                let st = ui.stage("reboot", "reconnecting");
+                if let Err(e) = comm.reconnect().await {
+                    return Tried::Fatal(e.into());
+                }
+                st.finish("reconnected");
+                return Tried::Done(());
             }
-        }
-        Err(last.expect("at least one attempt"))
+            let status = match (o.exit_status, o.disconnected) {
+                (Some(s), _) => format!("exit status {s}"),
+                (None, true) => "the connection dropped".to_string(),
+                (None, false) => "no exit status".to_string(),
+            };
+            st.fail(&status);
+            if o.disconnected
+                && let Err(e) = comm.reconnect().await
+            {
+                return Tried::Fatal(e.into());
+            }
+            Tried::Failed(BuildError::StepFailed {
+                step: step.name.clone(),
+                status,
+                attempts: attempt.n,
+                tail: o.tail,
+            })
+        })
+        .await
     }
 
     /// A `reboot = true` step that exited normally: bake reboots the builder through EC2, waits for

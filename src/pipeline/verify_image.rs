@@ -22,6 +22,7 @@ use crate::aws::ec2::{self, tag_list};
 use crate::plan;
 use crate::recipe::model::{CommunicatorKind, Test};
 use crate::remote::any::Communicator;
+use crate::retry::{Attempt, Tried, retry_times};
 use crate::ui::SharedSink;
 
 /// `pending` until the tests pass, then the tests' fingerprint; `failed` on an image kept
@@ -191,63 +192,47 @@ impl Bake<'_> {
     ) -> (TestResult, Vec<String>) {
         let ui = self.ui;
         let started = Instant::now();
-        let attempts = test.step.retries + 1;
-        let mut last = (None, String::new(), Vec::new());
-        for attempt in 1..=attempts {
-            let label = if attempts > 1 {
-                format!("{} (attempt {attempt}/{attempts})", test.step.name)
-            } else {
-                test.step.name.clone()
-            };
+        let result = |passed, exit_status, attempts, error| TestResult {
+            name: test.step.name.clone(),
+            passed,
+            exit_status,
+            attempts,
+            seconds: started.elapsed().as_secs_f64(),
+            error,
+        };
+        let tries = test.step.retries + 1;
+        let outcome = retry_times(tries, async |attempt: Attempt| {
+            let label = attempt.label(&test.step.name);
             let st = ui.stage(
                 &format!("test {}", test.step.name),
                 &format!("testing {label}"),
             );
-            match comm.run(&test.step, script).await {
-                Ok(o) => match verdict(test, &o) {
-                    None => {
-                        st.finish("passed");
-                        return (
-                            TestResult {
-                                name: test.step.name.clone(),
-                                passed: true,
-                                exit_status: o.exit_status,
-                                attempts: attempt,
-                                seconds: started.elapsed().as_secs_f64(),
-                                error: None,
-                            },
-                            o.tail,
-                        );
-                    }
-                    Some(why) => {
-                        st.fail(&why);
-                        if o.disconnected {
-                            let _ = comm.reconnect().await;
-                        }
-                        last = (o.exit_status, why, o.tail);
-                    }
-                },
+            let o = match comm.run(&test.step, script).await {
+                Ok(o) => o,
                 Err(e) => {
                     st.fail(&e.to_string());
-                    last = (None, e.to_string(), Vec::new());
+                    return Tried::Failed((None, e.to_string(), Vec::new()));
+                }
+            };
+            match verdict(test, &o) {
+                None => {
+                    st.finish("passed");
+                    Tried::Done((o.exit_status, attempt.n, o.tail))
+                }
+                Some(why) => {
+                    st.fail(&why);
+                    if o.disconnected {
+                        let _ = comm.reconnect().await;
+                    }
+                    Tried::Failed((o.exit_status, why, o.tail))
                 }
             }
-            if attempt < attempts {
-                tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
-            }
+        })
+        .await;
+        match outcome {
+            Ok((exit_status, n, tail)) => (result(true, exit_status, n, None), tail),
+            Err((exit_status, why, tail)) => (result(false, exit_status, tries, Some(why)), tail),
         }
-        let (exit_status, why, tail) = last;
-        (
-            TestResult {
-                name: test.step.name.clone(),
-                passed: false,
-                exit_status,
-                attempts,
-                seconds: started.elapsed().as_secs_f64(),
-                error: Some(why),
-            },
-            tail,
-        )
     }
 }
 
