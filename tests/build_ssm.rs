@@ -588,6 +588,39 @@ fn large_scripts_and_many_files_go_through_s3_too() {
     c.remove();
 }
 
+/// S3 throttling that outlasts the SDK's own retries while staging is waited out: nothing has
+/// reached the builder yet, so the same object is put again, and the build succeeds.
+#[test]
+fn staging_waits_out_s3_throttling_beyond_the_sdk_retries() {
+    let c = Case::new("ssmslow-", true);
+    std::fs::write(c.dir().join("payload.txt"), "staged through throttling\n").unwrap();
+    let r = c.recipe(
+        "",
+        "",
+        "[[upload]]\nsource = \"payload.txt\"\ndestination = \"/opt/payload.txt\"\n\
+         [[step]]\nname = \"check\"\nrun = \"grep -q throttling /opt/payload.txt && echo payload-ok\"\n",
+    );
+    // Six throttled PutObjects on this test's bucket only: twice the SDK's three attempts.
+    let rule = serde_json::json!({"rules": [{
+        "service": "s3", "action": "PutObject", "params": {"Bucket": c.fx.bucket},
+        "kind": "throttle", "times": 6,
+    }]});
+    let added = lab_api(&c.lab.env, "POST", "faults", &rule.to_string());
+    let id = added["rules"][0]["id"].as_u64().unwrap();
+    let out = c.build(&[], &r);
+    let rules = lab_api(&c.lab.env, "GET", "faults", "");
+    let fired = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_u64() == Some(id))
+        .map(|r| r["fired"].as_u64().unwrap());
+    assert_exit(&out, 0, &["payload-ok"]);
+    assert_eq!(fired, Some(6), "every throttled answer was met");
+    c.assert_clean("");
+    c.remove();
+}
+
 #[test]
 fn sensitive_values_never_reach_the_ssm_command_history() {
     let c = Case::new("ssmsecret-", true);

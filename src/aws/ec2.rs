@@ -365,3 +365,107 @@ pub async fn own_images(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<Image>
     }
     Ok(out)
 }
+
+/// Terminates `ids` and waits until every one is terminated. `not_found_grace`: for ids this
+/// process was just given (a builder a moment after RunInstances) "not found" means "not
+/// visible yet" for that long; `None` for ids a listing showed, where "not found" means gone.
+pub async fn terminate_and_wait(
+    ec2: &Client,
+    ids: &[String],
+    not_found_grace: Option<Duration>,
+) -> Result<(), AwsError> {
+    let joined = ids.join(",");
+    let call = || async {
+        ec2.terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .ctx("TerminateInstances", Some(&joined))
+    };
+    let sent = match not_found_grace {
+        Some(grace) => settle("TerminateInstances", &joined, grace, not_yet_visible, call).await,
+        None => {
+            settle(
+                "TerminateInstances",
+                &joined,
+                DELETE_TIMEOUT,
+                |_| false,
+                call,
+            )
+            .await
+        }
+    };
+    match sent {
+        Err(e) if !(not_found_grace.is_none() && e.is_not_found()) => return Err(e),
+        _ => {}
+    }
+    let waits = ids.iter().map(|id| {
+        wait_instance_state(
+            ec2,
+            id,
+            InstanceStateName::Terminated,
+            Duration::from_secs(600),
+        )
+    });
+    for r in futures::future::join_all(waits).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// How long a deletion waits for what still uses the resource (an instance that has only just
+/// terminated keeps its security group and volumes "in use" for a while).
+const DELETE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Calls a deletion until it is done, waiting while AWS answers with one of the `busy` codes
+/// (still in use) and out throttling; "not found" is done (gone already).
+pub async fn delete_when_free<F, Fut, E>(
+    op: &'static str,
+    id: &str,
+    busy: &[&str],
+    call: F,
+) -> Result<(), AwsError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let r = retry::poll(Backoff::AWS.with_timeout(DELETE_TIMEOUT), |_| async {
+        match call().await.ctx(op, Some(id)) {
+            Ok(()) => Poll::Ready(()),
+            Err(e) if e.is_not_found() => Poll::Ready(()),
+            Err(e) if e.code_is(busy) => Poll::Pending(format!("{id} still in use")),
+            Err(e) => Poll::from_err(e),
+        }
+    })
+    .await;
+    r.map_err(|e| poll_failure(op, id, e))
+}
+
+/// Deletes a security group once no instance uses it any more.
+pub async fn delete_security_group(ec2: &Client, id: &str) -> Result<(), AwsError> {
+    delete_when_free(
+        "DeleteSecurityGroup",
+        id,
+        &["DependencyViolation"],
+        || async {
+            ec2.delete_security_group()
+                .group_id(id)
+                .send()
+                .await
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
+/// Deletes a volume once it is detached.
+pub async fn delete_volume(ec2: &Client, id: &str) -> Result<(), AwsError> {
+    delete_when_free(
+        "DeleteVolume",
+        id,
+        &["VolumeInUse", "IncorrectState"],
+        || async { ec2.delete_volume().volume_id(id).send().await.map(|_| ()) },
+    )
+    .await
+}

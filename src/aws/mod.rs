@@ -26,6 +26,7 @@
 
 pub mod budget;
 pub mod ec2;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,11 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::InstanceStateName;
-
 use super::{Build, Kind, Resource, is_build_id};
-use crate::aws::ec2;
 use crate::aws::{AwsError, Clients, Ctx};
+use crate::aws::{ec2, s3};
 use crate::pipeline::journal;
 use crate::retry::{self, Backoff, Poll};
 
@@ -44,7 +42,7 @@ pub async fn remove(
         }
         if kind == Kind::Instance {
             let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
-            let res = terminate(c, &ids).await;
+            let res = ec2::terminate_and_wait(&c.ec2, &ids, None).await;
             for r in batch {
                 ok &= record(
                     r,
@@ -89,30 +87,6 @@ fn record(r: &mut Resource, res: Result<String, String>) -> bool {
     }
 }
 
-async fn terminate(c: &Clients, ids: &[String]) -> Result<(), AwsError> {
-    match c
-        .ec2
-        .terminate_instances()
-        .set_instance_ids(Some(ids.to_vec()))
-        .send()
-        .await
-        .ctx("TerminateInstances", Some(&ids.join(",")))
-    {
-        Err(e) if !e.is_not_found() => return Err(e),
-        _ => {}
-    }
-    for id in ids {
-        ec2::wait_instance_state(
-            &c.ec2,
-            id,
-            InstanceStateName::Terminated,
-            Duration::from_secs(600),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 async fn remove_one(
     c: &Clients,
     build_id: &str,
@@ -127,29 +101,11 @@ async fn remove_one(
         Kind::Image => remove_image(c, id, snapshot_users).await,
         Kind::Snapshot => remove_snapshot(c, build_id, id, snapshot_users).await,
         Kind::Volume => {
-            retry_in_use(
-                id,
-                "DeleteVolume",
-                &["VolumeInUse", "IncorrectState"],
-                || async { e.delete_volume().volume_id(id).send().await.map(|_| ()) },
-            )
-            .await?;
+            ec2::delete_volume(e, id).await?;
             Ok("deleted".into())
         }
         Kind::SecurityGroup => {
-            retry_in_use(
-                id,
-                "DeleteSecurityGroup",
-                &["DependencyViolation"],
-                || async {
-                    e.delete_security_group()
-                        .group_id(id)
-                        .send()
-                        .await
-                        .map(|_| ())
-                },
-            )
-            .await?;
+            ec2::delete_security_group(e, id).await?;
             Ok("deleted".into())
         }
         Kind::KeyPair | Kind::Lock => {
@@ -177,7 +133,7 @@ async fn remove_one(
                     "not a build's prefix",
                 ));
             }
-            let n = delete_prefix(c, bucket, prefix).await?;
+            let n = s3::delete_prefix(&c.s3, bucket, prefix).await?.unwrap_or(0);
             Ok(format!("deleted {n} object(s)"))
         }
     }
@@ -276,73 +232,13 @@ fn image_id_in(message: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Retries a deletion while AWS says the resource is still in use (right after its instance
-/// terminated). Gone already is success.
-async fn retry_in_use<F, Fut, E>(
-    id: &str,
-    op: &'static str,
-    busy: &[&str],
-    call: F,
-) -> Result<(), AwsError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E>>>,
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let r = retry::poll(
-        Backoff::AWS.with_timeout(Duration::from_secs(180)),
-        |_| async {
-            match call().await.ctx(op, Some(id)) {
-                Ok(()) => Poll::Ready(()),
-                Err(e) if e.is_not_found() => Poll::Ready(()),
-                Err(e) if e.code_is(busy) => Poll::Pending(format!("{id} still in use")),
-                Err(e) => Poll::from_err(e),
-            }
-        },
-    )
-    .await;
-    r.map_err(|e| ec2::poll_failure(op, id, e))
-}
-
-/// Lists every key under `prefix`; None when the bucket does not exist.
-async fn keys(c: &Clients, bucket: &str, prefix: &str) -> Result<Option<Vec<String>>, AwsError> {
-    let what = format!("s3://{bucket}/{prefix}");
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = match c
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .ctx("ListObjectsV2", Some(&what))
-        {
-            Ok(p) => p,
-            Err(e) if e.code_is(&["NoSuchBucket"]) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        out.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(Some(out));
-        }
-    }
-}
-
 /// How many objects are under `prefix`; None when there are none (or no bucket).
 pub async fn count_objects(
     c: &Clients,
     bucket: &str,
     prefix: &str,
 ) -> Result<Option<usize>, AwsError> {
-    Ok(keys(c, bucket, prefix)
+    Ok(s3::keys(&c.s3, bucket, prefix)
         .await?
         .map(|k| k.len())
         .filter(|n| *n > 0))
@@ -356,7 +252,7 @@ pub async fn staged_by_build(
     prefix: &str,
 ) -> Result<Vec<(String, String, usize)>, AwsError> {
     let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for k in keys(c, bucket, prefix).await?.unwrap_or_default() {
+    for k in s3::keys(&c.s3, bucket, prefix).await?.unwrap_or_default() {
         let mut at = 0;
         for seg in k.split('/') {
             at += seg.len() + 1;
@@ -368,19 +264,6 @@ pub async fn staged_by_build(
         }
     }
     Ok(by.into_iter().map(|((b, p), n)| (b, p, n)).collect())
-}
-
-async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
-    let list = keys(c, bucket, prefix).await?.unwrap_or_default();
-    for k in &list {
-        c.s3.delete_object()
-            .bucket(bucket)
-            .key(k)
-            .send()
-            .await
-            .ctx("DeleteObject", Some(k))?;
-    }
-    Ok(list.len())
 }
 
 #[cfg(test)]

@@ -413,7 +413,7 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
             .await?;
             let mut done = Vec::new();
             for id in found {
-                delete_security_group(c, &id).await?;
+                ec2::delete_security_group(&c.ec2, &id).await?;
                 done.push(id);
             }
             Ok(if done.is_empty() {
@@ -522,33 +522,7 @@ async fn terminate(
             "already terminated".into()
         });
     }
-    let joined = ids.join(",");
-    ec2::settle(
-        "TerminateInstances",
-        &joined,
-        KNOWN_ID_GRACE,
-        ec2::not_yet_visible,
-        || async {
-            c.ec2
-                .terminate_instances()
-                .set_instance_ids(Some(ids.clone()))
-                .send()
-                .await
-                .ctx("TerminateInstances", Some(&joined))
-        },
-    )
-    .await?;
-    let waits = ids.iter().map(|id| {
-        ec2::wait_instance_state(
-            &c.ec2,
-            id,
-            InstanceStateName::Terminated,
-            Duration::from_secs(600),
-        )
-    });
-    for r in futures::future::join_all(waits).await {
-        r?;
-    }
+    ec2::terminate_and_wait(&c.ec2, &ids, Some(KNOWN_ID_GRACE)).await?;
     Ok(format!("terminated {}", ids.join(", ")))
 }
 
@@ -573,76 +547,16 @@ async fn release_held_lock(c: &Clients, name: &str, build_id: &str) -> Result<St
     })
 }
 
-/// Deletes a security group, waiting while EC2 still reports it in use (its instance has only
-/// just terminated).
-async fn delete_security_group(c: &Clients, id: &str) -> Result<(), AwsError> {
-    let r = retry::poll(
-        Backoff::AWS.with_timeout(Duration::from_secs(180)),
-        |_| async {
-            match c
-                .ec2
-                .delete_security_group()
-                .group_id(id)
-                .send()
-                .await
-                .ctx("DeleteSecurityGroup", Some(id))
-            {
-                Ok(_) => Poll::Ready(()),
-                Err(e) if e.is_not_found() => Poll::Ready(()),
-                Err(e) if e.code_is(&["DependencyViolation"]) => {
-                    Poll::Pending(format!("{id} still in use"))
-                }
-                Err(e) => Poll::from_err(e),
-            }
-        },
-    )
-    .await;
-    r.map_err(|e| ec2::poll_failure("DeleteSecurityGroup", id, e))
-}
-
-/// Deletes every object under `prefix` (page by page; a missing bucket means nothing to do).
+/// Deletes every object this build staged under `prefix`.
 async fn delete_staged(c: &Clients, bucket: &str, prefix: &str) -> Result<String, AwsError> {
     let what = format!("s3://{bucket}/{prefix}");
-    let mut deleted = 0usize;
-    loop {
-        let page = match c
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .ctx("ListObjectsV2", Some(&what))
-        {
-            Ok(p) => p,
-            Err(e) if e.code_is(&["NoSuchBucket"]) => {
-                return Ok(format!("bucket {bucket} does not exist: nothing staged"));
-            }
-            Err(e) => return Err(e),
-        };
-        let keys: Vec<String> = page
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect();
-        if keys.is_empty() {
-            break;
-        }
-        for key in &keys {
-            c.s3.delete_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .ctx("DeleteObject", Some(key))?;
-        }
-        deleted += keys.len();
-    }
-    Ok(if deleted == 0 {
-        format!("nothing staged under {what}")
-    } else {
-        format!("deleted {deleted} object(s) under {what}")
-    })
+    Ok(
+        match crate::aws::s3::delete_prefix(&c.s3, bucket, prefix).await? {
+            None => format!("bucket {bucket} does not exist: nothing staged"),
+            Some(0) => format!("nothing staged under {what}"),
+            Some(n) => format!("deleted {n} object(s) under {what}"),
+        },
+    )
 }
 
 #[cfg(test)]

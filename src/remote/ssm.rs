@@ -573,7 +573,7 @@ impl SsmCommunicator {
             self,
             &self.settings.bucket,
             &key,
-            aws_sdk_s3::primitives::ByteStream::from(body.as_bytes().to_vec()),
+            upload::Body::Bytes(body.as_bytes()),
             &hash,
             DELIVERY_TIMEOUT + Duration::from_secs(300),
             &format!("the script of {what}"),

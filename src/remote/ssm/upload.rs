@@ -9,6 +9,7 @@
 //! file's sha256 where it landed (`sha256sum -c`). The objects are removed by the build's undo
 //! stack (`Undo::DeleteStagedObjects`), success or not.
 
+use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -26,6 +27,7 @@ use crate::remote::transfer::staging::{
 };
 use crate::remote::transfer::tar;
 use crate::remote::transfer::verify::{finish_outcome, hasher, verify_and_move};
+use crate::retry::{self, Backoff, Poll, PollError};
 
 /// Files at least this large are staged as objects of their own (streamed from disk); smaller
 /// ones go into the tar object, built in memory.
@@ -91,7 +93,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
             c,
             &bucket,
             &key,
-            ByteStream::from(tar),
+            Body::Bytes(&tar),
             &hash,
             expiry,
             "upload bundle",
@@ -116,9 +118,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
             .filter(|s| !s.is_empty())
             .unwrap_or("file");
         let key = format!("{stage}{n:04}-{name}");
-        let body = ByteStream::from_path(&item.local)
-            .await
-            .map_err(|e| upload_err(&item.dest, format!("{}: {e}", item.local.display())))?;
+        let body = Body::File(&item.local);
         let url = put(c, &bucket, &key, body, &hash, expiry, &item.dest).await?;
         done += item.size;
         c.sink.upload_progress(done, total);
@@ -198,32 +198,72 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
     }
 }
 
+/// What to stage: bytes in memory or a file, read again for every attempt.
+pub(super) enum Body<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+impl Body<'_> {
+    async fn stream(&self, what: &str) -> Result<ByteStream, CommError> {
+        match self {
+            Body::Bytes(b) => Ok(ByteStream::from(b.to_vec())),
+            Body::File(p) => ByteStream::from_path(p)
+                .await
+                .map_err(|e| upload_err(what, format!("{}: {e}", p.display()))),
+        }
+    }
+}
+
+/// How long staging waits out S3 throttling that outlasts the SDK's own retries: nothing has
+/// reached the builder yet, so putting again is always safe, and throttling is not a failure.
+const THROTTLED_FOR: Duration = Duration::from_secs(300);
+
 /// Stages one object with its sha256 and returns a presigned GET URL for it.
 pub(super) async fn put(
     c: &SsmCommunicator,
     bucket: &str,
     key: &str,
-    body: ByteStream,
+    body: Body<'_>,
     sha256: &[u8; 32],
     expiry: Duration,
     what: &str,
 ) -> Result<String, CommError> {
     let s3 = &c.clients.s3;
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(body)
-        .checksum_sha256(aws_smithy_types::base64::encode(sha256))
-        .send()
-        .await
-        .map_err(|e| CommError::Staging {
-            what: what.to_string(),
-            source: Box::new(crate::aws::AwsError::from_sdk(
-                "PutObject",
-                Some(&format!("s3://{bucket}/{key}")),
-                e,
-            )),
-        })?;
+    let put = retry::poll(Backoff::AWS.with_timeout(THROTTLED_FOR), |_| async {
+        let stream = match body.stream(what).await {
+            Ok(s) => s,
+            Err(e) => return Poll::Fail(e),
+        };
+        let sent = s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(stream)
+            .checksum_sha256(aws_smithy_types::base64::encode(sha256))
+            .send()
+            .await
+            .map_err(|e| CommError::Staging {
+                what: what.to_string(),
+                source: Box::new(crate::aws::AwsError::from_sdk(
+                    "PutObject",
+                    Some(&format!("s3://{bucket}/{key}")),
+                    e,
+                )),
+            });
+        Poll::from_result(sent)
+    })
+    .await;
+    match put {
+        Ok(_) => {}
+        Err(PollError::Failed(e)) => return Err(e),
+        Err(PollError::Timeout { elapsed, last }) => {
+            return Err(upload_err(
+                what,
+                format!("S3 throttled staging for {elapsed:?}: {last}"),
+            ));
+        }
+    }
     let conf = PresigningConfig::expires_in(expiry)
         .map_err(|e| crate::aws::AwsError::local("presigning GetObject", Some(key), e))?;
     let req = s3
