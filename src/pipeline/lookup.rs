@@ -41,9 +41,7 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
     // The image `bake build` would take as its cache hit.
     let hit = super::image::newest_complete(&mine, &fp.hash)
         .and_then(|i| i.image_id().map(str::to_string));
-    let newest = mine
-        .iter()
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+    let newest = super::newest::newest(&mine);
     let tests_fingerprint = if recipe.tests.is_empty() {
         None
     } else {
