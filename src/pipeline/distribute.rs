@@ -25,6 +25,9 @@ use crate::aws::{AwsError, Clients, Ctx};
 use crate::plan::Fingerprint;
 use crate::recipe::model::Recipe;
 
+/// On a copy: `region:ami` of the image it was copied from (where the recipe is built).
+pub const COPIED_FROM_TAG: &str = "bake:copied-from";
+
 /// One region's image of the build.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegionImage {
@@ -175,7 +178,7 @@ impl Bake<'_> {
         tags.insert("bake:build-id".into(), self.build_id.to_string());
         tags.insert(STATE_TAG.into(), "pending".into());
         tags.insert(
-            "bake:copied-from".into(),
+            COPIED_FROM_TAG.into(),
             format!("{}:{}", self.clients.region, image.ami_id),
         );
         let (k, v) = super::lease::initial_tag();
