@@ -273,12 +273,21 @@ impl Bake<'_> {
                 .await
                 .ctx("ModifyImageAttribute", Some(ami))?;
         }
-        if share.snapshots && !share.accounts.is_empty() {
-            let perms: Vec<CreateVolumePermission> = share
-                .accounts
-                .iter()
-                .map(|a| CreateVolumePermission::builder().user_id(a).build())
-                .collect();
+        let mut perms: Vec<CreateVolumePermission> = Vec::new();
+        if share.snapshots {
+            for a in &share.accounts {
+                perms.push(CreateVolumePermission::builder().user_id(a).build());
+            }
+            // Validation allows this only with `public_snapshots = true` (and `public`).
+            if share.public_snapshots {
+                perms.push(
+                    CreateVolumePermission::builder()
+                        .group(PermissionGroup::All)
+                        .build(),
+                );
+            }
+        }
+        if !perms.is_empty() {
             for snap in &img.snapshots {
                 c.ec2
                     .modify_snapshot_attribute()
