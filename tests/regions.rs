@@ -283,7 +283,7 @@ fn plan_tells_each_region_present_copy_needed_or_build_needed() {
 }
 
 #[test]
-fn an_instance_from_each_copy_holds_the_baked_files() {
+fn an_instance_from_each_copy_holds_the_baked_files_and_each_copy_shows_progress() {
     let lab = Lab::new();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
@@ -303,10 +303,30 @@ fn an_instance_from_each_copy_holds_the_baked_files() {
             ..Recipe::default()
         },
     );
-    let b = build_json(&lab, &cache, &r, &[]);
+    let out = lab
+        .bake(&cache)
+        .args(["build", "--output", "json", "--plain"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let b = one_build(&out);
     for region in ["us-west-2", "eu-west-1"] {
         let ec2 = lab.ec2_in(region);
         let ami = ami_of(&b, region);
+        // Each copy has its own progress line.
+        let prefix = format!("copy {region}: ");
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&prefix) && l.contains("copying ami-")),
+            "{err}"
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&prefix) && l.contains(&format!("{ami} available"))),
+            "{err}"
+        );
         let (id, ip, key) = lab.launch_for_check_through(&ec2, &ami, tmp.path());
         let o = ssh(&ip, &key, "admin", "cat /opt/app.txt");
         lab.rt.block_on(async {

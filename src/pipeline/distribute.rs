@@ -174,6 +174,37 @@ impl Bake<'_> {
                 copied: false,
             });
         }
+        // One progress line (a spinner on a terminal) per copy, as the copies run at once.
+        let st = self.ui.stage(
+            &format!("copy {region}"),
+            &format!("copying {} from {}", image.ami_id, self.clients.region),
+        );
+        match self.copy_new(there, fp, image, source_tags, &st).await {
+            Ok(img) => {
+                st.finish(&format!(
+                    "{} available, snapshots {}",
+                    img.ami_id,
+                    img.snapshots.join(", ")
+                ));
+                Ok(img)
+            }
+            Err(e) => {
+                st.fail(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// A new copy in the region of `there` (see [`Bake::copy_to`]).
+    async fn copy_new(
+        &self,
+        there: &Clients,
+        fp: &Fingerprint,
+        image: &FoundImage,
+        source_tags: &BTreeMap<String, String>,
+        st: &crate::ui::Stage,
+    ) -> Result<RegionImage, AwsError> {
+        let region = there.region.clone();
         let mut tags = source_tags.clone();
         tags.insert("bake:build-id".into(), self.build_id.to_string());
         tags.insert(STATE_TAG.into(), "pending".into());
@@ -217,14 +248,12 @@ impl Bake<'_> {
             }
         };
         self.cleanup.resolve(undo, &ami);
-        self.ui
-            .line(&format!("{region}: copying {} as {ami}", image.ami_id));
+        st.update(&format!("{ami} pending"));
         let img =
             ec2::wait_image_available(&there.ec2, &ami, Duration::from_secs(4 * 3600)).await?;
         let snapshots = ec2::image_snapshots(&img);
         mark_complete(&there.ec2, &ami, &snapshots).await?;
         self.cleanup.keep(undo);
-        self.ui.line(&format!("{region}: {ami} available"));
         Ok(RegionImage {
             region,
             ami_id: ami,
