@@ -169,6 +169,20 @@ fn one_build_copies_to_every_region_and_the_cache_is_per_region() {
     let again = ami_of(&third, "eu-west-1");
     assert_ne!(again, gone);
     assert_eq!(ami_of(&third, "us-west-2"), ami_of(&first, "us-west-2"));
+
+    // --force rebuilds on purpose: every region gets a copy of the new image, not the old one.
+    let forced = build_json(&lab, &cache, &r, &["--force"]);
+    assert_eq!(forced["cached"], false);
+    for region in EXTRA {
+        let r = forced["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["region"] == region)
+            .unwrap();
+        assert_eq!(r["copied"], true, "{region}: {forced}");
+        assert_ne!(ami_of(&forced, region), ami_of(&third, region), "{region}");
+    }
 }
 
 #[test]

@@ -354,7 +354,8 @@ impl Report for Plans {
                         RegionStatus::BuildNeeded => "build needed",
                     };
                     let ami = r.ami_id.as_deref().unwrap_or("");
-                    let _ = writeln!(t, "  {:<15} {state:<12} {ami}", r.region);
+                    let line = format!("  {:<15} {state:<12} {ami}", r.region);
+                    let _ = writeln!(t, "{}", line.trim_end());
                 }
             }
             if p.hit.is_some() {

@@ -186,8 +186,7 @@ fn decide_region(
                 format!("in use by {}", image.used_by.join(", ")),
             )
         } else if let Some(age) = older_than.and_then(|min| {
-            let created: jiff::Timestamp = image.created.parse().ok()?;
-            let age = now.duration_since(created);
+            let age = now.duration_since(image.newness().at());
             (age < jiff::SignedDuration::try_from(min).ok()?).then_some(age)
         }) {
             (

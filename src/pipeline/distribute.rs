@@ -5,7 +5,8 @@
 //!
 //! The cache is per region: a region that already holds an available, complete image of the
 //! fingerprint gets no copy, so a rerun after a failed or deleted copy makes only what is
-//! missing, and never rebuilds.
+//! missing, and never rebuilds. `--force` rebuilt the image on purpose: every region gets a
+//! copy of the new one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -162,9 +163,15 @@ impl Bake<'_> {
         source_tags: &BTreeMap<String, String>,
     ) -> Result<RegionImage, AwsError> {
         let region = there.region.clone();
-        if let Some(hit) = find_by_fingerprint(&there.ec2, &fp.hash).await? {
+        // `--force` rebuilt the image: its copies are of it, not of an earlier build.
+        let hit = if self.opts.force {
+            None
+        } else {
+            find_by_fingerprint(&there.ec2, &fp.hash).await?
+        };
+        if let Some(hit) = hit {
             self.ui.line(&format!(
-                "{region}: {} already has the fingerprint",
+                "copy {region}: {} present (same fingerprint), no copy",
                 hit.ami_id
             ));
             return Ok(RegionImage {

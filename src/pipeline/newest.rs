@@ -43,6 +43,11 @@ impl Newness {
         }
     }
 
+    /// When the image was built, as precisely as it is known.
+    pub fn at(&self) -> jiff::Timestamp {
+        self.at
+    }
+
     pub fn of(img: &Image) -> Self {
         let tags = tag_map(img.tags());
         Newness::new(
