@@ -85,8 +85,8 @@ async fn copy_regions(
 
 /// The recipe's image in the region of `clients`, which may be one of its copy regions: the
 /// fingerprint is computed where the image was built (the source image has another id in
-/// every region), which a copy names in its `bake:copied-from` tag. `Ok(None)`: that region
-/// has no image of the current fingerprint; the row is the build region's plan.
+/// every region), which a copy names in its `bake:copied-from` tag. Returns the build
+/// region's plan and this region's image (`None`: none has the current fingerprint).
 pub async fn image_in_region(
     clients: &Clients,
     recipe: &Recipe,
