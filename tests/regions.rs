@@ -473,6 +473,7 @@ fn deploy_with_region_rolls_out_that_regions_copy() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(v["result"], "deployed", "{v}");
     assert_eq!(v["ami_id"], copy.as_str(), "not the region's copy: {v}");
+    assert_eq!(v["region"], region, "{v}");
     assert!(
         !runs.is_empty() && runs.iter().all(|i| *i == copy),
         "{runs:?}"
