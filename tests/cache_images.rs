@@ -419,3 +419,105 @@ fn prune_keeps_newest_and_in_use_and_shared_snapshots() {
     );
     assert!(by_id(&amis[2])["used_by"].to_string().contains(&asg), "{l}");
 }
+
+/// Two images of one fingerprint made in the same second tie on `CreationDate`: "newest" is
+/// bake's own build time (`bake:built-at`). A second image registered after the build, with
+/// the build's tags but a build time 1 ms earlier, loses the cache hit, the plan and the
+/// prune although its CreationDate is the same second or later.
+#[test]
+fn newest_is_the_recorded_build_time_not_the_creation_second() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let name = unique("cache-newest-");
+    let r = recipe(tmp.path(), &name);
+    let first = build_json(&lab, &cache, &r, &[]);
+    let ami = first["ami_id"].as_str().unwrap().to_string();
+    let img = lab.images_of(&name).remove(0);
+    let t = tags(img.tags());
+    let built: jiff::Timestamp = t["bake:built-at"].parse().expect("a precise build time");
+    let earlier = built - jiff::SignedDuration::from_millis(1);
+    let snap = img.block_device_mappings()[0]
+        .ebs()
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let other = lab.rt.block_on(async {
+        let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Image);
+        for (k, v) in &t {
+            let v = if k == "bake:built-at" {
+                earlier.to_string()
+            } else {
+                v.clone()
+            };
+            spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+        }
+        lab.ec2
+            .register_image()
+            .name(format!("{name}-twin"))
+            .root_device_name("/dev/xvda")
+            .block_device_mappings(
+                aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(
+                        aws_sdk_ec2::types::EbsBlockDevice::builder()
+                            .snapshot_id(&snap)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(spec.build())
+            .send()
+            .await
+            .unwrap()
+            .image_id()
+            .unwrap()
+            .to_string()
+    });
+    let twin = lab
+        .images_of(&name)
+        .into_iter()
+        .find(|i| i.image_id() == Some(other.as_str()))
+        .unwrap();
+    assert!(
+        twin.creation_date() >= img.creation_date(),
+        "the twin is no older by CreationDate"
+    );
+
+    let again = build_json(&lab, &cache, &r, &[]);
+    assert_eq!(
+        (again["cached"].clone(), again["ami_id"].clone()),
+        (true.into(), ami.clone().into())
+    );
+    let plan = lab
+        .bake(&cache)
+        .args(["plan", "--output", "json"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert_eq!(json(&plan)["plans"][0]["hit"], ami.as_str());
+    let prune = lab
+        .bake(&cache)
+        .args([
+            "images", "prune", "--recipe", &name, "--keep", "1", "--output", "json",
+        ])
+        .output()
+        .unwrap();
+    let d = json(&prune)["decisions"].clone();
+    assert_eq!(d[0]["image"]["ami_id"], ami.as_str(), "{d}");
+    assert_eq!(d[0]["verdict"], "keep_newest", "{d}");
+    assert_eq!(d[1]["image"]["ami_id"], other.as_str(), "{d}");
+
+    // The twin shares the build's snapshot: it goes first, then the build's image.
+    for id in [&other, &ami] {
+        let out = lab
+            .bake(&cache)
+            .args(["images", "rm", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(lab_leftovers(&lab.env, &name, &[]), Vec::<String>::new());
+}

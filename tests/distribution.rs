@@ -169,6 +169,20 @@ fn one_build_copies_to_every_region_and_the_cache_is_per_region() {
     let again = ami_of(&third, "eu-west-1");
     assert_ne!(again, gone);
     assert_eq!(ami_of(&third, "us-west-2"), ami_of(&first, "us-west-2"));
+
+    // --force rebuilds on purpose: every region gets a copy of the new image, not the old one.
+    let forced = build_json(&lab, &cache, &r, &["--force"]);
+    assert_eq!(forced["cached"], false);
+    for region in EXTRA {
+        let r = forced["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["region"] == region)
+            .unwrap();
+        assert_eq!(r["copied"], true, "{region}: {forced}");
+        assert_ne!(ami_of(&forced, region), ami_of(&third, region), "{region}");
+    }
 }
 
 #[test]
@@ -273,4 +287,98 @@ fn a_lost_copy_answer_is_retried_without_a_second_copy() {
         lab_leftovers(&lab.env, &name, &["image", "snapshot"]),
         Vec::<String>::new()
     );
+}
+
+/// Who may create volumes from `ami`'s snapshot in `region`: user ids and groups.
+fn snapshot_perms(lab: &Lab, region: &str, ami: &str) -> Vec<String> {
+    lab.rt.block_on(async {
+        let ec2 = ec2_in(lab, region);
+        let img = ec2
+            .describe_images()
+            .image_ids(ami)
+            .send()
+            .await
+            .unwrap()
+            .images()[0]
+            .clone();
+        let snap = img.block_device_mappings()[0]
+            .ebs()
+            .unwrap()
+            .snapshot_id()
+            .unwrap()
+            .to_string();
+        let sp = ec2
+            .describe_snapshot_attribute()
+            .snapshot_id(&snap)
+            .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .unwrap();
+        let mut out: Vec<String> = sp
+            .create_volume_permissions()
+            .iter()
+            .map(|p| match (p.user_id(), p.group()) {
+                (Some(u), _) => u.to_string(),
+                (_, Some(g)) => format!("group {}", g.as_str()),
+                _ => "?".to_string(),
+            })
+            .collect();
+        out.sort();
+        out
+    })
+}
+
+#[test]
+fn snapshots_are_public_only_when_the_recipe_says_public_snapshots() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let public_only = unique("dist-pub-");
+    let r = write_recipe(
+        tmp.path(),
+        &public_only,
+        Recipe {
+            tail: "regions = [\"us-west-2\"]\n[image.share]\npublic = true",
+            ..Recipe::default()
+        },
+    );
+    let b = build_json(&lab, &cache, &r, &[]);
+    for region in ["us-east-1", "us-west-2"] {
+        assert_eq!(
+            snapshot_perms(&lab, region, &ami_of(&b, region)),
+            Vec::<String>::new(),
+            "{region}: a public image's snapshots stay private"
+        );
+    }
+
+    let disks = unique("dist-pubsnap-");
+    let r = write_recipe(
+        tmp.path(),
+        &disks,
+        Recipe {
+            tail: "regions = [\"us-west-2\"]\n[image.share]\naccounts = [\"111122223333\"]\n\
+                   public = true\nsnapshots = true\npublic_snapshots = true",
+            ..Recipe::default()
+        },
+    );
+    let b = build_json(&lab, &cache, &r, &[]);
+    for region in ["us-east-1", "us-west-2"] {
+        let ami = ami_of(&b, region);
+        assert_eq!(
+            snapshot_perms(&lab, region, &ami),
+            ["111122223333", "group all"],
+            "{region}"
+        );
+        let public = lab.rt.block_on(async {
+            ec2_in(&lab, region)
+                .describe_images()
+                .image_ids(&ami)
+                .send()
+                .await
+                .unwrap()
+                .images()[0]
+                .public()
+        });
+        assert_eq!(public, Some(true), "{region}: the image is public");
+    }
 }

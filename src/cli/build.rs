@@ -14,7 +14,7 @@ use super::manifest;
 use super::signals::{Sig, Signals, sig_name};
 use super::{CliError, Global, Report, Vars, load_all, load_clients};
 use crate::aws::Clients;
-use crate::pipeline::lookup::PlanRow;
+use crate::pipeline::lookup::{PlanRow, RegionStatus};
 use crate::pipeline::{self, BuildOptions, BuildResult, Cleanup};
 use crate::recipe::model::Recipe;
 use crate::ui::{Ui, fmt_duration};
@@ -332,7 +332,7 @@ impl Report for Plans {
         let mut t = String::new();
         for p in &self.plans {
             let fp = &p.fingerprint[..12];
-            let Some(newest) = (match &p.hit {
+            match &p.hit {
                 Some(ami) => {
                     let _ = writeln!(t, "{}: {fp} hit: {ami}", p.recipe);
                     if p.tests_changed {
@@ -341,13 +341,27 @@ impl Report for Plans {
                             "  tests changed: a build runs the current tests on {ami} (no rebuild)"
                         );
                     }
-                    continue;
                 }
                 None => {
                     let _ = writeln!(t, "{}: {fp} miss: would build", p.recipe);
-                    &p.newest
                 }
-            }) else {
+            }
+            if p.regions.len() > 1 {
+                for r in &p.regions {
+                    let state = match r.state {
+                        RegionStatus::Present => "present",
+                        RegionStatus::CopyNeeded => "copy needed",
+                        RegionStatus::BuildNeeded => "build needed",
+                    };
+                    let ami = r.ami_id.as_deref().unwrap_or("");
+                    let line = format!("  {:<15} {state:<12} {ami}", r.region);
+                    let _ = writeln!(t, "{}", line.trim_end());
+                }
+            }
+            if p.hit.is_some() {
+                continue;
+            }
+            let Some(newest) = &p.newest else {
                 let _ = writeln!(t, "  no earlier image of this recipe");
                 continue;
             };

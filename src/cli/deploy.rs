@@ -123,11 +123,13 @@ struct Rollout {
     preferences: deploy::prefs::Prefs,
 }
 
-/// `bake deploy`: `{"format_version", "asg", "ami_id", "result", ...}` where `result` is
+/// `bake deploy`: `{"format_version", "region", "asg", "ami_id", "result", ...}` where `result` is
 /// `already_on_image`, `started` (--no-wait), `interrupted`, `deployed`, `cancelled`,
 /// `rolled_back`, `rollback_failed` or `failed`; the rest is there when known.
 #[derive(Serialize)]
 struct Deployed {
+    /// The group's region (`--region`), where `ami_id` is.
+    region: String,
     asg: String,
     ami_id: String,
     result: &'static str,
@@ -152,8 +154,9 @@ struct Deployed {
 }
 
 impl Deployed {
-    fn new(asg: &str, ami: &str, result: &'static str) -> Deployed {
+    fn new(region: &str, asg: &str, ami: &str, result: &'static str) -> Deployed {
         Deployed {
+            region: region.to_string(),
             asg: asg.to_string(),
             ami_id: ami.to_string(),
             result,
@@ -362,7 +365,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
         .map_err(CliError::runtime)?
     {
         Started::AlreadyOnImage { version_number, .. } => {
-            let mut d = Deployed::new(&asg, &ami, "already_on_image");
+            let mut d = Deployed::new(&clients.region, &asg, &ami, "already_on_image");
             d.current_version = Some(version_number);
             return Ok(d);
         }
@@ -386,7 +389,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
         )
     };
     if a.no_wait {
-        let mut d = Deployed::new(&asg, &ami, "started");
+        let mut d = Deployed::new(&clients.region, &asg, &ami, "started");
         d.retention = retain_now().await;
         d.rollout = Some(ro);
         return Ok(d);
@@ -402,7 +405,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
                 "interrupted: stopped waiting; instance refresh {id} keeps running on {asg}.\n{}",
                 hints(&asg)
             );
-            let mut d = Deployed::new(&asg, &ami, "interrupted");
+            let mut d = Deployed::new(&clients.region, &asg, &ami, "interrupted");
             d.rollout = Some(ro.clone());
             return Ok(d);
         }
@@ -426,7 +429,7 @@ async fn deploy_cmd(a: RunArgs, g: &Global) -> Result<Deployed, CliError> {
         "RollbackFailed" => "rollback_failed",
         _ => "failed",
     };
-    let mut d = Deployed::new(&asg, &ami, result);
+    let mut d = Deployed::new(&clients.region, &asg, &ami, result);
     d.retention = retain_now().await;
     match deploy::group_now(&clients, &asg).await {
         Ok(n) => d.group = Some(n),

@@ -1,11 +1,14 @@
-//! `bake images list | prune | rm`.
+//! `bake images list | prune | rm`. `list` and `prune` cover every region of a recipe (the
+//! configured region and, given the recipe file, its `[image] regions`), or only the one
+//! `--region` names; `rm` works in one region.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::{CliError, Global, Report, finish, load_clients, report_error};
+use super::{CliError, Global, Report, Vars, finish, load_clients, report_error};
 use crate::aws::Clients;
 use crate::images::retention::{self, Decision, ImageInfo, Verdict};
 
@@ -13,14 +16,22 @@ use crate::images::retention::{self, Decision, ImageInfo, Verdict};
 pub enum ImagesCmd {
     /// List bake's images with their snapshots and what uses them.
     List {
+        /// A recipe name, or its file: then every region of its `[image] regions` too
+        /// (`--region R` lists only R).
         #[arg(long)]
         recipe: Option<String>,
+        #[command(flatten)]
+        vars: Vars,
     },
-    /// Keep the newest N images of a recipe (and any in use); deregister the rest with their
-    /// snapshots. Prints the plan and changes nothing without --yes.
+    /// Keep the newest N images of a recipe in each region (and any in use there); deregister
+    /// the rest with their snapshots. Prints the plan and changes nothing without --yes.
     Prune {
+        /// A recipe name, or its file: then every region of its `[image] regions` too
+        /// (`--region R` prunes only R).
         #[arg(long)]
         recipe: String,
+        #[command(flatten)]
+        vars: Vars,
         #[arg(long)]
         keep: usize,
         /// Only remove images older than this (e.g. 14d, 12h).
@@ -42,29 +53,79 @@ pub enum ImagesCmd {
 pub async fn run(cmd: ImagesCmd, g: &Global) -> u8 {
     let out = g.output;
     match cmd {
-        ImagesCmd::List { recipe } => finish(list(recipe, g).await, out),
+        ImagesCmd::List { recipe, vars } => finish(list(recipe, &vars, g).await, out),
         ImagesCmd::Prune {
             recipe,
+            vars,
             keep,
             older_than,
             yes,
-        } => finish(prune(recipe, keep, older_than, yes, g).await, out),
+        } => finish(prune(&recipe, &vars, keep, older_than, yes, g).await, out),
         ImagesCmd::Rm { amis, force_in_use } => finish(rm(&amis, force_in_use, g).await, out),
     }
 }
 
-/// `bake images list`: `{"format_version", "images": [...]}`.
+/// What `list` and `prune` look at: the recipe's name and the clients of each region.
+struct Scope {
+    recipe: Option<String>,
+    regions: Vec<Clients>,
+}
+
+/// `--recipe` is a name, or a recipe file whose `[image] regions` join the configured region.
+/// An explicit `--region` (or BAKE_REGION) means that region alone.
+async fn scope(recipe: Option<&str>, vars: &Vars, g: &Global) -> Result<Scope, CliError> {
+    let c = load_clients(g).await?;
+    let file = recipe.filter(|r| r.ends_with(".toml") || Path::new(r).is_file());
+    let (name, copies) = match file {
+        Some(f) => {
+            let r = vars
+                .load(Path::new(f))
+                .map_err(|e| CliError::Recipe(vec![e]))?;
+            (Some(r.name.clone()), r.image.distribution.region_names())
+        }
+        None => (recipe.map(str::to_string), vec![]),
+    };
+    let mut regions = vec![c.clone()];
+    if g.region.is_none() {
+        for r in copies {
+            if regions.iter().all(|c| c.region != r) {
+                regions.push(c.in_region(&r));
+            }
+        }
+    }
+    Ok(Scope {
+        recipe: name,
+        regions,
+    })
+}
+
+/// Every region's images, regions in scope order, each newest first.
+async fn list_all(s: &Scope) -> Result<Vec<ImageInfo>, CliError> {
+    let per = futures::future::try_join_all(
+        s.regions
+            .iter()
+            .map(|c| retention::list(c, s.recipe.as_deref())),
+    )
+    .await
+    .map_err(CliError::runtime)?;
+    Ok(per.into_iter().flatten().collect())
+}
+
+/// `bake images list`: `{"format_version", "regions": [...], "images": [...]}`; each image
+/// names its region.
 #[derive(Serialize)]
 pub struct Listed {
+    regions: Vec<String>,
     images: Vec<ImageInfo>,
 }
 
-async fn list(recipe: Option<String>, g: &Global) -> Result<Listed, CliError> {
-    let c = load_clients(g).await?;
-    let images = retention::list(&c, recipe.as_deref())
-        .await
-        .map_err(CliError::runtime)?;
-    Ok(Listed { images })
+async fn list(recipe: Option<String>, vars: &Vars, g: &Global) -> Result<Listed, CliError> {
+    let s = scope(recipe.as_deref(), vars, g).await?;
+    let images = list_all(&s).await?;
+    Ok(Listed {
+        regions: s.regions.iter().map(|c| c.region.clone()).collect(),
+        images,
+    })
 }
 
 impl Report for Listed {
@@ -75,6 +136,7 @@ impl Report for Listed {
         t.load_style(comfy_table::presets::NOTHING)
             .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
             .set_header([
+                "REGION",
                 "AMI",
                 "NAME",
                 "RECIPE",
@@ -98,6 +160,7 @@ impl Report for Listed {
                 i.used_by.join("\n")
             };
             t.add_row([
+                i.region.clone(),
                 i.ami_id.clone(),
                 i.name.clone(),
                 i.recipe.clone(),
@@ -127,14 +190,17 @@ fn created(raw: &str) -> String {
 /// One image removed, with the snapshots that went with it.
 #[derive(Serialize)]
 struct Removed {
+    region: String,
     ami_id: String,
     snapshots_deleted: Vec<String>,
 }
 
-/// `bake images prune`: `{"format_version", "recipe", "dry_run", "decisions", "deleted"}`.
+/// `bake images prune`: `{"format_version", "recipe", "regions", "dry_run", "decisions",
+/// "deleted"}`; each decision's image and each deleted image names its region.
 #[derive(Serialize)]
 pub struct Pruned {
     recipe: String,
+    regions: Vec<String>,
     dry_run: bool,
     decisions: Vec<Decision>,
     deleted: Vec<Removed>,
@@ -143,25 +209,31 @@ pub struct Pruned {
 }
 
 async fn prune(
-    recipe: String,
+    recipe: &str,
+    vars: &Vars,
     keep: usize,
     older_than: Option<std::time::Duration>,
     yes: bool,
     g: &Global,
 ) -> Result<Pruned, CliError> {
-    let c = load_clients(g).await?;
-    let list = retention::list(&c, Some(&recipe))
-        .await
-        .map_err(CliError::runtime)?;
+    let s = scope(Some(recipe), vars, g).await?;
+    let list = list_all(&s).await?;
     let decisions = retention::decide(list, keep, older_than, jiff::Timestamp::now());
-    let doomed: Vec<String> = decisions
-        .iter()
-        .filter(|d| yes && d.verdict == Verdict::Delete)
-        .map(|d| d.image.ami_id.clone())
-        .collect();
-    let (deleted, failed) = remove_all(&c, &doomed).await;
+    let mut deleted = Vec::new();
+    let mut failed = false;
+    for c in &s.regions {
+        let doomed: Vec<String> = decisions
+            .iter()
+            .filter(|d| yes && d.verdict == Verdict::Delete && d.image.region == c.region)
+            .map(|d| d.image.ami_id.clone())
+            .collect();
+        let (gone, f) = remove_all(c, &doomed).await;
+        deleted.extend(gone);
+        failed |= f;
+    }
     Ok(Pruned {
-        recipe,
+        recipe: s.recipe.unwrap_or_default(),
+        regions: s.regions.iter().map(|c| c.region.clone()).collect(),
         dry_run: !yes,
         decisions,
         deleted,
@@ -176,6 +248,7 @@ async fn remove_all(c: &Clients, amis: &[String]) -> (Vec<Removed>, bool) {
     for ami in amis {
         match retention::remove(c, ami).await {
             Ok(snapshots_deleted) => done.push(Removed {
+                region: c.region.clone(),
                 ami_id: ami.clone(),
                 snapshots_deleted,
             }),
@@ -205,8 +278,8 @@ impl Report for Pruned {
                 (true, true) => "would delete",
                 (false, _) => "keep",
             };
-            let (id, name) = (&d.image.ami_id, &d.image.name);
-            let _ = writeln!(t, "{what:<13} {id} {name} ({})", d.reason);
+            let (region, id, name) = (&d.image.region, &d.image.ami_id, &d.image.name);
+            let _ = writeln!(t, "{what:<13} {region} {id} {name} ({})", d.reason);
         }
         if self.dry_run {
             t.push_str("(dry run: nothing changed; add --yes to delete)");
@@ -255,7 +328,10 @@ impl Report for RemovedAll {
             .iter()
             .map(|r| {
                 let snaps = r.snapshots_deleted.join(", ");
-                format!("removed {} and snapshot(s) {snaps}", r.ami_id)
+                format!(
+                    "removed {} in {} and snapshot(s) {snaps}",
+                    r.ami_id, r.region
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -273,6 +349,8 @@ mod tests {
 
     fn img(id: &str, name: &str, created: &str) -> ImageInfo {
         ImageInfo {
+            region: "us-east-1".into(),
+            built_at: None,
             ami_id: id.into(),
             name: name.into(),
             recipe: "web".into(),
@@ -291,6 +369,7 @@ mod tests {
     fn the_list_table_keeps_its_columns_with_long_names_and_parses_dates() {
         let long = "web-".to_string() + &"x".repeat(70);
         let l = Listed {
+            regions: vec!["us-east-1".into()],
             images: vec![
                 img("ami-1", &long, "2026-12-02T11:05:09.000Z"),
                 img("ami-22", "web-1", "2026-12-01T10:00:00+02:00"),

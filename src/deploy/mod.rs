@@ -81,10 +81,11 @@ pub enum DeployError {
         fields: Vec<String>,
     },
     #[error(
-        "recipe {recipe} has not been built: no available image carries its current fingerprint {fingerprint}; run `bake build {path}` first"
+        "recipe {recipe} has not been built: no available image in {region} carries its current fingerprint {fingerprint}; run `bake build {path}` first"
     )]
     NotBuilt {
         recipe: String,
+        region: String,
         fingerprint: String,
         path: String,
     },
@@ -395,11 +396,13 @@ pub async fn check_image(ec2: &aws_sdk_ec2::Client, ami: &str) -> Result<(), Dep
     }
 }
 
-/// The image carrying `recipe`'s current fingerprint (computed as `bake plan` does).
+/// The image carrying `recipe`'s current fingerprint (computed as `bake plan` does, in the
+/// build region) in the region of `clients`: the build region or one of its copy regions.
 pub async fn image_of_recipe(clients: &Clients, recipe: &Recipe) -> Result<String, DeployError> {
-    let plan = crate::pipeline::lookup::plan_one(clients, recipe).await?;
-    plan.hit.ok_or_else(|| DeployError::NotBuilt {
+    let (plan, hit) = crate::pipeline::lookup::image_in_region(clients, recipe).await?;
+    hit.ok_or_else(|| DeployError::NotBuilt {
         recipe: recipe.name.clone(),
+        region: clients.region.clone(),
         fingerprint: plan.fingerprint.clone(),
         path: recipe.path.display().to_string(),
     })

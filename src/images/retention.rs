@@ -1,6 +1,8 @@
 //! Inventory and retention of bake's images. Only images carrying bake's tags are ever
 //! candidates; an image in use is kept; deregistration deletes each snapshot unless another
-//! image still references it.
+//! image still references it. Everything is per region: an image's copies are separate images
+//! with their own snapshots and users, so each region's copy is judged by that region's usage
+//! and "keep the newest N" counts within each region.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -11,17 +13,27 @@ use serde::Serialize;
 use super::usage::{self, Usage};
 use crate::aws::ec2::{self, filter, tag_map};
 use crate::aws::{AwsError, Clients, Ctx};
+use crate::pipeline::newest::{BUILT_AT_TAG, Newness, newest_first};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageInfo {
+    pub region: String,
     pub ami_id: String,
     pub name: String,
     pub recipe: String,
     pub fingerprint: String,
     pub created: String,
+    /// bake's precise build time (`bake:built-at`); absent on images made before it existed.
+    pub built_at: Option<String>,
     pub state: String,
     pub snapshots: Vec<SnapshotInfo>,
     pub used_by: Vec<String>,
+}
+
+impl ImageInfo {
+    pub fn newness(&self) -> Newness {
+        Newness::new(self.built_at.as_deref(), Some(&self.created), &self.ami_id)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +42,8 @@ pub struct SnapshotInfo {
     pub size_gib: Option<i32>,
 }
 
-/// bake's images (optionally of one recipe), newest first, with snapshots and users.
+/// bake's images in the region of `c` (optionally of one recipe), newest first, with
+/// snapshots and users.
 pub async fn list(c: &Clients, recipe: Option<&str>) -> Result<Vec<ImageInfo>, AwsError> {
     let f = match recipe {
         Some(r) => filter("tag:bake:recipe", [r]),
@@ -43,9 +56,9 @@ pub async fn list(c: &Clients, recipe: Option<&str>) -> Result<Vec<ImageInfo>, A
     let mut out: Vec<ImageInfo> = imgs
         .iter()
         .filter(|i| is_bakes(i))
-        .map(|i| info(i, &usage, &sizes))
+        .map(|i| info(&c.region, i, &usage, &sizes))
         .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created));
+    out.sort_by(|a, b| newest_first(&a.newness(), &b.newness()));
     Ok(out)
 }
 
@@ -54,10 +67,17 @@ fn is_bakes(i: &Image) -> bool {
     t.contains_key("bake:recipe") && t.contains_key("bake:fingerprint")
 }
 
-fn info(i: &Image, usage: &Usage, sizes: &BTreeMap<String, Option<i32>>) -> ImageInfo {
+fn info(
+    region: &str,
+    i: &Image,
+    usage: &Usage,
+    sizes: &BTreeMap<String, Option<i32>>,
+) -> ImageInfo {
     let t = tag_map(i.tags());
     let id = i.image_id().unwrap_or_default().to_string();
     ImageInfo {
+        region: region.to_string(),
+        built_at: t.get(BUILT_AT_TAG).cloned(),
         used_by: usage.users(&id),
         ami_id: id,
         name: i.name().unwrap_or_default().to_string(),
@@ -123,45 +143,65 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Decides, newest first: the newest `keep` stay; of the rest, those younger than
-/// `older_than` stay; anything in use stays whatever its age.
+/// Decides each region on its own (regions in the order they first appear), newest first:
+/// the newest `keep` stay; of the rest, those younger than `older_than` stay; anything in use
+/// (in its own region) stays whatever its age.
 pub fn decide(
     images: Vec<ImageInfo>,
     keep: usize,
     older_than: Option<Duration>,
     now: jiff::Timestamp,
 ) -> Vec<Decision> {
-    let mut imgs = images;
-    imgs.sort_by(|a, b| b.created.cmp(&a.created));
-    imgs.into_iter()
-        .enumerate()
-        .map(|(idx, image)| {
-            let (verdict, reason) = if idx < keep {
-                (Verdict::KeepNewest, format!("among the newest {keep}"))
-            } else if !image.used_by.is_empty() {
-                (
-                    Verdict::KeepInUse,
-                    format!("in use by {}", image.used_by.join(", ")),
-                )
-            } else if let Some(age) = older_than.and_then(|min| {
-                let created: jiff::Timestamp = image.created.parse().ok()?;
-                let age = now.duration_since(created);
-                (age < jiff::SignedDuration::try_from(min).ok()?).then_some(age)
-            }) {
-                (
-                    Verdict::KeepTooYoung,
-                    format!("only {}s old", age.as_secs()),
-                )
-            } else {
-                (Verdict::Delete, "old and unused".to_string())
-            };
-            Decision {
-                image,
-                verdict,
-                reason,
-            }
-        })
-        .collect()
+    let mut regions: Vec<String> = Vec::new();
+    for i in &images {
+        if !regions.contains(&i.region) {
+            regions.push(i.region.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for region in regions {
+        let mut here: Vec<ImageInfo> = images
+            .iter()
+            .filter(|i| i.region == region)
+            .cloned()
+            .collect();
+        here.sort_by(|a, b| newest_first(&a.newness(), &b.newness()));
+        out.extend(decide_region(here, keep, older_than, now));
+    }
+    out
+}
+
+fn decide_region(
+    imgs: Vec<ImageInfo>,
+    keep: usize,
+    older_than: Option<Duration>,
+    now: jiff::Timestamp,
+) -> impl Iterator<Item = Decision> {
+    imgs.into_iter().enumerate().map(move |(idx, image)| {
+        let (verdict, reason) = if idx < keep {
+            (Verdict::KeepNewest, format!("among the newest {keep}"))
+        } else if !image.used_by.is_empty() {
+            (
+                Verdict::KeepInUse,
+                format!("in use by {}", image.used_by.join(", ")),
+            )
+        } else if let Some(age) = older_than.and_then(|min| {
+            let age = now.duration_since(image.newness().at());
+            (age < jiff::SignedDuration::try_from(min).ok()?).then_some(age)
+        }) {
+            (
+                Verdict::KeepTooYoung,
+                format!("only {}s old", age.as_secs()),
+            )
+        } else {
+            (Verdict::Delete, "old and unused".to_string())
+        };
+        Decision {
+            image,
+            verdict,
+            reason,
+        }
+    })
 }
 
 /// Removes one image and the snapshots no other image references.
@@ -206,7 +246,7 @@ pub async fn lookup(c: &Clients, ids: &[String]) -> Result<Vec<ImageInfo>, AwsEr
                 "not made by bake (no bake:recipe/bake:fingerprint tags); refusing to touch it",
             ));
         }
-        res.push(info(img, &usage, &BTreeMap::new()));
+        res.push(info(&c.region, img, &usage, &BTreeMap::new()));
     }
     Ok(res)
 }
@@ -217,6 +257,8 @@ mod tests {
 
     fn img(id: &str, created: &str, used: &[&str]) -> ImageInfo {
         ImageInfo {
+            region: "us-east-1".into(),
+            built_at: None,
             ami_id: id.into(),
             name: id.into(),
             recipe: "r".into(),
@@ -251,6 +293,47 @@ mod tests {
                 ("e", Verdict::KeepTooYoung),
                 ("c", Verdict::KeepInUse),
                 ("a", Verdict::Delete),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_region_is_decided_by_its_own_usage_and_newest() {
+        let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
+        let at = |region: &str, id: &str, built: &str, used: &[&str]| ImageInfo {
+            region: region.into(),
+            built_at: Some(built.into()),
+            ..img(id, "2026-11-23T11:00:00.000Z", used)
+        };
+        // Two builds in one second, copied to us-west-2 where the older copy is in use.
+        let d = decide(
+            vec![
+                at("us-east-1", "ami-e2", "2026-11-23T11:00:00.2Z", &[]),
+                at("us-east-1", "ami-e1", "2026-11-23T11:00:00.1Z", &[]),
+                at("us-west-2", "ami-w1", "2026-11-23T11:00:00.1Z", &["lt"]),
+                at("us-west-2", "ami-w2", "2026-11-23T11:00:00.2Z", &[]),
+            ],
+            1,
+            None,
+            now,
+        );
+        let v: Vec<(&str, &str, Verdict)> = d
+            .iter()
+            .map(|x| {
+                (
+                    x.image.region.as_str(),
+                    x.image.ami_id.as_str(),
+                    x.verdict.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                ("us-east-1", "ami-e2", Verdict::KeepNewest),
+                ("us-east-1", "ami-e1", Verdict::Delete),
+                ("us-west-2", "ami-w2", Verdict::KeepNewest),
+                ("us-west-2", "ami-w1", Verdict::KeepInUse),
             ]
         );
     }

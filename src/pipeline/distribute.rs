@@ -5,7 +5,8 @@
 //!
 //! The cache is per region: a region that already holds an available, complete image of the
 //! fingerprint gets no copy, so a rerun after a failed or deleted copy makes only what is
-//! missing, and never rebuilds.
+//! missing, and never rebuilds. `--force` rebuilt the image on purpose: every region gets a
+//! copy of the new one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +25,9 @@ use crate::aws::ec2::{self, tag_map, tag_spec};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::plan::Fingerprint;
 use crate::recipe::model::Recipe;
+
+/// On a copy: `region:ami` of the image it was copied from (where the recipe is built).
+pub const COPIED_FROM_TAG: &str = "bake:copied-from";
 
 /// One region's image of the build.
 #[derive(Debug, Clone, Serialize)]
@@ -159,9 +163,15 @@ impl Bake<'_> {
         source_tags: &BTreeMap<String, String>,
     ) -> Result<RegionImage, AwsError> {
         let region = there.region.clone();
-        if let Some(hit) = find_by_fingerprint(&there.ec2, &fp.hash).await? {
+        // `--force` rebuilt the image: its copies are of it, not of an earlier build.
+        let hit = if self.opts.force {
+            None
+        } else {
+            find_by_fingerprint(&there.ec2, &fp.hash).await?
+        };
+        if let Some(hit) = hit {
             self.ui.line(&format!(
-                "{region}: {} already has the fingerprint",
+                "copy {region}: {} present (same fingerprint), no copy",
                 hit.ami_id
             ));
             return Ok(RegionImage {
@@ -171,11 +181,42 @@ impl Bake<'_> {
                 copied: false,
             });
         }
+        // One progress line (a spinner on a terminal) per copy, as the copies run at once.
+        let st = self.ui.stage(
+            &format!("copy {region}"),
+            &format!("copying {} from {}", image.ami_id, self.clients.region),
+        );
+        match self.copy_new(there, fp, image, source_tags, &st).await {
+            Ok(img) => {
+                st.finish(&format!(
+                    "{} available, snapshots {}",
+                    img.ami_id,
+                    img.snapshots.join(", ")
+                ));
+                Ok(img)
+            }
+            Err(e) => {
+                st.fail(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// A new copy in the region of `there` (see [`Bake::copy_to`]).
+    async fn copy_new(
+        &self,
+        there: &Clients,
+        fp: &Fingerprint,
+        image: &FoundImage,
+        source_tags: &BTreeMap<String, String>,
+        st: &crate::ui::Stage,
+    ) -> Result<RegionImage, AwsError> {
+        let region = there.region.clone();
         let mut tags = source_tags.clone();
         tags.insert("bake:build-id".into(), self.build_id.to_string());
         tags.insert(STATE_TAG.into(), "pending".into());
         tags.insert(
-            "bake:copied-from".into(),
+            COPIED_FROM_TAG.into(),
             format!("{}:{}", self.clients.region, image.ami_id),
         );
         let (k, v) = super::lease::initial_tag();
@@ -214,14 +255,12 @@ impl Bake<'_> {
             }
         };
         self.cleanup.resolve(undo, &ami);
-        self.ui
-            .line(&format!("{region}: copying {} as {ami}", image.ami_id));
+        st.update(&format!("{ami} pending"));
         let img =
             ec2::wait_image_available(&there.ec2, &ami, Duration::from_secs(4 * 3600)).await?;
         let snapshots = ec2::image_snapshots(&img);
         mark_complete(&there.ec2, &ami, &snapshots).await?;
         self.cleanup.keep(undo);
-        self.ui.line(&format!("{region}: {ami} available"));
         Ok(RegionImage {
             region,
             ami_id: ami,
@@ -270,12 +309,21 @@ impl Bake<'_> {
                 .await
                 .ctx("ModifyImageAttribute", Some(ami))?;
         }
-        if share.snapshots && !share.accounts.is_empty() {
-            let perms: Vec<CreateVolumePermission> = share
-                .accounts
-                .iter()
-                .map(|a| CreateVolumePermission::builder().user_id(a).build())
-                .collect();
+        let mut perms: Vec<CreateVolumePermission> = Vec::new();
+        if share.snapshots {
+            for a in &share.accounts {
+                perms.push(CreateVolumePermission::builder().user_id(a).build());
+            }
+            // Validation allows this only with `public_snapshots = true` (and `public`).
+            if share.public_snapshots {
+                perms.push(
+                    CreateVolumePermission::builder()
+                        .group(PermissionGroup::All)
+                        .build(),
+                );
+            }
+        }
+        if !perms.is_empty() {
             for snap in &img.snapshots {
                 c.ec2
                     .modify_snapshot_attribute()

@@ -33,6 +33,8 @@ pub fn image_tags(
     t.insert("bake:fingerprint".into(), fp.hash.clone());
     t.insert("bake:source-ami".into(), source.id.clone());
     t.insert("bake:build-id".into(), build_id.to_string());
+    // "Newest" must not depend on CreationDate's one-second resolution (see `super::newest`).
+    t.insert(super::newest::BUILT_AT_TAG.into(), super::newest::stamp());
     // Until the build marks it complete, a half-made image that `bake gc` may remove.
     t.insert(STATE_TAG.into(), "pending".into());
     if !recipe.tests.is_empty() {
@@ -317,7 +319,8 @@ fn name_taken(name: &str, other: &Image) -> BuildError {
 
 /// The one rule for "the image this fingerprint already has": ours, available, marked
 /// complete (an available image never marked complete is what a dead build left; `bake gc`
-/// removes it), newest wins. `bake build` and `bake plan` both choose with it.
+/// removes it), newest by [`super::newest`] wins. `bake build`, `bake plan` and `bake deploy`
+/// all choose with it.
 pub fn newest_complete<'a>(
     images: impl IntoIterator<Item = &'a Image>,
     hash: &str,
@@ -329,7 +332,7 @@ pub fn newest_complete<'a>(
             let tags = ec2::tag_map(i.tags());
             tags.get("bake:fingerprint").map(String::as_str) == Some(hash) && is_complete(&tags)
         })
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .max_by_key(|i| super::newest::Newness::of(i))
 }
 
 /// The image of ours this fingerprint already has, by [`newest_complete`].

@@ -1,6 +1,7 @@
 //! Whether a recipe's current fingerprint already has an image: what `bake plan` shows, what a
-//! build skips on and what `bake deploy --recipe` rolls out. Below images and deploy so both
-//! can ask without importing each other.
+//! build skips on and what `bake deploy --recipe` rolls out, in the build region and in each
+//! region of `[image] regions`. Below images and deploy so both can ask without importing
+//! each other.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,91 @@ pub struct PlanRow {
     pub tests_fingerprint: Option<String>,
     /// The hit was tested with other tests (or never): a build runs the current ones on it.
     pub tests_changed: bool,
+    /// Every region's state, the build region first.
+    pub regions: Vec<RegionState>,
+}
+
+/// What a build would do in one region.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionStatus {
+    /// The region has an image of the fingerprint: nothing to do.
+    Present,
+    /// The build region has one; this region gets a copy (no rebuild).
+    CopyNeeded,
+    /// No region has one to copy from yet (in the build region: a build).
+    BuildNeeded,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionState {
+    pub region: String,
+    pub state: RegionStatus,
+    /// The region's image (`present`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ami_id: Option<String>,
+}
+
+/// Each copy region's state given the build region's hit.
+async fn copy_regions(
+    clients: &Clients,
+    recipe: &Recipe,
+    hash: &str,
+    home_hit: bool,
+) -> Result<Vec<RegionState>, BuildError> {
+    let names = recipe.image.distribution.region_names();
+    let found = futures::future::try_join_all(names.iter().map(|r| async move {
+        let there = clients.in_region(r);
+        super::image::find_by_fingerprint(&there.ec2, hash).await
+    }))
+    .await?;
+    Ok(names
+        .into_iter()
+        .zip(found)
+        .map(|(region, hit)| RegionState {
+            region,
+            state: match (&hit, home_hit) {
+                (Some(_), _) => RegionStatus::Present,
+                (None, true) => RegionStatus::CopyNeeded,
+                (None, false) => RegionStatus::BuildNeeded,
+            },
+            ami_id: hit.map(|h| h.ami_id),
+        })
+        .collect())
+}
+
+/// The recipe's image in the region of `clients`, which may be one of its copy regions: the
+/// fingerprint is computed where the image was built (the source image has another id in
+/// every region), which a copy names in its `bake:copied-from` tag. Returns the build
+/// region's plan and this region's image (`None`: none has the current fingerprint).
+pub async fn image_in_region(
+    clients: &Clients,
+    recipe: &Recipe,
+) -> Result<(PlanRow, Option<String>), BuildError> {
+    let mine = ec2::own_images(
+        &clients.ec2,
+        vec![filter("tag:bake:recipe", [recipe.name.as_str()])],
+    )
+    .await?;
+    let home = super::newest::newest(
+        mine.iter()
+            .filter(|i| tag_map(i.tags()).contains_key(super::distribute::COPIED_FROM_TAG)),
+    )
+    .and_then(|i| {
+        let t = tag_map(i.tags());
+        let from = t.get(super::distribute::COPIED_FROM_TAG)?;
+        from.split_once(':').map(|(r, _)| r.to_string())
+    })
+    .filter(|r| *r != clients.region);
+    let Some(home) = home else {
+        let row = plan_one(clients, recipe).await?;
+        let hit = row.hit.clone();
+        return Ok((row, hit));
+    };
+    let row = plan_one(&clients.in_region(&home), recipe).await?;
+    let hit = super::image::newest_complete(&mine, &row.fingerprint)
+        .and_then(|i| i.image_id().map(str::to_string));
+    Ok((row, hit))
 }
 
 pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, BuildError> {
@@ -41,9 +127,7 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
     // The image `bake build` would take as its cache hit.
     let hit = super::image::newest_complete(&mine, &fp.hash)
         .and_then(|i| i.image_id().map(str::to_string));
-    let newest = mine
-        .iter()
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+    let newest = super::newest::newest(&mine);
     let tests_fingerprint = if recipe.tests.is_empty() {
         None
     } else {
@@ -75,6 +159,16 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
         }
         _ => (None, vec![]),
     };
+    let mut regions = vec![RegionState {
+        region: clients.region.clone(),
+        state: if hit.is_some() {
+            RegionStatus::Present
+        } else {
+            RegionStatus::BuildNeeded
+        },
+        ami_id: hit.clone(),
+    }];
+    regions.extend(copy_regions(clients, recipe, &fp.hash, hit.is_some()).await?);
     Ok(PlanRow {
         recipe: recipe.name.clone(),
         fingerprint: fp.hash,
@@ -84,6 +178,7 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
         changed,
         tests_fingerprint,
         tests_changed,
+        regions,
     })
 }
 

@@ -16,6 +16,7 @@ mod launch;
 pub mod lease;
 pub mod lock;
 pub mod lookup;
+pub mod newest;
 mod provision;
 pub mod source;
 pub mod verify_image;

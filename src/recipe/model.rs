@@ -207,8 +207,11 @@ pub struct Share {
     pub organizations: Vec<String>,
     pub organizational_units: Vec<String>,
     pub public: bool,
-    /// Snapshots get createVolumePermission for the same accounts (and `all` when public).
+    /// Snapshots get createVolumePermission for the same accounts.
     pub snapshots: bool,
+    /// With `public` and `snapshots`: the snapshots get createVolumePermission `all` too (the
+    /// only way bake makes a snapshot public).
+    pub public_snapshots: bool,
 }
 
 impl Distribution {

@@ -236,15 +236,40 @@ impl Lab {
         })
     }
 
+    /// The lab's EC2 in `region`.
+    pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        let conf = self
+            .conf
+            .to_builder()
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::new(&conf)
+    }
+
     /// Launches an instance from `ami` with a fresh key and returns (instance id, ip, key file).
     pub fn launch_for_check(&self, ami: &str, dir: &Path) -> (String, String, PathBuf) {
-        let key = dir.join("check_key");
+        self.launch_for_check_through(&self.ec2, ami, dir)
+    }
+
+    /// [`Lab::launch_for_check`] through `ec2`, a client of any region.
+    pub fn launch_for_check_through(
+        &self,
+        ec2: &aws_sdk_ec2::Client,
+        ami: &str,
+        dir: &Path,
+    ) -> (String, String, PathBuf) {
+        let n = unique("k");
+        let key = dir.join(format!("check_key_{n}"));
         let public = ssh_keygen(&key);
-        let name = format!("check-{}", unique("k"));
+        let name = format!("check-{n}");
         self.rt.block_on(async {
-            self.import_key(&name, public).await;
-            let out = self
-                .ec2
+            ec2.import_key_pair()
+                .key_name(&name)
+                .public_key_material(aws_sdk_ec2::primitives::Blob::new(public.into_bytes()))
+                .send()
+                .await
+                .unwrap();
+            let out = ec2
                 .run_instances()
                 .image_id(ami)
                 .instance_type("t3.micro".into())
@@ -261,12 +286,7 @@ impl Lab {
                 ip.starts_with("127."),
                 "network rule: lab instance got non-loopback address {ip}"
             );
-            self.ec2
-                .delete_key_pair()
-                .key_name(&name)
-                .send()
-                .await
-                .unwrap();
+            ec2.delete_key_pair().key_name(&name).send().await.unwrap();
             (id, ip, key)
         })
     }

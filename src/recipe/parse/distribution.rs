@@ -14,6 +14,7 @@ pub(super) const SHARE_KEYS: &[&str] = &[
     "organizational_units",
     "public",
     "snapshots",
+    "public_snapshots",
 ];
 pub(super) const IMDS_SUPPORT: &[&str] = &["v2.0"];
 
@@ -235,12 +236,23 @@ fn share(cx: &mut Cx<'_>, image: &Tbl<'_, '_>) -> Share {
     );
     let public = cx.boolean(&t, "public").unwrap_or(false);
     let snapshots = cx.boolean(&t, "snapshots").unwrap_or(false);
-    if public && snapshots {
+    let public_snapshots = cx.boolean(&t, "public_snapshots").unwrap_or(false);
+    // Public snapshots expose the disk itself (deleted files, keys left on it), not just a
+    // launchable image: only when the recipe says so in a key of its own.
+    if public && snapshots && !public_snapshots {
         let span = cx.get(&t, "snapshots").map(|(k, _)| k);
         cx.err(
             span,
             "`public = true` with `snapshots = true` would make the image's snapshots public",
-            "remove snapshots = true (a public image launches without it); bake never makes snapshots public",
+            "remove snapshots = true (a public image launches without it), or add public_snapshots = true if anyone may copy the disks",
+        );
+    }
+    if public_snapshots && !(public && snapshots) {
+        let span = cx.get(&t, "public_snapshots").map(|(k, _)| k);
+        cx.err(
+            span,
+            "`public_snapshots = true` confirms public snapshots, but the image is not shared publicly with its snapshots",
+            "write public = true and snapshots = true with it, or remove public_snapshots",
         );
     }
     Share {
@@ -249,6 +261,7 @@ fn share(cx: &mut Cx<'_>, image: &Tbl<'_, '_>) -> Share {
         organizational_units,
         public,
         snapshots,
+        public_snapshots,
     }
 }
 
