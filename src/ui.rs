@@ -226,16 +226,16 @@ impl Ui {
         let _ = writeln!(std::io::stderr(), "{cmd}");
     }
 
-    /// Asks `question` on the terminal and reads a one-letter answer among `allowed`
+    /// Tells `what` and asks `prompt` on the terminal until the answer is one of `allowed`
     /// (blocking; progress is hidden meanwhile, and one question is asked at a time). None
     /// when stdin is closed.
-    pub fn ask(&self, question: &str, allowed: &[char]) -> Option<char> {
+    pub fn ask(&self, what: &str, prompt: &str, allowed: &[char]) -> Option<char> {
         static ASKING: Mutex<()> = Mutex::new(());
         let _one = ASKING.lock().unwrap_or_else(|e| e.into_inner());
-        let q = format!("{}{}", self.styled_prefix, self.redact(question));
         let read = || {
+            eprintln!("{}{}", self.styled_prefix, self.redact(what));
             loop {
-                eprint!("{q}");
+                eprint!("{}{prompt}", self.styled_prefix);
                 let mut s = String::new();
                 match std::io::stdin().read_line(&mut s) {
                     Ok(0) | Err(_) => return None,

@@ -145,3 +145,53 @@ fn a_failure_before_the_builder_is_reachable_cleans_up_even_with_abort() {
     assert!(b.get("kept").is_none(), "{b}\n{err}");
     lab.assert_no_leftovers(&name, "nothing kept before the builder is reachable");
 }
+
+#[test]
+fn ask_on_a_terminal_retries_the_failed_step_and_the_build_goes_on() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("onerr-");
+    let recipe = write_recipe(
+        dir.path(),
+        &name,
+        Recipe {
+            ssh: "timeout = \"60s\"",
+            tail: "[[step]]\nname = \"flaky\"\n\
+                   run = \"test -e /tmp/once || { touch /tmp/once; echo first try fails; exit 1; }\"\n",
+            ..Recipe::default()
+        },
+    );
+    // script(1) gives bake a terminal; the answers wait in it until bake reads them ("x" is
+    // not an answer: asked again).
+    let bake_cmd = format!(
+        "{} build --plain --on-error=ask {}",
+        env!("CARGO_BIN_EXE_bake"),
+        recipe.display()
+    );
+    let base = bake(&lab, dir.path());
+    let mut script = Command::new("script");
+    script.env_clear();
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    script
+        .args(["-qec", &bake_cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut p = script.spawn().unwrap();
+    {
+        use std::io::Write;
+        p.stdin.take().unwrap().write_all(b"x\nr\n").unwrap();
+    }
+    let out = p.wait_with_output().unwrap();
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches("[r]etry the step?").count(), 2, "{all}");
+    assert!(all.contains("retrying step flaky"), "{all}");
+    assert!(all.contains("step flaky: exit 0"), "{all}");
+    assert_eq!(lab.images_of(&name).len(), 1, "{all}");
+    lab.assert_no_leftovers(&name, "the retried build cleans up as always");
+}

@@ -191,14 +191,19 @@ pub fn needed_by_builder(u: &Undo) -> bool {
 /// Asks on the terminal what to do about a failure (`retry` offered for a failed step).
 /// Answers `Cleanup` when nothing can be read (stdin closed).
 pub async fn ask(ui: &Ui, what: &str, retry: bool) -> Choice {
-    let mut q = format!("{what}\n  [c]lean up, [a]bort (keep the builder to debug it)");
-    if retry {
-        q.push_str(", [r]etry the step");
-    }
-    q.push_str("? ");
-    let ui = ui.clone();
-    let allowed: &'static [char] = if retry { &['c', 'a', 'r'] } else { &['c', 'a'] };
-    let answer = tokio::task::spawn_blocking(move || ui.ask(&q, allowed))
+    let (prompt, allowed): (&str, &'static [char]) = if retry {
+        (
+            "  [c]lean up, [a]bort (keep the builder to debug it), [r]etry the step? ",
+            &['c', 'a', 'r'],
+        )
+    } else {
+        (
+            "  [c]lean up, [a]bort (keep the builder to debug it)? ",
+            &['c', 'a'],
+        )
+    };
+    let (ui, what) = (ui.clone(), what.to_string());
+    let answer = tokio::task::spawn_blocking(move || ui.ask(&what, prompt, allowed))
         .await
         .ok()
         .flatten();
