@@ -311,7 +311,8 @@ impl Ui {
             pb.enable_steady_tick(Duration::from_millis(120));
             pb
         });
-        let grouped = bar.is_none() && !self.quiet() && self.groups() && name.starts_with(STEP_STAGE);
+        let grouped =
+            bar.is_none() && !self.quiet() && self.groups() && name.starts_with(STEP_STAGE);
         if grouped {
             self.workflow_command(&format!("::group::{}{name}", self.prefix));
         }
@@ -425,7 +426,10 @@ impl Drop for Stage {
 
 impl Stage {
     fn end_group(&self) {
-        if self.grouped.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .grouped
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             self.ui.workflow_command("::endgroup::");
         }
     }

@@ -79,7 +79,10 @@ fn a_github_actions_build_groups_steps_and_writes_outputs_summary_and_dotenv() {
     assert_eq!(builds[0]["ami_id"], ami.as_str());
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(summary.contains("| recipe | region | image |"), "{summary}");
-    assert!(summary.contains(&format!("`{ami}`")) && summary.contains("| built |"), "{summary}");
+    assert!(
+        summary.contains(&format!("`{ami}`")) && summary.contains("| built |"),
+        "{summary}"
+    );
     let env = pairs(&std::fs::read_to_string(dir.path().join("build.env")).unwrap());
     assert_eq!(env["BAKE_AMI_ID"], ami);
     assert_eq!(env["BAKE_CACHED"], "false");
@@ -89,7 +92,10 @@ fn a_github_actions_build_groups_steps_and_writes_outputs_summary_and_dotenv() {
     let again = github_build(&lab, dir.path(), &recipe);
     assert!(again.status.success(), "{}", stderr(&again));
     let o = pairs(&std::fs::read_to_string(dir.path().join("out")).unwrap());
-    assert_eq!((o["ami_id"].as_str(), o["cached"].as_str()), (ami.as_str(), "true"));
+    assert_eq!(
+        (o["ami_id"].as_str(), o["cached"].as_str()),
+        (ami.as_str(), "true")
+    );
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(summary.contains("| cache hit |"), "{summary}");
     let env = std::fs::read_to_string(dir.path().join("build.env")).unwrap();

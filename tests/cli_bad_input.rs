@@ -232,12 +232,19 @@ fn on_github_actions_a_bad_recipe_is_an_error_annotation_at_its_line_and_column(
             .find(|l| l.starts_with(&want))
             .unwrap_or_else(|| panic!("no {want} annotation in\n{err}"));
         assert!(line.contains("must list strings"), "{line}");
-        assert!(line.contains("%0Ahelp: "), "help on the annotation's second line: {line}");
+        assert!(
+            line.contains("%0Ahelp: "),
+            "help on the annotation's second line: {line}"
+        );
     }
     // Without GITHUB_ACTIONS: no workflow commands.
     let out = bake(&endpoint).arg("validate").arg(&f).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("::error"));
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a bad recipe made an AWS call");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a bad recipe made an AWS call"
+    );
 }
 
 #[test]

@@ -51,7 +51,11 @@ fn abort_keeps_the_builder_reachable_with_the_pinned_key_then_gc_removes_it() {
         .arg(&recipe)
         .output()
         .unwrap();
-    let err = assert_exit(&out, 1, &["FAILED", "kept the builder", "log in:", "clean up:"]);
+    let err = assert_exit(
+        &out,
+        1,
+        &["FAILED", "kept the builder", "log in:", "clean up:"],
+    );
     let b = one_build(&out);
     let kept = &b["kept"];
     assert!(kept.is_object(), "no kept builder in {b}\n{err}");
@@ -71,7 +75,10 @@ fn abort_keeps_the_builder_reachable_with_the_pinned_key_then_gc_removes_it() {
     );
     let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "key file mode {mode:o}");
-    assert!(ssh.contains("StrictHostKeyChecking=yes") && ssh.contains(known), "{ssh}");
+    assert!(
+        ssh.contains("StrictHostKeyChecking=yes") && ssh.contains(known),
+        "{ssh}"
+    );
 
     // Kept: the instance, its key pair and security group; still running.
     let left = lab.leftovers(&name);
@@ -81,18 +88,21 @@ fn abort_keeps_the_builder_reachable_with_the_pinned_key_then_gc_removes_it() {
         "{left:?}"
     );
     assert!(left.iter().any(|l| l.starts_with("key pair ")), "{left:?}");
-    assert!(left.iter().any(|l| l.starts_with("security group ")), "{left:?}");
+    assert!(
+        left.iter().any(|l| l.starts_with("security group ")),
+        "{left:?}"
+    );
 
     // The printed command, run as printed (the real ssh, loopback, pinned host key only).
     let probe = sh(&format!(
         "{ssh} -o BatchMode=yes -o ConnectTimeout=10 cat /tmp/bake-mark"
     ));
-    assert!(
-        probe.status.success(),
-        "ssh failed: {}",
-        stderr(&probe)
+    assert!(probe.status.success(), "ssh failed: {}", stderr(&probe));
+    assert_eq!(
+        stdout(&probe).trim(),
+        "kept",
+        "the first step's work is there"
     );
-    assert_eq!(stdout(&probe).trim(), "kept", "the first step's work is there");
     // The pin is real: another host key is refused.
     let wrong = dir.path().join("wrong_known_hosts");
     let other = ssh_keygen(&dir.path().join("other"));
@@ -109,13 +119,19 @@ fn abort_keeps_the_builder_reachable_with_the_pinned_key_then_gc_removes_it() {
     assert!(stdout(&list).contains(&build_id), "{}", stdout(&list));
     assert!(stdout(&list).contains("kept to debug"), "{}", stdout(&list));
     let cleanup = kept["cleanup_command"].as_str().unwrap();
-    assert!(cleanup.contains(&format!("--build-id {build_id}")), "{cleanup}");
+    assert!(
+        cleanup.contains(&format!("--build-id {build_id}")),
+        "{cleanup}"
+    );
     let gc = bake(&lab, dir.path())
         .args(["gc", "--yes", "--build-id", &build_id])
         .output()
         .unwrap();
     assert!(gc.status.success(), "{}\n{}", stdout(&gc), stderr(&gc));
-    assert_eq!(leftovers_of_build(&lab.env, &build_id), Vec::<String>::new());
+    assert_eq!(
+        leftovers_of_build(&lab.env, &build_id),
+        Vec::<String>::new()
+    );
     lab.assert_no_leftovers(&name, "after bake gc --yes");
     assert!(!Path::new(key).exists(), "gc leaves the key file");
 }

@@ -125,7 +125,10 @@ fn write_results(report: &Builds, flags: &BuildFlags, ui: &Ui, single: bool) {
     if let Some(p) = &flags.dotenv
         && let Err(e) = ci::dotenv(p, &rows, single)
     {
-        ui.line(&format!("could not write dotenv report {}: {e}", p.display()));
+        ui.line(&format!(
+            "could not write dotenv report {}: {e}",
+            p.display()
+        ));
     }
 }
 
@@ -150,12 +153,7 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn new(
-        recipes: &'a [Recipe],
-        clients: &'a Clients,
-        ui: &'a Ui,
-        flags: &'a BuildFlags,
-    ) -> Self {
+    fn new(recipes: &'a [Recipe], clients: &'a Clients, ui: &'a Ui, flags: &'a BuildFlags) -> Self {
         let several = recipes.len() > 1;
         if several && flags.jobs > 1 {
             ui.concurrent();
@@ -164,7 +162,11 @@ impl<'a> Batch<'a> {
             .iter()
             .map(|r| Run {
                 id: pipeline::new_build_id(),
-                ui: if several { ui.child(&r.name) } else { ui.clone() },
+                ui: if several {
+                    ui.child(&r.name)
+                } else {
+                    ui.clone()
+                },
                 cleanup: Arc::new(Cleanup::new()),
                 kept: None,
             })
@@ -380,7 +382,12 @@ impl<'a> Batch<'a> {
                     None => "interrupted".into(),
                 };
                 let kept = run.kept.take().map(|mut k| {
-                    k.resources = run.cleanup.pending().iter().map(|u| u.to_string()).collect();
+                    k.resources = run
+                        .cleanup
+                        .pending()
+                        .iter()
+                        .map(|u| u.to_string())
+                        .collect();
                     Box::new(k)
                 });
                 Outcome::Failed {

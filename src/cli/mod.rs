@@ -44,6 +44,7 @@ Examples:
   bake plan recipes/*.toml                fingerprints, and which builds would be skipped
   bake build -j 4 recipes/*.toml          build four recipes at once
   bake build --output json web.toml       the result as JSON on stdout, progress on stderr
+  bake build --on-error=abort web.toml    a failed step keeps the builder; prints how to ssh in
   bake images prune --recipe web --keep 3 --older-than 14d --yes
   bake completions bash > ~/.local/share/bash-completion/completions/bake
   bake man > ~/.local/share/man/man1/bake.1";

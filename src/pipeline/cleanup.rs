@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
-use crate::aws::ec2::{self, filter, tagged_with_build};
 use super::on_error::{Access, Choice};
+use crate::aws::ec2::{self, filter, tagged_with_build};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::retry::{self, Backoff, Poll, PollError};
 use crate::ui::Ui;

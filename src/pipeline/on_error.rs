@@ -121,7 +121,10 @@ impl Access {
             .open(&key)?
             .write_all(text.as_bytes())?;
         let known = dir.join("known_hosts");
-        std::fs::write(&known, known_hosts_line(&self.addr, self.port, &self.host_key)?)?;
+        std::fs::write(
+            &known,
+            known_hosts_line(&self.addr, self.port, &self.host_key)?,
+        )?;
         kept.ssh_command = Some(ssh_command(&key, &known, self.port, &self.user, &self.addr));
         kept.key_file = Some(key);
         kept.known_hosts_file = Some(known);
@@ -184,7 +187,9 @@ fn shell_word(s: &str) -> String {
 pub fn needed_by_builder(u: &Undo) -> bool {
     matches!(
         u,
-        Undo::TerminateInstance { .. } | Undo::DeleteKeyPair { .. } | Undo::DeleteSecurityGroup { .. }
+        Undo::TerminateInstance { .. }
+            | Undo::DeleteKeyPair { .. }
+            | Undo::DeleteSecurityGroup { .. }
     )
 }
 
