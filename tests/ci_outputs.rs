@@ -103,3 +103,70 @@ fn a_github_actions_build_groups_steps_and_writes_outputs_summary_and_dotenv() {
     assert!(env.contains("BAKE_CACHED=true"), "{env}");
     lab.assert_no_leftovers(&name, "a good build leaves only its image");
 }
+
+#[test]
+fn several_recipes_are_told_apart_by_prefixed_outputs_with_a_region_per_copy() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (unique("ci-a-"), unique("ci-b-"));
+    let step = "[[step]]\nname = \"hi\"\nrun = \"true\"\n";
+    let ra = write_recipe(
+        dir.path(),
+        &a,
+        Recipe {
+            ssh: "timeout = \"60s\"",
+            tail: &format!("regions = [\"us-west-2\"]\n{step}"),
+            ..Recipe::default()
+        },
+    );
+    let rb = write_recipe(
+        dir.path(),
+        &b,
+        Recipe {
+            ssh: "timeout = \"60s\"",
+            tail: step,
+            ..Recipe::default()
+        },
+    );
+    let out = lab
+        .bake(&dir.path().join("cache"))
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_OUTPUT", dir.path().join("out"))
+        .args(["build", "-j", "2", "--dotenv"])
+        .arg(dir.path().join("build.env"))
+        .args([&ra, &rb])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("::group::"),
+        "no groups while builds run at once:\n{err}"
+    );
+    let o = pairs(&std::fs::read_to_string(dir.path().join("out")).unwrap());
+    assert!(
+        !o.contains_key("ami_id"),
+        "unprefixed names with two recipes: {o:?}"
+    );
+    let (pa, pb) = (a.replace('-', "_"), b.replace('-', "_"));
+    let home = &o[&format!("{pa}_ami_id")];
+    assert_eq!(&o[&format!("{pa}_ami_id_us_east_1")], home, "{o:?}");
+    let copy = &o[&format!("{pa}_ami_id_us_west_2")];
+    assert!(copy.starts_with("ami-") && copy != home, "{o:?}");
+    assert!(o[&format!("{pb}_ami_id")].starts_with("ami-"), "{o:?}");
+    assert!(
+        !o.contains_key(&format!("{pb}_ami_id_us_east_1")),
+        "region names only with copies: {o:?}"
+    );
+    let builds: serde_json::Value = serde_json::from_str(&o["builds"]).unwrap();
+    assert_eq!(builds.as_array().unwrap().len(), 2, "{builds}");
+    assert_eq!(builds[0]["regions"]["us-west-2"], copy.as_str(), "{builds}");
+    let env = pairs(&std::fs::read_to_string(dir.path().join("build.env")).unwrap());
+    assert_eq!(
+        &env[&format!("BAKE_{}_AMI_ID_US_WEST_2", pa.to_uppercase())],
+        copy
+    );
+    for r in [&a, &b] {
+        lab.assert_no_leftovers(r, "two good builds leave only their images");
+    }
+}

@@ -118,6 +118,14 @@ fn abort_keeps_the_builder_reachable_with_the_pinned_key_then_gc_removes_it() {
     let list = bake(&lab, dir.path()).arg("gc").output().unwrap();
     assert!(stdout(&list).contains(&build_id), "{}", stdout(&list));
     assert!(stdout(&list).contains("kept to debug"), "{}", stdout(&list));
+    let listed = bake(&lab, dir.path())
+        .args(["gc", "--output", "json", "--build-id", &build_id])
+        .output()
+        .unwrap();
+    let listed = json(&listed);
+    assert_eq!(listed["builds"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["builds"][0]["kept"], true, "{listed}");
+    assert_eq!(listed["builds"][0]["state"], "dead", "{listed}");
     let cleanup = kept["cleanup_command"].as_str().unwrap();
     assert!(
         cleanup.contains(&format!("--build-id {build_id}")),

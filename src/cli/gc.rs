@@ -103,7 +103,7 @@ impl Report for GcReport {
     fn text(&self) -> String {
         let mut t = String::new();
         for b in self.builds.iter().filter(|b| b.remove) {
-            let kept = if b.journal.as_ref().is_some_and(|e| e.kept) {
+            let kept = if b.kept {
                 " (its builder was kept to debug by --on-error)"
             } else {
                 ""

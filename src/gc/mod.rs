@@ -94,6 +94,9 @@ pub struct Build {
     pub verdict: Verdict,
     /// Dead, and old enough for `--older-than`.
     pub remove: bool,
+    /// Its builder was kept on purpose by `bake build --on-error=abort` (to debug it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
     pub resources: Vec<Resource>,
     #[serde(skip)]
     pub journal: Option<Entry>,
@@ -374,6 +377,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
         resources.sort_by(|x, y| (x.kind, &x.id).cmp(&(y.kind, &y.id)));
         builds.push(Build {
             remove: verdict.is_dead() && old_enough,
+            kept: entry.as_ref().is_some_and(|e| e.kept),
             recipe: a
                 .recipe
                 .or_else(|| entry.as_ref().map(|e| e.recipe.clone())),
