@@ -233,9 +233,13 @@ impl Ui {
         static ASKING: Mutex<()> = Mutex::new(());
         let _one = ASKING.lock().unwrap_or_else(|e| e.into_inner());
         let read = || {
-            eprintln!("{}{}", self.styled_prefix, self.redact(what));
+            use std::io::Write;
+            // Not eprint!: a terminal gone (SIGHUP) must not panic; reading then ends it.
+            let mut err = std::io::stderr();
+            let _ = writeln!(err, "{}{}", self.styled_prefix, self.redact(what));
             loop {
-                eprint!("{}{prompt}", self.styled_prefix);
+                let _ = write!(err, "{}{prompt}", self.styled_prefix);
+                let _ = err.flush();
                 let mut s = String::new();
                 match std::io::stdin().read_line(&mut s) {
                     Ok(0) | Err(_) => return None,
