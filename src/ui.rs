@@ -73,6 +73,8 @@ impl ColorChoice {
 struct Settings {
     quiet: bool,
     unicode: bool,
+    /// `GITHUB_ACTIONS=true`: each step's output is a collapsible `::group::`.
+    github: bool,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -84,6 +86,7 @@ pub fn configure(color: ColorChoice, quiet: bool) {
     let _ = SETTINGS.set(Settings {
         quiet,
         unicode: utf8_locale(),
+        github: github_actions(),
     });
 }
 
@@ -91,8 +94,17 @@ fn settings() -> Settings {
     *SETTINGS.get_or_init(|| Settings {
         quiet: false,
         unicode: utf8_locale(),
+        github: github_actions(),
     })
 }
+
+/// Whether bake runs as a GitHub Actions step (the runner sets `GITHUB_ACTIONS=true`).
+pub fn github_actions() -> bool {
+    std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+}
+
+/// Stages named so carry a recipe step's output (one `::group::` each on GitHub Actions).
+pub const STEP_STAGE: &str = "step ";
 
 /// Whether the terminal can be expected to draw ✓ and braille spinners: the locale that
 /// governs character types (LC_ALL, then LC_CTYPE, then LANG) names UTF-8.
@@ -134,6 +146,9 @@ struct Inner {
     mp: Option<MultiProgress>,
     secrets: Mutex<Vec<String>>,
     settings: Settings,
+    /// Step output in `::group::`s: on GitHub Actions, unless builds run at once (groups
+    /// cannot interleave).
+    groups: std::sync::atomic::AtomicBool,
 }
 
 impl Ui {
@@ -150,6 +165,7 @@ impl Ui {
                 mp,
                 secrets: Mutex::new(Vec::new()),
                 settings,
+                groups: settings.github.into(),
             }),
             prefix: String::new(),
             styled_prefix: String::new(),
@@ -191,6 +207,54 @@ impl Ui {
             (false, false) => ("FAILED", console::Color::Red),
         };
         console::style(sym).fg(color).for_stderr().to_string()
+    }
+
+    /// Builds run at once: no `::group::`s (their lines would land in each other's groups).
+    pub fn concurrent(&self) {
+        self.inner
+            .groups
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn groups(&self) -> bool {
+        self.inner.groups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A GitHub Actions workflow command: at the very start of its own line, unprefixed.
+    fn workflow_command(&self, cmd: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{cmd}");
+    }
+
+    /// Tells `what` and asks `prompt` on the terminal until the answer is one of `allowed`
+    /// (blocking; progress is hidden meanwhile, and one question is asked at a time). None
+    /// when stdin is closed.
+    pub fn ask(&self, what: &str, prompt: &str, allowed: &[char]) -> Option<char> {
+        static ASKING: Mutex<()> = Mutex::new(());
+        let _one = ASKING.lock().unwrap_or_else(|e| e.into_inner());
+        let read = || {
+            use std::io::Write;
+            // Not eprint!: a terminal gone (SIGHUP) must not panic; reading then ends it.
+            let mut err = std::io::stderr();
+            let _ = writeln!(err, "{}{}", self.styled_prefix, self.redact(what));
+            loop {
+                let _ = write!(err, "{}{prompt}", self.styled_prefix);
+                let _ = err.flush();
+                let mut s = String::new();
+                match std::io::stdin().read_line(&mut s) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+                let c = s.trim().chars().next().map(|c| c.to_ascii_lowercase());
+                if let Some(c) = c.filter(|c| allowed.contains(c)) {
+                    return Some(c);
+                }
+            }
+        };
+        match &self.inner.mp {
+            Some(mp) => mp.suspend(read),
+            None => read(),
+        }
     }
 
     pub fn is_tty(&self) -> bool {
@@ -251,6 +315,11 @@ impl Ui {
             pb.enable_steady_tick(Duration::from_millis(120));
             pb
         });
+        let grouped =
+            bar.is_none() && !self.quiet() && self.groups() && name.starts_with(STEP_STAGE);
+        if grouped {
+            self.workflow_command(&format!("::group::{}{name}", self.prefix));
+        }
         if bar.is_none() {
             self.line(&format!("{name}: {msg}"));
         }
@@ -260,6 +329,7 @@ impl Ui {
             start: Instant::now(),
             bar,
             last: Mutex::new(String::new()),
+            grouped: grouped.into(),
         }
     }
 
@@ -347,9 +417,27 @@ pub struct Stage {
     start: Instant,
     bar: Option<ProgressBar>,
     last: Mutex<String>,
+    /// Opened a `::group::`: closed before the stage's last line, so that line shows.
+    grouped: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Stage {
+    /// A stage dropped unfinished (its build was cancelled) still closes its group.
+    fn drop(&mut self) {
+        self.end_group();
+    }
 }
 
 impl Stage {
+    fn end_group(&self) {
+        if self
+            .grouped
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.ui.workflow_command("::endgroup::");
+        }
+    }
+
     /// Says what the stage is waiting on now; plain output prints only changes.
     pub fn update(&self, msg: &str) {
         let msg = self.ui.redact(msg);
@@ -366,6 +454,7 @@ impl Stage {
     }
 
     pub fn finish(self, msg: &str) -> Duration {
+        self.end_group();
         let d = self.start.elapsed();
         let msg = self.ui.redact(msg);
         match &self.bar {
@@ -393,6 +482,7 @@ impl Stage {
     }
 
     pub fn fail(self, msg: &str) {
+        self.end_group();
         let d = self.start.elapsed();
         let msg = self.ui.redact(msg);
         match &self.bar {

@@ -211,3 +211,63 @@ name = "{recipe}-x"
     assert!(err.contains("vars.toml:1:"), "no position in: {err}");
     assert_eq!(hits.load(Ordering::SeqCst), 0, "validate must not call AWS");
 }
+
+#[test]
+fn on_github_actions_a_bad_recipe_is_an_error_annotation_at_its_line_and_column() {
+    let (endpoint, hits) = tripwire();
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/bad-recipes/array-item-not-string.toml");
+    for cmd in ["validate", "build"] {
+        let out = bake(&endpoint)
+            .env("GITHUB_ACTIONS", "true")
+            .arg(cmd)
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let want = format!("::error file={},line=10,col=23::", f.display());
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&want))
+            .unwrap_or_else(|| panic!("no {want} annotation in\n{err}"));
+        assert!(line.contains("must list strings"), "{line}");
+        assert!(
+            line.contains("%0Ahelp: "),
+            "help on the annotation's second line: {line}"
+        );
+    }
+    // Without GITHUB_ACTIONS: no workflow commands.
+    let out = bake(&endpoint).arg("validate").arg(&f).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("::error"));
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a bad recipe made an AWS call"
+    );
+}
+
+#[test]
+fn on_error_ask_without_a_terminal_and_a_bad_gc_build_id_exit_2_without_aws() {
+    let (endpoint, hits) = tripwire();
+    let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/web.toml");
+    let out = bake(&endpoint)
+        .args(["build", "--on-error=ask"])
+        .arg(&web)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--on-error=ask needs a terminal"), "{err}");
+    assert!(err.contains("--on-error=abort"), "{err}");
+    let out = bake(&endpoint)
+        .args(["gc", "--build-id", "i-123"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not a build id"), "{err}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "an AWS call was made");
+}

@@ -20,6 +20,9 @@ pub struct GcArgs {
     /// `bucket/prefix`; repeatable). Builds bake knows of are found without it.
     #[arg(long = "bucket", value_name = "BUCKET[/PREFIX]")]
     pub buckets: Vec<String>,
+    /// Only this build (e.g. one kept by `bake build --on-error=abort`); repeatable.
+    #[arg(long = "build-id", value_name = "ID")]
+    pub build_ids: Vec<String>,
 }
 
 /// `bake gc`: `{"format_version", "region", "removed", "builds": [...]}`.
@@ -33,10 +36,16 @@ pub struct GcReport {
 }
 
 pub async fn run(args: GcArgs, g: &Global) -> Result<GcReport, CliError> {
+    if let Some(bad) = args.build_ids.iter().find(|b| !gc::is_build_id(b)) {
+        return Err(CliError::Input(format!(
+            "--build-id {bad:?} is not a build id\n  help: build ids look like b-0123456789 (bake build prints them first)"
+        )));
+    }
     let c = load_clients(g).await?;
     let opts = Options {
         older_than: args.older_than,
         buckets: args.buckets,
+        build_ids: args.build_ids,
     };
     let mut survey = gc::survey(&c, &opts).await.map_err(CliError::runtime)?;
     let mut failed = false;
@@ -94,9 +103,14 @@ impl Report for GcReport {
     fn text(&self) -> String {
         let mut t = String::new();
         for b in self.builds.iter().filter(|b| b.remove) {
+            let kept = if b.kept {
+                " (its builder was kept to debug by --on-error)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 t,
-                "{} (recipe {}, started {}): dead: {}",
+                "{} (recipe {}, started {}): dead: {}{kept}",
                 b.build_id,
                 b.recipe.as_deref().unwrap_or("?"),
                 b.started.as_deref().unwrap_or("?"),

@@ -2,6 +2,7 @@
 //! user sees and to exit codes (0 ok, 1 failed, 2 bad input, 130 interrupted).
 
 mod build;
+mod ci;
 mod deploy;
 mod gc;
 mod images;
@@ -18,6 +19,7 @@ use serde::Serialize;
 pub use report::{CliError, Diagnostic, RecipeFailure, Report, exit_code, finish};
 
 use crate::aws::Clients;
+use crate::pipeline::on_error::OnError;
 use crate::recipe::{self, model::Recipe};
 use crate::ui::{ColorChoice, Output};
 
@@ -42,6 +44,7 @@ Examples:
   bake plan recipes/*.toml                fingerprints, and which builds would be skipped
   bake build -j 4 recipes/*.toml          build four recipes at once
   bake build --output json web.toml       the result as JSON on stdout, progress on stderr
+  bake build --on-error=abort web.toml    a failed step keeps the builder; prints how to ssh in
   bake images prune --recipe web --keep 3 --older-than 14d --yes
   bake completions bash > ~/.local/share/bash-completion/completions/bake
   bake man > ~/.local/share/man/man1/bake.1";
@@ -138,6 +141,13 @@ pub enum Cmd {
         /// When a [[test]] fails, keep the new image (tagged bake:tested=failed) to inspect it.
         #[arg(long)]
         keep_failed: bool,
+        /// When a step (or anything after the builder is reachable) fails: clean up, abort
+        /// (keep the builder and print how to log in and how to remove it), or ask (terminal).
+        #[arg(long, value_enum, default_value_t = OnError::Cleanup, value_name = "WHAT")]
+        on_error: OnError,
+        /// Write a GitLab dotenv report (BAKE_AMI_ID=…, BAKE_FINGERPRINT=…, …) to FILE.
+        #[arg(long, value_name = "FILE")]
+        dotenv: Option<PathBuf>,
     },
     /// Run the recipes' [[test]]s on their current images (on a fresh instance of each).
     Test {
@@ -210,6 +220,8 @@ async fn run(cli: Cli) -> u8 {
             force,
             manifest,
             keep_failed,
+            on_error,
+            dotenv,
         } => {
             let opts = build::BuildFlags {
                 jobs,
@@ -217,6 +229,8 @@ async fn run(cli: Cli) -> u8 {
                 manifest,
                 keep_failed,
                 test_only: false,
+                on_error,
+                dotenv,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }
@@ -228,6 +242,8 @@ async fn run(cli: Cli) -> u8 {
                 // The image was published already: a failure tags it, never removes it.
                 keep_failed: true,
                 test_only: true,
+                on_error: OnError::Cleanup,
+                dotenv: None,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }

@@ -56,6 +56,7 @@ impl CliError {
             CliError::Recipe(fails) => {
                 for f in fails {
                     eprint!("{}", f.rendered);
+                    super::ci::annotate(&f.diagnostics);
                 }
                 None
             }

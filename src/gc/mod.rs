@@ -94,6 +94,9 @@ pub struct Build {
     pub verdict: Verdict,
     /// Dead, and old enough for `--older-than`.
     pub remove: bool,
+    /// Its builder was kept on purpose by `bake build --on-error=abort` (to debug it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
     pub resources: Vec<Resource>,
     #[serde(skip)]
     pub journal: Option<Entry>,
@@ -104,6 +107,14 @@ pub struct Options {
     pub older_than: Option<Duration>,
     /// Extra S3 locations (`bucket` or `bucket/prefix`) to look for staged objects in.
     pub buckets: Vec<String>,
+    /// Only these builds (none: every build).
+    pub build_ids: Vec<String>,
+}
+
+impl Options {
+    fn wants(&self, build_id: &str) -> bool {
+        self.build_ids.is_empty() || self.build_ids.iter().any(|b| b == build_id)
+    }
 }
 
 #[derive(Default)]
@@ -350,7 +361,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
 
     let now = Timestamp::now();
     let mut builds = Vec::new();
-    for (id, a) in acc {
+    for (id, a) in acc.into_iter().filter(|(id, _)| opts.wants(id)) {
         let entry = journal.get(&id).cloned();
         let verdict = lease::verdict(entry.as_ref(), a.lease, a.created, now);
         let started = entry
@@ -366,6 +377,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
         resources.sort_by(|x, y| (x.kind, &x.id).cmp(&(y.kind, &y.id)));
         builds.push(Build {
             remove: verdict.is_dead() && old_enough,
+            kept: entry.as_ref().is_some_and(|e| e.kept),
             recipe: a
                 .recipe
                 .or_else(|| entry.as_ref().map(|e| e.recipe.clone())),
@@ -378,6 +390,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
     }
     let stale_journal = journal
         .values()
+        .filter(|e| opts.wants(&e.build_id))
         .filter(|e| !builds.iter().any(|b| b.build_id == e.build_id))
         .filter(|e| matches!(e.judge(), journal::Local::Dead(_)))
         .map(|e| e.build_id.clone())

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
+use super::on_error::{Access, Choice};
 use crate::aws::ec2::{self, filter, tagged_with_build};
 use crate::aws::{AwsError, Clients, Ctx};
 use crate::retry::{self, Backoff, Poll, PollError};
@@ -219,6 +220,10 @@ pub struct Cleanup {
     next: Mutex<u64>,
     /// Build locks this build took (their release may not see them yet).
     held_locks: Mutex<Vec<String>>,
+    /// How to reach the builder while it is reachable (for `--on-error`), and what was
+    /// chosen when a failed step asked.
+    builder: Mutex<Option<Access>>,
+    decided: Mutex<Option<Choice>>,
 }
 
 impl Cleanup {
@@ -274,6 +279,26 @@ impl Cleanup {
         self.stack.lock().unwrap().retain(|(n, _)| *n != t.0);
     }
 
+    /// The builder is reachable through its communicator (see [`super::on_error`]); `None`:
+    /// no longer (provisioning is done, the temporary key is gone).
+    pub fn set_reachable(&self, access: Option<Access>) {
+        *self.builder.lock().unwrap() = access;
+    }
+
+    /// The reachable builder, if the build failed while it was.
+    pub fn reachable(&self) -> Option<Access> {
+        self.builder.lock().unwrap().clone()
+    }
+
+    /// Records what the user chose when a failed step asked (`--on-error=ask`).
+    pub fn decide(&self, c: Choice) {
+        *self.decided.lock().unwrap() = Some(c);
+    }
+
+    pub fn decided(&self) -> Option<Choice> {
+        *self.decided.lock().unwrap()
+    }
+
     /// What is still to be removed, newest first.
     pub fn pending(&self) -> Vec<Undo> {
         self.stack
@@ -290,7 +315,26 @@ impl Cleanup {
     /// which starts the moment the instance undos are done, not after the slowest removal.
     /// Failures do not stop the rest; they are returned with their errors.
     pub async fn run(&self, clients: &Clients, ui: &Ui) -> Vec<(Undo, AwsError)> {
-        let snapshot: Vec<(u64, Undo)> = self.stack.lock().unwrap().iter().rev().cloned().collect();
+        self.run_except(clients, ui, |_| false).await
+    }
+
+    /// As [`Cleanup::run`], leaving the undos `keep` names on the stack (a builder kept by
+    /// `--on-error=abort`): [`Cleanup::pending`] then lists exactly what was kept.
+    pub async fn run_except(
+        &self,
+        clients: &Clients,
+        ui: &Ui,
+        keep: impl Fn(&Undo) -> bool,
+    ) -> Vec<(Undo, AwsError)> {
+        let snapshot: Vec<(u64, Undo)> = self
+            .stack
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter(|(_, u)| !keep(u))
+            .cloned()
+            .collect();
         let (instances, rest): (Vec<_>, Vec<_>) = snapshot
             .into_iter()
             .partition(|(_, u)| matches!(u, Undo::TerminateInstance { .. }));

@@ -27,6 +27,10 @@ pub struct Entry {
     /// `s3://bucket/prefix` locations the build stages objects under (SSM communicator).
     #[serde(default)]
     pub staging: Vec<String>,
+    /// The build failed and `--on-error=abort` kept its builder to debug (the way in is in
+    /// [`keep_dir`]); `bake gc --yes` removes it like any dead build's leftovers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// What the journal says about a build.
@@ -96,6 +100,7 @@ impl Entry {
             boot_id: boot_id(),
             started: jiff::Timestamp::now().to_string(),
             staging: Vec::new(),
+            kept: false,
         }
     }
 
@@ -140,11 +145,17 @@ impl Entry {
     }
 }
 
-/// Removes a build's entry (done, or cleaned up after).
+/// Removes a build's entry (done, or cleaned up after), and the way into its kept builder.
 pub fn remove(build_id: &str) {
     if let Some(dir) = dir() {
         let _ = std::fs::remove_file(dir.join(format!("{build_id}.json")));
+        let _ = std::fs::remove_dir_all(dir.join(build_id));
     }
+}
+
+/// Where a builder kept by `--on-error=abort` has its key and known_hosts files.
+pub fn keep_dir(build_id: &str) -> Option<PathBuf> {
+    dir().map(|d| d.join(build_id))
 }
 
 /// Marks the build's entry as touched now: called whenever the build is about to create, or

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod lock;
 pub mod lookup;
 pub mod newest;
+pub mod on_error;
 mod provision;
 pub mod source;
 pub mod verify_image;
@@ -42,6 +43,8 @@ pub struct BuildOptions {
     pub keep_failed: bool,
     /// `bake test`: no build; run the tests on the image the fingerprint already has.
     pub test_only: bool,
+    /// What a failure while the builder is reachable does with it (`--on-error`).
+    pub on_error: on_error::OnError,
 }
 
 /// What a build produced; printed as the summary or as JSON.
@@ -111,6 +114,12 @@ impl Liveness {
         if nothing_left {
             journal::remove(&self.entry.build_id);
         }
+    }
+
+    /// The build failed and its builder is kept (`--on-error=abort`): the entry says so.
+    pub fn end_kept(mut self) {
+        self.entry.kept = true;
+        let _ = self.entry.write();
     }
 }
 

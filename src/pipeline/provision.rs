@@ -29,9 +29,13 @@ impl Bake<'_> {
             CommunicatorKind::Ssh => self.connect_ssh(builder, sink).await?,
             CommunicatorKind::Ssm => self.connect_ssm(builder, sink).await?,
         };
+        // From here until the temporary key is removed, `--on-error=abort` can keep it.
+        let access = super::on_error::Access::of(builder, self.recipe);
+        self.cleanup.set_reachable(Some(access));
         self.provision_with(&mut comm, builder, &inputs.plans, &inputs.scripts)
             .await?;
         self.tidy(&mut comm, builder).await?;
+        self.cleanup.set_reachable(None);
         comm.close().await;
         Ok(())
     }
@@ -175,7 +179,7 @@ impl Bake<'_> {
         }
 
         for (step, script) in recipe.steps.iter().zip(scripts) {
-            self.run_step(comm, step, script, builder).await?;
+            self.run_step_or_ask(comm, step, script, builder).await?;
             if step.reboot {
                 // The dead-man switch lives in /run: re-arm it with the time left.
                 let left = recipe
@@ -188,7 +192,7 @@ impl Bake<'_> {
         Ok(())
     }
 
-    async fn run_step(
+    pub(super) async fn run_step(
         &self,
         comm: &mut Communicator,
         step: &Step,
