@@ -80,6 +80,9 @@ def main() -> None:
     from lab import timing
 
     timing.install_early(lab)  # realistic profile: stopping / shutting-down (under the patches)
+    from lab import shutdown
+
+    shutdown.install()  # an OS power-off's state reason, set atomically (lab/shutdown.py)
     patches.install(lab, base_users, base_images)
     from lab import ssm as lab_ssm
 

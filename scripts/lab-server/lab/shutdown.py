@@ -64,6 +64,31 @@ exec -a "$0" "$REAL" "$@"
 """
 
 
+_USER = "Client.UserInitiatedShutdown"
+_OS = ("Client.InstanceInitiatedShutdown: Instance initiated shutdown", "Client.InstanceInitiatedShutdown")
+
+
+def install() -> None:
+    """Instance.state_reason becomes a property: for an instance whose OS powered off, the
+    reason moto's stop/terminate write is EC2's `Client.InstanceInitiatedShutdown` in the same
+    assignment (no Describe can see moto's in between); a start (moto writes an empty reason)
+    ends that. Installed before any instance exists."""
+    from moto.ec2.models.instances import Instance, StateReason
+
+    def get(self: Any) -> Any:
+        return self.__dict__.get("_lab_state_reason")
+
+    def set_(self: Any, v: Any) -> None:
+        code = getattr(v, "code", "")
+        if not code:
+            self.__dict__.pop("_lab_os_shutdown", None)
+        elif code == _USER and self.__dict__.get("_lab_os_shutdown"):
+            v = StateReason(*_OS)
+        self.__dict__["_lab_state_reason"] = v
+
+    Instance.state_reason = property(get, set_)
+
+
 def provision(run_dir: Path, instance_id: str) -> None:
     """Writes the shim into the instance's run/ (sandbox-boot.sh mounts it)."""
     port = os.environ.get("MOTO_PORT", "4566")
@@ -96,16 +121,13 @@ def handle(instance_id: str) -> tuple[int, dict[str, Any]]:
     def act() -> None:
         # In a thread: stopping the instance kills the sandbox the request came from.
         try:
-            from moto.ec2.models.instances import StateReason
-
+            # Marked before the call: moto's stop()/terminate() write their own reason, and a
+            # Describe between that and a later fix-up would see "UserInitiatedShutdown".
+            inst.__dict__["_lab_os_shutdown"] = True
             if behaviour == "terminate":
                 backend.terminate_instances([instance_id])
             else:
                 backend.stop_instances([instance_id])
-            inst.state_reason = StateReason(
-                "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
-                "Client.InstanceInitiatedShutdown",
-            )
             log.info("%s: instance-initiated shutdown -> %s", instance_id, behaviour)
         except Exception:  # noqa: BLE001
             log.exception("%s: instance-initiated shutdown failed", instance_id)
