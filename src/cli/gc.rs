@@ -6,6 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{CliError, Global, Report, load_clients};
+use crate::aws::Clients;
 use crate::gc::{self, Options};
 
 #[derive(Args, Debug)]
@@ -25,10 +26,13 @@ pub struct GcArgs {
     pub build_ids: Vec<String>,
 }
 
-/// `bake gc`: `{"format_version", "region", "removed", "builds": [...]}`.
+/// `bake gc`: `{"format_version", "region", "regions", "removed", "builds": [...]}`; each
+/// build names its `region` (a build's copies are in regions of their own).
 #[derive(Serialize)]
 pub struct GcReport {
     region: String,
+    /// Every region looked in: the build region, then the copy regions of its builds.
+    regions: Vec<String>,
     removed: bool,
     builds: Vec<gc::Build>,
     #[serde(skip)]
@@ -47,56 +51,90 @@ pub async fn run(args: GcArgs, g: &Global) -> Result<GcReport, CliError> {
         buckets: args.buckets,
         build_ids: args.build_ids,
     };
-    let mut survey = gc::survey(&c, &opts).await.map_err(CliError::runtime)?;
+    // The copy regions first: what tells them a build is dead (its journal entry) goes with
+    // the build region's pass, which comes last.
+    let copy_regions = gc::copy_regions(&c.region, &opts);
+    let mut builds = Vec::new();
     let mut failed = false;
-    if args.yes {
-        let fresh = gc::fresh(&survey);
-        let users = survey.snapshot_users.clone();
-        let jobs = survey
-            .builds
-            .iter_mut()
-            .filter(|b| b.remove)
-            .map(|b| gc::remove(&c, b, &users));
-        failed = !futures::future::join_all(jobs)
-            .await
-            .into_iter()
-            .all(|ok| ok);
-        for id in &survey.stale_journal {
-            crate::pipeline::journal::remove(id);
-        }
-        if !fresh.is_empty() {
-            let ids: Vec<&str> = fresh.iter().map(|(id, _)| id.as_str()).collect();
-            eprintln!(
-                "{} died less than {}s after creating something; looking again once EC2 lists it",
-                ids.join(", "),
-                gc::SETTLE.as_secs()
-            );
-            match gc::settle(&c, &opts, &fresh).await {
-                Ok(found) => {
-                    for b in found {
-                        failed |= b.resources.iter().any(|r| r.error.is_some());
-                        match survey.builds.iter_mut().find(|x| x.build_id == b.build_id) {
-                            Some(x) => {
-                                x.remove = true;
-                                x.resources.extend(b.resources);
-                            }
-                            None => survey.builds.push(b),
-                        }
+    for region in &copy_regions {
+        let (b, f) = pass(&c.in_region(region), &opts, args.yes).await?;
+        builds.extend(b);
+        failed |= f;
+    }
+    let (b, f) = pass(&c, &opts, args.yes).await?;
+    builds.extend(b);
+    failed |= f;
+    let mut regions = vec![c.region.clone()];
+    regions.extend(copy_regions);
+    Ok(GcReport {
+        region: c.region.clone(),
+        regions,
+        removed: args.yes,
+        builds,
+        failed,
+    })
+}
+
+/// One region: what dead builds left there, removed with `yes`; whether a removal failed.
+async fn pass(c: &Clients, opts: &Options, yes: bool) -> Result<(Vec<gc::Build>, bool), CliError> {
+    let mut survey = gc::survey(c, opts).await.map_err(CliError::runtime)?;
+    if !yes {
+        return Ok((survey.builds, false));
+    }
+    let fresh = gc::fresh(&survey);
+    let users = survey.snapshot_users.clone();
+    let jobs = survey
+        .builds
+        .iter_mut()
+        .filter(|b| b.remove)
+        .map(|b| gc::remove(c, b, &users));
+    let mut failed = !futures::future::join_all(jobs)
+        .await
+        .into_iter()
+        .all(|ok| ok);
+    for id in &survey.stale_journal {
+        crate::pipeline::journal::remove(id);
+    }
+    if fresh.is_empty() {
+        return Ok((survey.builds, failed));
+    }
+    let ids: Vec<&str> = fresh.iter().map(|(id, _)| id.as_str()).collect();
+    eprintln!(
+        "{} died less than {}s after creating something; looking again in {} once EC2 lists it",
+        ids.join(", "),
+        gc::SETTLE.as_secs(),
+        c.region
+    );
+    match gc::settle(c, opts, &fresh).await {
+        Ok(found) => {
+            for b in found {
+                failed |= b.resources.iter().any(|r| r.error.is_some());
+                match survey.builds.iter_mut().find(|x| x.build_id == b.build_id) {
+                    Some(x) => {
+                        x.remove = true;
+                        x.resources.extend(b.resources);
                     }
-                }
-                Err(e) => {
-                    super::report_error(&e);
-                    failed = true;
+                    None => survey.builds.push(b),
                 }
             }
         }
+        Err(e) => {
+            super::report_error(&e);
+            failed = true;
+        }
     }
-    Ok(GcReport {
-        region: c.region.clone(),
-        removed: args.yes,
-        builds: survey.builds,
-        failed,
-    })
+    Ok((survey.builds, failed))
+}
+
+impl GcReport {
+    /// " in <region>" for a build's resources outside the build region.
+    fn elsewhere(&self, b: &gc::Build) -> String {
+        if b.region == self.region {
+            String::new()
+        } else {
+            format!(" in {}", b.region)
+        }
+    }
 }
 
 impl Report for GcReport {
@@ -110,10 +148,11 @@ impl Report for GcReport {
             };
             let _ = writeln!(
                 t,
-                "{} (recipe {}, started {}): dead: {}{kept}",
+                "{} (recipe {}, started {}){}: dead: {}{kept}",
                 b.build_id,
                 b.recipe.as_deref().unwrap_or("?"),
                 b.started.as_deref().unwrap_or("?"),
+                self.elsewhere(b),
                 b.verdict.reason()
             );
             for r in &b.resources {
@@ -135,9 +174,10 @@ impl Report for GcReport {
             };
             let _ = writeln!(
                 t,
-                "{} (recipe {}): {why}; left alone ({} resource(s))",
+                "{} (recipe {}){}: {why}; left alone ({} resource(s))",
                 b.build_id,
                 b.recipe.as_deref().unwrap_or("?"),
+                self.elsewhere(b),
                 b.resources.len()
             );
         }
@@ -146,7 +186,7 @@ impl Report for GcReport {
             let _ = write!(
                 t,
                 "nothing to clean up: no dead build left anything in {}",
-                self.region
+                self.regions.join(", ")
             );
         } else if !self.removed {
             let _ = write!(

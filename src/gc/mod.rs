@@ -86,6 +86,8 @@ impl std::fmt::Display for Resource {
 #[derive(Debug, Clone, Serialize)]
 pub struct Build {
     pub build_id: String,
+    /// The region these resources are in (a build's copies are in regions of their own).
+    pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,7 +114,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn wants(&self, build_id: &str) -> bool {
+    pub fn wants(&self, build_id: &str) -> bool {
         self.build_ids.is_empty() || self.build_ids.iter().any(|b| b == build_id)
     }
 }
@@ -161,6 +163,18 @@ pub struct Survey {
     pub snapshot_users: BTreeMap<String, BTreeSet<String>>,
     /// Journal entries of dead builds with nothing left (removed with `--yes`).
     pub stale_journal: Vec<String>,
+}
+
+/// The other regions this machine's builds in `home` copy to (from their journal entries):
+/// where a killed build may have left half-made copies.
+pub fn copy_regions(home: &str, opts: &Options) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for e in journal::all() {
+        if e.region == home && opts.wants(&e.build_id) {
+            out.extend(e.copy_regions.into_iter().filter(|r| r != home));
+        }
+    }
+    out.into_iter().collect()
 }
 
 pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
@@ -319,7 +333,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
 
     let journal: BTreeMap<String, Entry> = journal::all()
         .into_iter()
-        .filter(|e| e.region == c.region)
+        .filter(|e| e.touches(&c.region))
         .map(|e| (e.build_id.clone(), e))
         .collect();
     for e in journal.values() {
@@ -376,6 +390,7 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
         let mut resources = a.resources;
         resources.sort_by(|x, y| (x.kind, &x.id).cmp(&(y.kind, &y.id)));
         builds.push(Build {
+            region: c.region.clone(),
             remove: verdict.is_dead() && old_enough,
             kept: entry.as_ref().is_some_and(|e| e.kept),
             recipe: a
@@ -388,8 +403,10 @@ pub async fn survey(c: &Clients, opts: &Options) -> Result<Survey, AwsError> {
             journal: entry,
         });
     }
+    // Only the build region's pass forgets an entry: the copy regions need it first.
     let stale_journal = journal
         .values()
+        .filter(|e| e.region == c.region)
         .filter(|e| opts.wants(&e.build_id))
         .filter(|e| !builds.iter().any(|b| b.build_id == e.build_id))
         .filter(|e| matches!(e.judge(), journal::Local::Dead(_)))

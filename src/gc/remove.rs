@@ -68,7 +68,10 @@ pub async fn remove(
             ok &= record(r, res.map_err(|e| e.to_string()));
         }
     }
-    if ok {
+    // The journal entry goes with the build region's leftovers; the copy regions are looked
+    // at before it (see cli/gc.rs), while the entry still says the build is dead.
+    let home = build.journal.as_ref().is_none_or(|e| e.region == c.region);
+    if ok && home {
         journal::remove(&build.build_id);
     }
     ok

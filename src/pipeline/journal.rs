@@ -31,6 +31,10 @@ pub struct Entry {
     /// [`keep_dir`]); `bake gc --yes` removes it like any dead build's leftovers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// The regions the build copies its image to (`[image] regions`): a killed build may leave
+    /// half-made copies there, which `bake gc` in the build region also looks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_regions: Vec<String>,
 }
 
 /// What the journal says about a build.
@@ -101,7 +105,13 @@ impl Entry {
             started: jiff::Timestamp::now().to_string(),
             staging: Vec::new(),
             kept: false,
+            copy_regions: Vec::new(),
         }
+    }
+
+    /// Whether the build made (or may have made) something in `region`.
+    pub fn touches(&self, region: &str) -> bool {
+        self.region == region || self.copy_regions.iter().any(|r| r == region)
     }
 
     /// Alive, dead, or not ours to judge.

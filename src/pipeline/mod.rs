@@ -100,6 +100,7 @@ impl Liveness {
     pub fn start(clients: &Clients, recipe: &Recipe, build_id: &str) -> Liveness {
         let mut entry = journal::Entry::for_this_process(build_id, &recipe.name, &clients.region);
         entry.staging = provision::staging_locations(recipe, build_id);
+        entry.copy_regions = recipe.image.distribution.region_names();
         // Without a journal, gc on this machine falls back to the lease: slower, still safe.
         let _ = entry.write();
         Liveness {
