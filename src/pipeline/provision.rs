@@ -281,6 +281,7 @@ async fn run_internal(comm: &mut Communicator, name: &str, script: &str) -> Resu
         timeout: Duration::from_secs(120),
         retries: 0,
         reboot: false,
+        checkpoint: false,
     };
     let o = comm.run(&step, script).await?;
     if o.exit_status != Some(0) {
