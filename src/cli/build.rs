@@ -28,6 +28,8 @@ pub struct BuildFlags {
     pub keep_failed: bool,
     /// `bake test`: run the tests on the current image, build nothing.
     pub test_only: bool,
+    /// `--no-checkpoints`: from the source, no checkpoint images.
+    pub no_checkpoints: bool,
 }
 
 /// One recipe's build in the report: the image, or why there is none.
@@ -96,6 +98,7 @@ async fn run_builds(
         force: flags.force,
         keep_failed: flags.keep_failed,
         test_only: flags.test_only,
+        no_checkpoints: flags.no_checkpoints,
     };
     let cleanups: Vec<Arc<Cleanup>> = recipes.iter().map(|_| Arc::new(Cleanup::new())).collect();
     let uis: Vec<Ui> = recipes
@@ -345,6 +348,13 @@ impl Report for Plans {
                 }
                 None => {
                     let _ = writeln!(t, "{}: {fp} miss: would build", p.recipe);
+                    if let Some(c) = &p.checkpoint {
+                        let _ = writeln!(
+                            t,
+                            "  from checkpoint {} (after step {}; runs only the steps after it)",
+                            c.ami_id, c.step
+                        );
+                    }
                     &p.newest
                 }
             }) else {

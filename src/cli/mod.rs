@@ -138,6 +138,9 @@ pub enum Cmd {
         /// When a [[test]] fails, keep the new image (tagged bake:tested=failed) to inspect it.
         #[arg(long)]
         keep_failed: bool,
+        /// Build from the source image, not from a checkpoint, and make no checkpoint images.
+        #[arg(long)]
+        no_checkpoints: bool,
     },
     /// Run the recipes' [[test]]s on their current images (on a fresh instance of each).
     Test {
@@ -210,6 +213,7 @@ async fn run(cli: Cli) -> u8 {
             force,
             manifest,
             keep_failed,
+            no_checkpoints,
         } => {
             let opts = build::BuildFlags {
                 jobs,
@@ -217,6 +221,7 @@ async fn run(cli: Cli) -> u8 {
                 manifest,
                 keep_failed,
                 test_only: false,
+                no_checkpoints,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }
@@ -228,6 +233,7 @@ async fn run(cli: Cli) -> u8 {
                 // The image was published already: a failure tags it, never removes it.
                 keep_failed: true,
                 test_only: true,
+                no_checkpoints: true,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }
