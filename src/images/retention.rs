@@ -153,7 +153,10 @@ pub fn decide(
             let idx = *rank;
             *rank += 1;
             let (verdict, reason) = if image.checkpoint.is_some() && idx == 0 {
-                (Verdict::KeepNewest, "the newest of its checkpoint".to_string())
+                (
+                    Verdict::KeepNewest,
+                    "the newest of its checkpoint".to_string(),
+                )
             } else if image.checkpoint.is_none() && idx < keep {
                 (Verdict::KeepNewest, format!("among the newest {keep}"))
             } else if !image.used_by.is_empty() {

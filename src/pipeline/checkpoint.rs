@@ -100,9 +100,7 @@ pub fn choose<'a>(images: &'a [Image], prefixes: &'a [Prefix]) -> Option<(&'a Pr
             .filter(|i| i.state() == Some(&ImageState::Available))
             .filter(|i| {
                 let t = ec2::tag_map(i.tags());
-                t.get(PREFIX_TAG) == Some(&p.hash)
-                    && t.contains_key(STATE_TAG)
-                    && is_complete(&t)
+                t.get(PREFIX_TAG) == Some(&p.hash) && t.contains_key(STATE_TAG) && is_complete(&t)
             })
             .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
             .map(|i| (p, i))
@@ -459,7 +457,10 @@ mod tests {
     fn names_fit_ec2() {
         let p = prefix(0, &"f".repeat(64));
         let n = image_name("web", "apt upgrade & co", &p, "b-0123456789");
-        assert_eq!(n, "web-checkpoint-apt-upgrade---co-ffffffffffff-b-0123456789");
+        assert_eq!(
+            n,
+            "web-checkpoint-apt-upgrade---co-ffffffffffff-b-0123456789"
+        );
         let long = image_name(&"r".repeat(100), &"s".repeat(100), &p, "b-0123456789");
         assert_eq!(long.len(), 128);
         assert!(long.ends_with("-ffffffffffff-b-0123456789"));
@@ -477,5 +478,35 @@ mod tests {
         let s = freeze_script();
         // The thaw is started before the freeze.
         assert!(s.find("--unfreeze").unwrap() < s.find("--freeze /").unwrap());
+    }
+
+    #[test]
+    fn under_sh_the_freeze_is_followed_by_a_thaw_after_the_script_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // A fake fsfreeze that logs its calls; /run and the hold moved and shortened.
+        let fake = dir.path().join("fsfreeze");
+        std::fs::write(&fake, format!("#!/bin/sh\necho \"$1\" >> {d}/log\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = freeze_script()
+            .replace("/run/", &format!("{d}/"))
+            .replace(&format!("sleep {FREEZE_SECONDS};"), "sleep 0.3;");
+        let path = format!("{d}:{}", std::env::var("PATH").unwrap_or_default());
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(&script)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("frozen"));
+        let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        assert_eq!(log(), "--freeze\n", "not thawed before the snapshot call");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log() != "--freeze\n--unfreeze\n" && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(log(), "--freeze\n--unfreeze\n");
     }
 }

@@ -325,7 +325,11 @@ impl Bake<'_> {
 }
 
 /// Runs one of bake's own root scripts on the builder as a step.
-pub(super) async fn run_internal(comm: &mut Communicator, name: &str, script: &str) -> Result<(), BuildError> {
+pub(super) async fn run_internal(
+    comm: &mut Communicator,
+    name: &str,
+    script: &str,
+) -> Result<(), BuildError> {
     let step = Step {
         name: name.to_string(),
         body: crate::recipe::model::StepBody::Run(script.to_string()),

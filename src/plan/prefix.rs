@@ -151,7 +151,9 @@ mod tests {
         assert_eq!(upload_positions(&r), vec![0, 2]);
         let (_, p) = both(&r);
         assert_eq!(
-            p.iter().map(|p| (p.step, p.name.as_str())).collect::<Vec<_>>(),
+            p.iter()
+                .map(|p| (p.step, p.name.as_str()))
+                .collect::<Vec<_>>(),
             vec![(0, "base"), (1, "deps")]
         );
     }

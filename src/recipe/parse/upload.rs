@@ -104,7 +104,10 @@ pub(super) fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, steps: &[Step]) -> Ve
             };
             cx.err(
                 Some(b.span.clone()),
-                format!("`before` names no step: there is no [[step]] named `{}`", b.v),
+                format!(
+                    "`before` names no step: there is no [[step]] named `{}`",
+                    b.v
+                ),
                 help,
             );
         }
