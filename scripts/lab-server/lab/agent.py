@@ -188,7 +188,8 @@ class Lab:
             with self.lock:
                 self.images[ami_id] = ImageInfo(list(info.layers), info.user)
             return
-        self.timing.abort(sb)  # a boot still waiting for its time (realistic) gives way
+        if not no_reboot:  # a boot still waiting for its time (realistic) gives way
+            self.timing.abort(sb)
         fut = sb.executor.submit(self._freeze, sb, ami_id, no_reboot)
         fut.result()
 
