@@ -2,7 +2,7 @@
 //! image of the running builder; a later build whose prefix is unchanged boots from it and runs
 //! only what follows (uploads placed `before` a later step included); a changed prefix does not
 //! use it; the image from a checkpoint holds what a build from the source holds; an interrupted
-//! build leaves no half-made checkpoint.
+//! build leaves no half-made checkpoint, and `bake gc` removes the one a killed build left.
 
 #![cfg(feature = "lab")]
 
@@ -11,6 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::run::*;
 use common::*;
 
 /// The prefix appends to a file (so a re-run shows as a second line); the late upload belongs
@@ -253,14 +254,12 @@ fn a_checkpoint_is_made_then_used_and_gives_the_image_a_full_build_gives() {
     lab.assert_no_leftovers(&name, "after four builds");
 }
 
-#[test]
-fn sigint_while_a_checkpoint_is_pending_leaves_nothing() {
-    let lab = Lab::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let name = unique("ckpt-int-");
-    let r = write_recipe(
-        tmp.path(),
-        &name,
+/// A recipe whose checkpoint is followed by a long step: the checkpoint image stays pending
+/// (the build waits for it only at the end) while that step runs.
+fn pending_recipe(dir: &Path, name: &str) -> std::path::PathBuf {
+    write_recipe(
+        dir,
+        name,
         Recipe {
             ssh: "timeout = \"60s\"",
             tail: r#"
@@ -275,7 +274,15 @@ run = "sleep 30"
 "#,
             ..Recipe::default()
         },
-    );
+    )
+}
+
+#[test]
+fn sigint_while_a_checkpoint_is_pending_leaves_nothing() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("ckpt-int-");
+    let r = pending_recipe(tmp.path(), &name);
     // Interrupted while the next step runs: the checkpoint image exists, not yet waited for.
     let (code, err) = interrupt_when(
         &lab,
@@ -296,4 +303,38 @@ run = "sleep 30"
     );
     assert!(lab.images_of(&name).is_empty(), "{err}");
     lab.assert_no_leftovers(&name, &err);
+}
+
+#[test]
+fn gc_removes_the_pending_checkpoint_of_a_killed_build() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("ckpt-kill-");
+    let r = pending_recipe(tmp.path(), &name);
+    let bake = |args: &[&str]| {
+        let mut c = lab.bake(&tmp.path().join("cache"));
+        c.env("XDG_STATE_HOME", tmp.path().join("state"));
+        c.args(args);
+        c
+    };
+    let mut cmd = bake(&["build", "--plain"]);
+    cmd.arg(&r);
+    let mut b = Running::start(cmd);
+    b.wait_for("pending (prefix");
+    let id = b.build_id();
+    b.kill9();
+    let imgs = lab.images_of(&name);
+    assert_eq!(imgs.len(), 1, "the killed build left its checkpoint image");
+    let t = tags(imgs[0].tags());
+    assert_eq!(t.get("bake:state").map(String::as_str), Some("pending"));
+    let out = bake(&["gc", "--yes"]).output().unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        leftovers_of_build(&lab.env, &id),
+        Vec::<String>::new(),
+        "{}",
+        stdout(&out)
+    );
+    assert!(lab.images_of(&name).is_empty(), "{}", stdout(&out));
+    assert_eq!(lab_leftovers(&lab.env, &name, &[]), Vec::<String>::new());
 }
