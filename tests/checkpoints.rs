@@ -338,3 +338,39 @@ fn gc_removes_the_pending_checkpoint_of_a_killed_build() {
     assert!(lab.images_of(&name).is_empty(), "{}", stdout(&out));
     assert_eq!(lab_leftovers(&lab.env, &name, &[]), Vec::<String>::new());
 }
+
+#[test]
+fn a_failing_later_step_keeps_the_checkpoint_for_the_fixed_build() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("ckpt-fail-");
+    let r = |app: &str| {
+        let tail = format!(
+            "[[step]]\nname = \"base\"\nrun = \"echo base >> /tmp/base\"\ncheckpoint = true\n\n\
+             [[step]]\nname = \"app\"\nrun = \"{app}\"\n"
+        );
+        write_recipe(
+            tmp.path(),
+            &name,
+            Recipe {
+                ssh: "timeout = \"60s\"",
+                tail: &tail,
+                ..Recipe::default()
+            },
+        )
+    };
+    let out = lab.build(tmp.path(), &["--plain"], &r("exit 3"));
+    let err = assert_exit(&out, 1, &["keeping them for the next build"]);
+    let imgs = lab.images_of(&name);
+    assert_eq!(imgs.len(), 1, "{err}");
+    let t = tags(imgs[0].tags());
+    assert_eq!(t.get("bake:checkpoint").map(String::as_str), Some("base"));
+    assert_eq!(t.get("bake:state").map(String::as_str), Some("complete"));
+    let ckpt = imgs[0].image_id().unwrap().to_string();
+    lab.assert_no_leftovers(&name, &err);
+
+    let b = build_json(&lab, &tmp.path().join("cache"), &r("true"), &[]);
+    assert_eq!(b["from_checkpoint"]["ami_id"], ckpt.as_str(), "{b}");
+    assert_eq!(builder_image(&lab, b["build_id"].as_str().unwrap()), ckpt);
+    lab.assert_no_leftovers(&name, "after the fixed build");
+}

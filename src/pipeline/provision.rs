@@ -168,7 +168,6 @@ impl Bake<'_> {
         resume: Option<&Resume>,
     ) -> Result<Vec<Pending>, BuildError> {
         let Bake { recipe, ui, .. } = *self;
-        let positions = prefix::upload_positions(recipe);
         let checkpoints = if self.opts.no_checkpoints {
             Vec::new()
         } else {
@@ -178,32 +177,12 @@ impl Bake<'_> {
         let mut pending = Vec::new();
         // One round past the last step: a recipe without steps still makes its uploads.
         for i in start..recipe.steps.len().max(1) {
-            let due: Vec<UploadPlan> = inputs
-                .plans
-                .iter()
-                .zip(&positions)
-                .filter(|(_, p)| **p == i)
-                .map(|(plan, _)| plan.clone())
-                .collect();
-            let stage = match (i, recipe.steps.get(i)) {
-                (0, _) | (_, None) => "upload".to_string(),
-                (_, Some(s)) => format!("upload before {}", s.name),
-            };
-            self.upload_batch(comm, &stage, &due).await?;
-            let (Some(step), Some(script)) = (recipe.steps.get(i), inputs.scripts.get(i)) else {
-                continue;
-            };
-            self.run_step(comm, step, script, builder).await?;
-            if step.reboot {
-                // The dead-man switch lives in /run: re-arm it with the time left.
-                let left = recipe
-                    .builder
-                    .max_lifetime
-                    .saturating_sub(builder.launched.elapsed());
-                run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
-            }
-            if let Some(p) = checkpoints.iter().find(|p| p.step == i) {
-                pending.push(self.checkpoint(comm, builder, inputs, p).await?);
+            let done = self
+                .provision_step(comm, builder, inputs, i, &checkpoints, &mut pending)
+                .await;
+            if let Err(e) = done {
+                self.keep_after_failure(pending).await;
+                return Err(e);
             }
         }
         if let Some(r) = resume {
@@ -213,6 +192,64 @@ impl Bake<'_> {
             ));
         }
         Ok(pending)
+    }
+
+    /// Step `i` with the uploads before it and its checkpoint, if it asks for one.
+    async fn provision_step(
+        &self,
+        comm: &mut Communicator,
+        builder: &Builder,
+        inputs: &Inputs,
+        i: usize,
+        checkpoints: &[prefix::Prefix],
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), BuildError> {
+        let recipe = self.recipe;
+        let due: Vec<UploadPlan> = inputs
+            .plans
+            .iter()
+            .zip(prefix::upload_positions(recipe))
+            .filter(|(_, p)| *p == i)
+            .map(|(plan, _)| plan.clone())
+            .collect();
+        let stage = match (i, recipe.steps.get(i)) {
+            (0, _) | (_, None) => "upload".to_string(),
+            (_, Some(s)) => format!("upload before {}", s.name),
+        };
+        self.upload_batch(comm, &stage, &due).await?;
+        let (Some(step), Some(script)) = (recipe.steps.get(i), inputs.scripts.get(i)) else {
+            return Ok(());
+        };
+        self.run_step(comm, step, script, builder).await?;
+        if step.reboot {
+            // The dead-man switch lives in /run: re-arm it with the time left.
+            let left = recipe
+                .builder
+                .max_lifetime
+                .saturating_sub(builder.launched.elapsed());
+            run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
+        }
+        if let Some(p) = checkpoints.iter().find(|p| p.step == i) {
+            pending.push(self.checkpoint(comm, builder, inputs, p).await?);
+        }
+        Ok(())
+    }
+
+    /// A later step failed: the checkpoints before it are sound whatever that step did, so
+    /// they are finished and kept, and the fixed recipe starts from them. (Interrupted
+    /// instead, the build waits for nothing and they go with the rest.)
+    async fn keep_after_failure(&self, pending: Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        self.ui.line(&format!(
+            "the build failed after {} checkpoint(s): keeping them for the next build",
+            pending.len()
+        ));
+        if let Err(e) = self.finish_checkpoints(pending).await {
+            self.ui
+                .line(&format!("could not finish the checkpoints (removed): {e}"));
+        }
     }
 
     /// The uploads made before one step, as one stage.
