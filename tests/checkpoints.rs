@@ -167,6 +167,18 @@ fn a_checkpoint_is_made_then_used_and_gives_the_image_a_full_build_gives() {
     assert_eq!(st.get("bake:checkpoint").map(String::as_str), Some("base"));
     assert_eq!(st.get("bake:state").map(String::as_str), Some("complete"));
 
+    // Never a deploy candidate, even named explicitly (refused before the group is looked at).
+    let dep = lab
+        .bake(&cache)
+        .args(["deploy", "--asg", "no-such-group", "--ami", &ckpt])
+        .output()
+        .unwrap();
+    assert_exit(
+        &dep,
+        1,
+        &["is a bake checkpoint", "never a deploy candidate"],
+    );
+
     // 2. A late upload changed: plan names the checkpoint, the build boots from it and runs
     //    only the last step with its upload.
     std::fs::write(d.join("late.txt"), "v2\n").unwrap();
