@@ -78,7 +78,7 @@ impl Resume {
 
 /// A checkpoint image this build made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Made {
+pub struct Checkpoint {
     pub step: String,
     pub ami_id: String,
     pub fingerprint: String,
@@ -86,7 +86,7 @@ pub struct Made {
 
 /// A checkpoint image this build asked for and has not waited for yet.
 pub struct Pending {
-    made: Made,
+    checkpoint: Checkpoint,
     token: Token,
     snap_tags: BTreeMap<String, String>,
 }
@@ -333,7 +333,7 @@ impl Bake<'_> {
             p.short()
         ));
         Ok(Pending {
-            made: Made {
+            checkpoint: Checkpoint {
                 step: p.name.clone(),
                 ami_id: ami,
                 fingerprint: p.hash.clone(),
@@ -348,7 +348,7 @@ impl Bake<'_> {
     pub(super) async fn finish_checkpoints(
         &self,
         pending: Vec<Pending>,
-    ) -> Result<Vec<Made>, BuildError> {
+    ) -> Result<Vec<Checkpoint>, BuildError> {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -365,7 +365,7 @@ impl Bake<'_> {
         );
         let mut done = Vec::new();
         for p in pending {
-            let ami = &p.made.ami_id;
+            let ami = &p.checkpoint.ami_id;
             let img = match ec2::wait_image_available(ec2, ami, Duration::from_secs(3600)).await {
                 Ok(img) => img,
                 Err(e) => {
@@ -397,7 +397,7 @@ impl Bake<'_> {
             }
             mark_complete(ec2, ami, &snapshots).await?;
             cleanup.keep(p.token);
-            done.push(p.made);
+            done.push(p.checkpoint);
         }
         st.finish(&format!(
             "{} available",

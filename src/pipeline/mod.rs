@@ -69,7 +69,7 @@ pub struct BuildResult {
     /// The checkpoint image the builder started from (null: from the source).
     pub from_checkpoint: Option<checkpoint::Resume>,
     /// The checkpoint images this build made.
-    pub checkpoints: Vec<checkpoint::Made>,
+    pub checkpoints: Vec<checkpoint::Checkpoint>,
 }
 
 impl BuildResult {
