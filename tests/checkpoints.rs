@@ -263,6 +263,23 @@ fn a_checkpoint_is_made_then_used_and_gives_the_image_a_full_build_gives() {
     assert_ne!(made4[0]["ami_id"], ckpt.as_str());
     assert_ne!(made4[0]["fingerprint"], made[0]["fingerprint"]);
 
+    // 5. Pruned with the recipe: the newest checkpoint of the step stays, the older goes.
+    let pr = lab
+        .bake(&cache)
+        .args(["images", "prune", "--recipe", &name, "--keep", "1", "--yes"])
+        .output()
+        .unwrap();
+    assert!(pr.status.success(), "{}{}", stdout(&pr), stderr(&pr));
+    let left: Vec<String> = lab
+        .images_of(&name)
+        .iter()
+        .filter_map(|i| i.image_id().map(str::to_string))
+        .collect();
+    let new_ckpt = made4[0]["ami_id"].as_str().unwrap().to_string();
+    assert!(left.contains(&new_ckpt), "{left:?}\n{}", stdout(&pr));
+    assert!(!left.contains(&ckpt), "{left:?}\n{}", stdout(&pr));
+    assert_eq!(left.len(), 2, "one image, one checkpoint: {left:?}");
+
     lab.assert_no_leftovers(&name, "after four builds");
 }
 
