@@ -248,8 +248,10 @@ class Realistic:
         """Only the run's own image may be left; remove it (and its snapshot), then nothing may."""
         rep = self.leftover_report()
         mine = [x for x in rep["leftovers"] if x["kind"] == "image" and x["id"] == ami]
+        # bake's checkpoint images carry `bake:checkpoint` (the step's name); the run's own image
+        # may carry `bake:from-checkpoint`, which is not one.
         ckpt = [x for x in rep["leftovers"] if x["kind"] == "image" and x["id"] != ami
-                and any("checkpoint" in k for k in x.get("tags", {}))]
+                and "bake:checkpoint" in x.get("tags", {})]
         other = [x for x in rep["leftovers"] if x not in mine and x not in ckpt]
         ec2 = self.b.boto()
         for x in mine + ([] if keep_checkpoints else ckpt):

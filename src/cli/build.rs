@@ -35,6 +35,8 @@ pub struct BuildFlags {
     pub on_error: OnError,
     /// Write GitLab's dotenv report here.
     pub dotenv: Option<PathBuf>,
+    /// `--no-checkpoints`: from the source, no checkpoint images.
+    pub no_checkpoints: bool,
 }
 
 /// One recipe's build in the report: the image, or why there is none.
@@ -176,6 +178,7 @@ impl<'a> Batch<'a> {
             keep_failed: flags.keep_failed,
             test_only: flags.test_only,
             on_error: flags.on_error,
+            no_checkpoints: flags.no_checkpoints,
         };
         Batch {
             recipes,
@@ -571,6 +574,13 @@ impl Report for Plans {
                 }
                 None => {
                     let _ = writeln!(t, "{}: {fp} miss: would build", p.recipe);
+                    if let Some(c) = &p.checkpoint {
+                        let _ = writeln!(
+                            t,
+                            "  from checkpoint {} (after step {}; runs only the steps after it)",
+                            c.ami_id, c.step
+                        );
+                    }
                 }
             }
             if p.regions.len() > 1 {

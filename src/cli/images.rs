@@ -362,6 +362,7 @@ mod tests {
                 size_gib: Some(8),
             }],
             used_by: vec![],
+            checkpoint: None,
         }
     }
 

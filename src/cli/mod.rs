@@ -148,6 +148,9 @@ pub enum Cmd {
         /// Write a GitLab dotenv report (BAKE_AMI_ID=…, BAKE_FINGERPRINT=…, …) to FILE.
         #[arg(long, value_name = "FILE")]
         dotenv: Option<PathBuf>,
+        /// Build from the source image, not from a checkpoint, and make no checkpoint images.
+        #[arg(long)]
+        no_checkpoints: bool,
     },
     /// Run the recipes' [[test]]s on their current images (on a fresh instance of each).
     Test {
@@ -222,6 +225,7 @@ async fn run(cli: Cli) -> u8 {
             keep_failed,
             on_error,
             dotenv,
+            no_checkpoints,
         } => {
             let opts = build::BuildFlags {
                 jobs,
@@ -231,6 +235,7 @@ async fn run(cli: Cli) -> u8 {
                 test_only: false,
                 on_error,
                 dotenv,
+                no_checkpoints,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }
@@ -244,6 +249,7 @@ async fn run(cli: Cli) -> u8 {
                 test_only: true,
                 on_error: OnError::Cleanup,
                 dotenv: None,
+                no_checkpoints: true,
             };
             finish(build::build(&recipes, &vars, &g, &opts).await, out)
         }

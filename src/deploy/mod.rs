@@ -91,6 +91,10 @@ pub enum DeployError {
     },
     #[error("image {0} not found or not available")]
     ImageNotAvailable(String),
+    #[error(
+        "image {0} is a bake checkpoint (the builder part-way through its steps after step {1}), never a deploy candidate: deploy the recipe's image"
+    )]
+    CheckpointImage(String, String),
     #[error("recipe fingerprint: {0}")]
     Fingerprint(#[from] crate::pipeline::BuildError),
     #[error("waiting for instance refresh {id}: {message}")]
@@ -373,9 +377,17 @@ pub async fn active_refresh(
         .find(|r| r.is_active()))
 }
 
-/// Checks that `ami` exists and is available.
+/// Checks that `ami` exists, is available and is no checkpoint image.
 pub async fn check_image(ec2: &aws_sdk_ec2::Client, ami: &str) -> Result<(), DeployError> {
     let out = ec2.describe_images().image_ids(ami).send().await;
+    let checkpoint = out.as_ref().ok().and_then(|o| {
+        o.images().iter().find_map(|i| {
+            crate::aws::ec2::tag_map(i.tags()).remove(crate::pipeline::checkpoint::CHECKPOINT_TAG)
+        })
+    });
+    if let Some(step) = checkpoint {
+        return Err(DeployError::CheckpointImage(ami.to_string(), step));
+    }
     match out {
         Ok(o)
             if o.images()

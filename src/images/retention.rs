@@ -2,7 +2,9 @@
 //! candidates; an image in use is kept; deregistration deletes each snapshot unless another
 //! image still references it. Everything is per region: an image's copies are separate images
 //! with their own snapshots and users, so each region's copy is judged by that region's usage
-//! and "keep the newest N" counts within each region.
+//! and "keep the newest N" counts within each region. Checkpoint images (see
+//! `crate::pipeline::checkpoint`) are pruned with their recipe, apart from its images: the
+//! newest of each checkpoint stays.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use serde::Serialize;
 use super::usage::{self, Usage};
 use crate::aws::ec2::{self, filter, tag_map};
 use crate::aws::{AwsError, Clients, Ctx};
+use crate::pipeline::checkpoint::{CHECKPOINT_TAG, PREFIX_TAG};
 use crate::pipeline::newest::{BUILT_AT_TAG, Newness, newest_first};
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +31,9 @@ pub struct ImageInfo {
     pub state: String,
     pub snapshots: Vec<SnapshotInfo>,
     pub used_by: Vec<String>,
+    /// A checkpoint image: the step it was made after (`fingerprint` is then its prefix's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 impl ImageInfo {
@@ -64,7 +70,8 @@ pub async fn list(c: &Clients, recipe: Option<&str>) -> Result<Vec<ImageInfo>, A
 
 fn is_bakes(i: &Image) -> bool {
     let t = tag_map(i.tags());
-    t.contains_key("bake:recipe") && t.contains_key("bake:fingerprint")
+    t.contains_key("bake:recipe")
+        && (t.contains_key("bake:fingerprint") || t.contains_key(PREFIX_TAG))
 }
 
 fn info(
@@ -82,7 +89,12 @@ fn info(
         ami_id: id,
         name: i.name().unwrap_or_default().to_string(),
         recipe: t.get("bake:recipe").cloned().unwrap_or_default(),
-        fingerprint: t.get("bake:fingerprint").cloned().unwrap_or_default(),
+        fingerprint: t
+            .get("bake:fingerprint")
+            .or_else(|| t.get(PREFIX_TAG))
+            .cloned()
+            .unwrap_or_default(),
+        checkpoint: t.get(CHECKPOINT_TAG).cloned(),
         created: i.creation_date().unwrap_or_default().to_string(),
         state: i
             .state()
@@ -145,7 +157,8 @@ pub struct Decision {
 
 /// Decides each region on its own (regions in the order they first appear), newest first:
 /// the newest `keep` stay; of the rest, those younger than `older_than` stay; anything in use
-/// (in its own region) stays whatever its age.
+/// (in its own region) stays whatever its age. Checkpoint images are decided apart, per
+/// checkpoint step: the newest of each stays (a build starts from no other).
 pub fn decide(
     images: Vec<ImageInfo>,
     keep: usize,
@@ -177,8 +190,18 @@ fn decide_region(
     older_than: Option<Duration>,
     now: jiff::Timestamp,
 ) -> impl Iterator<Item = Decision> {
-    imgs.into_iter().enumerate().map(move |(idx, image)| {
-        let (verdict, reason) = if idx < keep {
+    // Images rank among the recipe's images, checkpoints among their step's checkpoints.
+    let mut seen: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    imgs.into_iter().map(move |image| {
+        let rank = seen.entry(image.checkpoint.clone()).or_insert(0);
+        let idx = *rank;
+        *rank += 1;
+        let (verdict, reason) = if image.checkpoint.is_some() && idx == 0 {
+            (
+                Verdict::KeepNewest,
+                "the newest of its checkpoint".to_string(),
+            )
+        } else if image.checkpoint.is_none() && idx < keep {
             (Verdict::KeepNewest, format!("among the newest {keep}"))
         } else if !image.used_by.is_empty() {
             (
@@ -267,7 +290,39 @@ mod tests {
             state: "available".into(),
             snapshots: vec![],
             used_by: used.iter().map(|s| s.to_string()).collect(),
+            checkpoint: None,
         }
+    }
+
+    #[test]
+    fn checkpoints_keep_their_newest_per_step_apart_from_the_images() {
+        let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
+        let ck = |id: &str, created: &str, step: &str| ImageInfo {
+            checkpoint: Some(step.into()),
+            ..img(id, created, &[])
+        };
+        let imgs = vec![
+            img("i1", "2026-11-20T00:00:00Z", &[]),
+            ck("c1", "2026-11-21T00:00:00Z", "base"),
+            ck("c2", "2026-11-22T00:00:00Z", "base"),
+            ck("d1", "2026-11-19T00:00:00Z", "deps"),
+            img("i2", "2026-11-18T00:00:00Z", &[]),
+        ];
+        let d = decide(imgs, 1, None, now);
+        let v: Vec<(&str, Verdict)> = d
+            .iter()
+            .map(|x| (x.image.ami_id.as_str(), x.verdict.clone()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                ("c2", Verdict::KeepNewest),
+                ("c1", Verdict::Delete),
+                ("i1", Verdict::KeepNewest),
+                ("d1", Verdict::KeepNewest),
+                ("i2", Verdict::Delete),
+            ]
+        );
     }
 
     #[test]

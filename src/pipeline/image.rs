@@ -74,6 +74,7 @@ impl Bake<'_> {
         builder: &Builder,
         inputs: &Inputs,
         name: &str,
+        from: Option<&super::checkpoint::Resume>,
     ) -> Result<(FoundImage, Token), BuildError> {
         let Bake {
             clients,
@@ -110,7 +111,11 @@ impl Bake<'_> {
         .await?;
         st.finish(&format!("{id} stopped"));
 
-        let tags = image_tags(recipe, fp, source, build_id);
+        let mut tags = image_tags(recipe, fp, source, build_id);
+        if let Some(r) = from {
+            // The fingerprint is a full build's; this says which checkpoint it came from.
+            tags.insert(super::checkpoint::FROM_TAG.into(), r.ami_id.clone());
+        }
         let mut snap_tags = tags.clone();
         snap_tags.extend(recipe.image.snapshot_tags.clone());
         let st = ui.stage("image", &format!("creating {name}"));
@@ -251,14 +256,14 @@ pub fn is_complete(tags: &BTreeMap<String, String>) -> bool {
 
 /// CreateImage refusals that pass: the instance is new ("not found" is "not yet") or still
 /// settling into `stopped` ("not in state", `IncorrectInstanceState`).
-fn create_image_transient(e: &AwsError) -> bool {
+pub(super) fn create_image_transient(e: &AwsError) -> bool {
     e.code_is(&["InvalidInstanceID.NotFound", "IncorrectInstanceState"])
         || (e.code_is(&["InvalidParameterValue"]) && e.message.contains("not in state"))
 }
 
 /// After `InvalidAMIName.Duplicate`: the image of that name, if it is this build's (an earlier
 /// attempt made it and its answer was lost), as `Ok(id)`; somebody else's as `Err(image)`.
-async fn adopt_image(
+pub(super) async fn adopt_image(
     ec2: &aws_sdk_ec2::Client,
     name: &str,
     build_id: &str,

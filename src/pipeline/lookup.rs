@@ -30,6 +30,8 @@ pub struct PlanRow {
     pub tests_fingerprint: Option<String>,
     /// The hit was tested with other tests (or never): a build runs the current ones on it.
     pub tests_changed: bool,
+    /// On a miss: the checkpoint image a build would start from (null: from the source).
+    pub checkpoint: Option<super::checkpoint::Resume>,
     /// Every region's state, the build region first.
     pub regions: Vec<RegionState>,
 }
@@ -127,7 +129,15 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
     // The image `bake build` would take as its cache hit.
     let hit = super::image::newest_complete(&mine, &fp.hash)
         .and_then(|i| i.image_id().map(str::to_string));
-    let newest = super::newest::newest(&mine);
+    let checkpoint = match hit {
+        Some(_) => None,
+        None => super::checkpoint::find(&clients.ec2, recipe, &fp).await?,
+    };
+    // Checkpoint images record no inputs and are never what a build is compared with.
+    let newest = super::newest::newest(
+        mine.iter()
+            .filter(|i| !tag_map(i.tags()).contains_key(super::checkpoint::CHECKPOINT_TAG)),
+    );
     let tests_fingerprint = if recipe.tests.is_empty() {
         None
     } else {
@@ -179,6 +189,7 @@ pub async fn plan_one(clients: &Clients, recipe: &Recipe) -> Result<PlanRow, Bui
         tests_fingerprint,
         tests_changed,
         regions,
+        checkpoint,
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub use error::BuildError;
+pub mod checkpoint;
 pub mod cleanup;
 mod deadman;
 pub mod distribute;
@@ -45,6 +46,8 @@ pub struct BuildOptions {
     pub test_only: bool,
     /// What a failure while the builder is reachable does with it (`--on-error`).
     pub on_error: on_error::OnError,
+    /// `--no-checkpoints`: build from the source and make no checkpoint images.
+    pub no_checkpoints: bool,
 }
 
 /// What a build produced; printed as the summary or as JSON.
@@ -67,6 +70,10 @@ pub struct BuildResult {
     pub tests: Option<verify_image::TestsReport>,
     /// Every region's image, the build region first (just it without `[image] regions`).
     pub regions: Vec<RegionImage>,
+    /// The checkpoint image the builder started from (null: from the source).
+    pub from_checkpoint: Option<checkpoint::Resume>,
+    /// The checkpoint images this build made.
+    pub checkpoints: Vec<checkpoint::Checkpoint>,
 }
 
 impl BuildResult {
@@ -192,6 +199,8 @@ impl Bake<'_> {
         } else {
             self.cached(&inputs.fp, &image_name).await?
         };
+        let mut from_checkpoint = None;
+        let mut checkpoints = Vec::new();
         let (image, made) = match hit {
             Some(hit) => {
                 self.ui.line(&format!(
@@ -203,9 +212,19 @@ impl Bake<'_> {
                 (hit, None)
             }
             None => {
-                let builder = self.launch(&inputs.source).await?;
-                self.provision(&builder, &inputs).await?;
-                let (made, undo) = self.make_image(&builder, &inputs, &image_name).await?;
+                let resume = self.resume_point(&inputs).await?;
+                let source = resume
+                    .as_ref()
+                    .map_or_else(|| inputs.source.clone(), checkpoint::Resume::as_source);
+                let builder = self.launch(&source).await?;
+                let pending = self.provision(&builder, &inputs, resume.as_ref()).await?;
+                // The checkpoints' snapshots complete while the builder stops and is imaged.
+                let ((made, undo), done) = tokio::try_join!(
+                    self.make_image(&builder, &inputs, &image_name, resume.as_ref()),
+                    self.finish_checkpoints(pending),
+                )?;
+                from_checkpoint = resume;
+                checkpoints = done;
                 (made, Some(undo))
             }
         };
@@ -228,6 +247,8 @@ impl Bake<'_> {
             stages: stage_times(self.ui),
             tests,
             regions,
+            from_checkpoint,
+            checkpoints,
         })
     }
 

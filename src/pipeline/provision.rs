@@ -1,13 +1,15 @@
-//! Provisioning the running builder through its communicator: connect once, upload, run each
-//! step (retries, reboots), disconnect.
+//! Provisioning the running builder through its communicator: connect once, run each step
+//! (retries, reboots) with the uploads made before it, checkpoints after the steps that ask
+//! for one, disconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::checkpoint::{Pending, Resume};
 use super::launch::Builder;
 use super::{Bake, BuildError, Inputs};
 use crate::aws::Ctx;
-use crate::plan::UploadPlan;
+use crate::plan::{UploadPlan, prefix};
 use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 use crate::remote::any::Communicator;
 use crate::remote::ssh::{SshCommunicator, SshTarget};
@@ -17,13 +19,16 @@ use crate::ui::SharedSink;
 use crate::ui::fmt_bytes;
 
 impl Bake<'_> {
-    /// The "connect", "upload", "step …" and "tidy" stages, over whichever communicator the
-    /// recipe chose.
+    /// The "connect", "upload", "step …", "checkpoint …" and "tidy" stages, over whichever
+    /// communicator the recipe chose. On a builder booted from checkpoint `resume`, only the
+    /// steps after it run, with the uploads that belong to them. Returns the checkpoint images
+    /// asked for and not waited for.
     pub(super) async fn provision(
         &self,
         builder: &Builder,
         inputs: &Inputs,
-    ) -> Result<(), BuildError> {
+        resume: Option<&Resume>,
+    ) -> Result<Vec<Pending>, BuildError> {
         let sink: SharedSink = Arc::new(self.ui.clone());
         let mut comm = match self.recipe.communicator {
             CommunicatorKind::Ssh => self.connect_ssh(builder, sink).await?,
@@ -32,12 +37,16 @@ impl Bake<'_> {
         // From here until the temporary key is removed, `--on-error=abort` can keep it.
         let access = super::on_error::Access::of(builder, self.recipe);
         self.cleanup.set_reachable(Some(access));
-        self.provision_with(&mut comm, builder, &inputs.plans, &inputs.scripts)
+        if let Some(r) = resume {
+            self.tidy_checkpoint(&mut comm, r).await?;
+        }
+        let pending = self
+            .provision_with(&mut comm, builder, inputs, resume)
             .await?;
         self.tidy(&mut comm, builder).await?;
         self.cleanup.set_reachable(None);
         comm.close().await;
-        Ok(())
+        Ok(pending)
     }
 
     /// After the last step: disarm the dead-man switch and remove what bake itself put on the
@@ -155,40 +164,122 @@ impl Bake<'_> {
         Ok(comm)
     }
 
-    /// Uploads and steps: the same whatever the communicator.
+    /// Uploads, steps and checkpoints: the same whatever the communicator.
     async fn provision_with(
         &self,
         comm: &mut Communicator,
         builder: &Builder,
-        plans: &[UploadPlan],
-        scripts: &[String],
-    ) -> Result<(), BuildError> {
+        inputs: &Inputs,
+        resume: Option<&Resume>,
+    ) -> Result<Vec<Pending>, BuildError> {
         let Bake { recipe, ui, .. } = *self;
-        if !plans.is_empty() {
-            let files: usize = plans.iter().map(|p| p.entries.len()).sum();
-            let bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
-            let st = ui.stage("upload", &format!("{files} file(s), {}", fmt_bytes(bytes)));
-            if let Err(e) = comm.upload(plans).await {
-                st.fail(&e.to_string());
-                return Err(e.into());
+        let checkpoints = if self.opts.no_checkpoints {
+            Vec::new()
+        } else {
+            prefix::checkpoints(recipe, &inputs.fp)
+        };
+        let start = resume.map_or(0, |r| r.index + 1);
+        let mut pending = Vec::new();
+        // One round past the last step: a recipe without steps still makes its uploads.
+        for i in start..recipe.steps.len().max(1) {
+            let done = self
+                .provision_step(comm, builder, inputs, i, &checkpoints, &mut pending)
+                .await;
+            if let Err(e) = done {
+                self.keep_after_failure(pending).await;
+                return Err(e);
             }
-            st.finish(&format!(
-                "{files} file(s), {} uploaded and verified",
-                fmt_bytes(bytes)
+        }
+        if let Some(r) = resume {
+            ui.line(&format!(
+                "steps up to {} came from checkpoint {}",
+                r.step, r.ami_id
             ));
         }
+        Ok(pending)
+    }
 
-        for (step, script) in recipe.steps.iter().zip(scripts) {
-            self.run_step_or_ask(comm, step, script, builder).await?;
-            if step.reboot {
-                // The dead-man switch lives in /run: re-arm it with the time left.
-                let left = recipe
-                    .builder
-                    .max_lifetime
-                    .saturating_sub(builder.launched.elapsed());
-                run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
-            }
+    /// Step `i` with the uploads before it and its checkpoint, if it asks for one.
+    async fn provision_step(
+        &self,
+        comm: &mut Communicator,
+        builder: &Builder,
+        inputs: &Inputs,
+        i: usize,
+        checkpoints: &[prefix::Prefix],
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), BuildError> {
+        let recipe = self.recipe;
+        let due: Vec<UploadPlan> = inputs
+            .plans
+            .iter()
+            .zip(prefix::upload_positions(recipe))
+            .filter(|(_, p)| *p == i)
+            .map(|(plan, _)| plan.clone())
+            .collect();
+        let stage = match (i, recipe.steps.get(i)) {
+            (0, _) | (_, None) => "upload".to_string(),
+            (_, Some(s)) => format!("upload before {}", s.name),
+        };
+        self.upload_batch(comm, &stage, &due).await?;
+        let (Some(step), Some(script)) = (recipe.steps.get(i), inputs.scripts.get(i)) else {
+            return Ok(());
+        };
+        self.run_step_or_ask(comm, step, script, builder).await?;
+        if step.reboot {
+            // The dead-man switch lives in /run: re-arm it with the time left.
+            let left = recipe
+                .builder
+                .max_lifetime
+                .saturating_sub(builder.launched.elapsed());
+            run_internal(comm, "re-arm", &super::deadman::arm_script(left.as_secs())).await?;
         }
+        if let Some(p) = checkpoints.iter().find(|p| p.step == i) {
+            pending.push(self.checkpoint(comm, builder, inputs, p).await?);
+        }
+        Ok(())
+    }
+
+    /// A later step failed: the checkpoints before it are sound whatever that step did, so
+    /// they are finished and kept, and the fixed recipe starts from them. (Interrupted
+    /// instead, the build waits for nothing and they go with the rest.)
+    async fn keep_after_failure(&self, pending: Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        self.ui.line(&format!(
+            "the build failed after {} checkpoint(s): keeping them for the next build",
+            pending.len()
+        ));
+        if let Err(e) = self.finish_checkpoints(pending).await {
+            self.ui
+                .line(&format!("could not finish the checkpoints (removed): {e}"));
+        }
+    }
+
+    /// The uploads made before one step, as one stage.
+    async fn upload_batch(
+        &self,
+        comm: &mut Communicator,
+        stage: &str,
+        plans: &[UploadPlan],
+    ) -> Result<(), BuildError> {
+        if plans.is_empty() {
+            return Ok(());
+        }
+        let files: usize = plans.iter().map(|p| p.entries.len()).sum();
+        let bytes: u64 = plans.iter().flat_map(|p| &p.entries).map(|e| e.size).sum();
+        let st = self
+            .ui
+            .stage(stage, &format!("{files} file(s), {}", fmt_bytes(bytes)));
+        if let Err(e) = comm.upload(plans).await {
+            st.fail(&e.to_string());
+            return Err(e.into());
+        }
+        st.finish(&format!(
+            "{files} file(s), {} uploaded and verified",
+            fmt_bytes(bytes)
+        ));
         Ok(())
     }
 
@@ -272,7 +363,11 @@ impl Bake<'_> {
 }
 
 /// Runs one of bake's own root scripts on the builder as a step.
-async fn run_internal(comm: &mut Communicator, name: &str, script: &str) -> Result<(), BuildError> {
+pub(super) async fn run_internal(
+    comm: &mut Communicator,
+    name: &str,
+    script: &str,
+) -> Result<(), BuildError> {
     let step = Step {
         name: name.to_string(),
         body: crate::recipe::model::StepBody::Run(script.to_string()),
@@ -282,6 +377,7 @@ async fn run_internal(comm: &mut Communicator, name: &str, script: &str) -> Resu
         timeout: Duration::from_secs(120),
         retries: 0,
         reboot: false,
+        checkpoint: false,
     };
     let o = comm.run(&step, script).await?;
     if o.exit_status != Some(0) {

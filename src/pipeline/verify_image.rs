@@ -298,6 +298,7 @@ mod tests {
                 timeout: std::time::Duration::from_secs(1),
                 retries: 0,
                 reboot: false,
+                checkpoint: false,
             },
             expect_output: expect.map(str::to_string),
         }

@@ -13,6 +13,7 @@
 //! which input changed from AWS alone.
 
 mod hashcache;
+pub mod prefix;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -94,6 +95,10 @@ pub fn compute(
             mode: Option<u32>,
             owner: &'a Option<String>,
             entries: Vec<Entry<'a>>,
+            // Where the upload happens changes what the steps see. Absent when unset, so the
+            // fingerprints of recipes without `before` are what they were.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            before: &'a Option<String>,
         }
         let entries = plan
             .entries
@@ -122,6 +127,7 @@ pub fn compute(
                 mode: u.mode,
                 owner: &u.owner,
                 entries,
+                before: &u.before,
             }),
         ));
     }

@@ -42,6 +42,7 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             destination: "/opt/app".into(),
             mode: None,
             owner: None,
+            before: None,
         }],
         steps: vec![Step {
             name: "one".into(),
@@ -52,6 +53,7 @@ pub(crate) fn sample(dir: &std::path::Path) -> Recipe {
             timeout: Duration::from_secs(60),
             retries: 0,
             reboot: false,
+            checkpoint: false,
         }],
         tests: vec![],
         image: Image {

@@ -138,6 +138,10 @@ pub struct Upload {
     pub mode: Option<u32>,
     /// `user[:group]` to chown to after upload; None leaves root:root.
     pub owner: Option<String>,
+    /// The step this upload is made just before (`before = "<step name>"`); None: before the
+    /// first step. Only the steps from that one on need it, so a change to it leaves the
+    /// checkpoints of earlier steps valid.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -161,6 +165,9 @@ pub struct Step {
     /// The step reboots the builder: a dropped connection is expected, and bake reconnects
     /// before the next step.
     pub reboot: bool,
+    /// After this step bake images the running builder (no reboot) as a checkpoint; a later
+    /// build whose inputs up to here are unchanged starts from that image.
+    pub checkpoint: bool,
 }
 
 /// A `[[test]]`: run like a step (never `reboot`) on an instance launched from the new image;

@@ -170,3 +170,28 @@ def test_debian_ssm_parameters(ec2, res, lab_env, debian_ami):
     assert ec2.describe_images(ImageIds=[older])["Images"][0]["Name"] == "debian-12-amd64-20261001-1870"
     a = res.run("resolve:ssm:/aws/service/debian/release/12/latest/amd64")
     assert a["ImageId"] == debian_ami
+
+
+def test_create_image_no_reboot_keeps_the_instance_running_and_snapshots_live_content(ec2, res):
+    """NoReboot=true on a running instance: the SSH session survives, the image holds the disk
+    as it was at the call (deleted files too), and later writes stay out of it."""
+    import subprocess
+    key_name, key = res.keypair("import")
+    debian = ec2.describe_images(Filters=[{"Name": "name", "Values": ["debian-12-amd64-20261101-1900"]}])["Images"][0]["ImageId"]
+    a = res.run(debian, key_name)
+    ip = a["PrivateIpAddress"]
+    ssh(ip, key, "echo one | sudo tee /etc/lab-live >/dev/null; sudo rm -f /etc/debian_version; "
+                 "sudo mkdir -p /opt/live && echo x | sudo tee /opt/live/x >/dev/null")
+    # A session open across the CreateImage call: a reboot would cut it.
+    held = subprocess.Popen(
+        ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-i", str(key), f"admin@{ip}", "sleep 2; echo alive"],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    ami = res.image(a["InstanceId"], NoReboot=True)
+    assert held.communicate(timeout=20)[0].strip() == "alive"
+    ssh(ip, key, "echo two | sudo tee -a /etc/lab-live >/dev/null")
+    assert ssh(ip, key, "cat /etc/lab-live").stdout == "one\ntwo\n"
+    b = res.run(ami, key_name)
+    r = ssh(b["PrivateIpAddress"], key, "cat /etc/lab-live; cat /opt/live/x; test -e /etc/debian_version || echo gone")
+    assert r.stdout == "one\nx\ngone\n", r.stdout

@@ -178,7 +178,8 @@ class Lab:
                 return self.images[ami_id]
             return ImageInfo([], self.base_users.get(ami_id or "", "admin"))
 
-    def freeze(self, instance_id: str, ami_id: str, source_image_id: str | None) -> None:
+    def freeze(self, instance_id: str, ami_id: str, source_image_id: str | None,
+               no_reboot: bool = False) -> None:
         """CreateImage: the instance's writable layer becomes the image's newest layer."""
         sb = self.sandboxes.get(instance_id)
         if sb is None:
@@ -187,12 +188,16 @@ class Lab:
             with self.lock:
                 self.images[ami_id] = ImageInfo(list(info.layers), info.user)
             return
-        self.timing.abort(sb)  # a boot still waiting for its time (realistic) gives way
-        fut = sb.executor.submit(self._freeze, sb, ami_id)
+        if not no_reboot:  # a boot still waiting for its time (realistic) gives way
+            self.timing.abort(sb)
+        fut = sb.executor.submit(self._freeze, sb, ami_id, no_reboot)
         fut.result()
 
-    def _freeze(self, sb: Sandbox, ami_id: str) -> None:
+    def _freeze(self, sb: Sandbox, ami_id: str, no_reboot: bool = False) -> None:
         was_running = sb.state in ("booting", "running", "rebooting")
+        if was_running and no_reboot:
+            self._snapshot_live(sb, ami_id)
+            return
         if was_running:  # EC2 reboots the instance for a consistent image; so do we
             self._kill(sb)
         layer = self.layers_dir / ami_id
@@ -210,6 +215,23 @@ class Lab:
         if was_running:
             self.timing.plan(sb, pending=False)
             self._boot(sb)
+
+    def _snapshot_live(self, sb: Sandbox, ami_id: str) -> None:
+        """CreateImage with NoReboot of a running instance: EC2 snapshots the disk as it is at
+        the call, and the instance runs on. The upper dir is in use by the live overlay, so it
+        is copied (whiteouts, opaque-dir xattrs and all: `cp -a` as root), not renamed; the
+        copy is the image's layer and the instance keeps its own."""
+        layer = self.layers_dir / ami_id
+        # Beside the layers, not among them: gc_layers() would trash an unowned layer dir.
+        tmp = self.layers_dir.parent / "layer-copies" / ami_id
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(sb.dir / "upper"), str(tmp)],
+                       check=True, capture_output=True)
+        # Under the lock with the record that names it (see _freeze).
+        with self.lock:
+            os.rename(tmp, layer)
+            self.images[ami_id] = ImageInfo([ami_id] + list(sb.layers), sb.user)
 
     def copy_image(self, source_ami_id: str, new_ami_id: str) -> None:
         info = self.image_info(source_ami_id)

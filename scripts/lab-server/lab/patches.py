@@ -317,6 +317,20 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
         return prev
 
     # ----------------------------------------------------------------- images
+    # moto's CreateImage reads no NoReboot; the backend call below needs it (EC2 reboots a
+    # running instance for the image unless NoReboot=true). One request per thread.
+    from moto.ec2.responses import amis as r_amis
+    import threading as _threading
+    create_request = _threading.local()
+
+    @_wrap(r_amis.AmisResponse, "create_image")
+    def create_image_response(orig, self):
+        create_request.no_reboot = str(self._get_param("NoReboot", False)).lower() == "true"
+        try:
+            return orig(self)
+        finally:
+            create_request.no_reboot = False
+
     @_wrap(m_amis.AmiBackend, "create_image")
     def create_image(orig, self, instance_id, name, description, tag_specifications):
         # moto: NotImplementedError (HTTP 500) for ResourceType=snapshot. EC2 tags the snapshots.
@@ -343,7 +357,8 @@ def install(lab: Lab, base_users: dict[str, str], base_images: list[dict[str, An
             ami.hypervisor = src.hypervisor
             ami.sriov = src.sriov
         ami.image_location = f"{ami.owner_id}/{name}"
-        lab.freeze(instance_id, ami.id, instance.image_id)
+        lab.freeze(instance_id, ami.id, instance.image_id,
+                   no_reboot=getattr(create_request, "no_reboot", False))
         return ami
 
     @_wrap(m_amis.AmiBackend, "copy_image")

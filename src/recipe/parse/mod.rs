@@ -218,8 +218,8 @@ pub(crate) fn build(
         }
     }
 
-    let uploads = upload::uploads(&mut cx, &root);
     let steps = step::steps(&mut cx, &root);
+    let uploads = upload::uploads(&mut cx, &root, &steps);
     let tests = step::tests(&mut cx, &root);
     let image = image::image(&mut cx, &root, name.as_ref().map(|n| n.v.as_str()));
     let deploy = deploy::deploy(&mut cx, &root);

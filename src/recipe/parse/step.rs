@@ -1,5 +1,5 @@
 //! `[[step]]`: the commands run on the builder (unique name, inline `run` or a `script` file,
-//! sudo, env, workdir, timeout, retries, reboot), and `[[test]]`, shaped like a step (no
+//! sudo, env, workdir, timeout, retries, reboot, checkpoint), and `[[test]]`, shaped like a step (no
 //! `reboot`) plus `expect_output`, run on a fresh instance of the new image.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,16 @@ use super::sensitive::Exposed;
 use super::walker::{Cx, Span, Tbl};
 
 pub(super) const STEP_KEYS: &[&str] = &[
-    "name", "run", "script", "sudo", "env", "workdir", "timeout", "retries", "reboot",
+    "name",
+    "run",
+    "script",
+    "sudo",
+    "env",
+    "workdir",
+    "timeout",
+    "retries",
+    "reboot",
+    "checkpoint",
 ];
 
 pub(super) const TEST_KEYS: &[&str] = &[
@@ -31,8 +40,9 @@ pub(super) fn steps(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Step> {
     let mut names: BTreeMap<String, Span> = BTreeMap::new();
     for t in cx.array_of_tables(root, "step") {
         cx.keys(&t, STEP_KEYS);
+        let checkpoint = cx.boolean(&t, "checkpoint").unwrap_or(false);
         if let Some(step) = step_like(cx, &t, &mut names, "step") {
-            out.push(step);
+            out.push(Step { checkpoint, ..step });
         }
     }
     out
@@ -193,5 +203,6 @@ fn step_like(
         timeout,
         retries,
         reboot,
+        checkpoint: false,
     })
 }

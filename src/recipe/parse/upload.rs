@@ -1,15 +1,17 @@
 //! `[[upload]]`: local files and directories copied onto the builder (source that must exist,
-//! absolute destination, octal mode, owner).
+//! absolute destination, octal mode, owner, and the step it is made `before`).
 
 use toml::de::DeValue;
 
 use super::super::checks;
-use super::super::model::Upload;
+use super::super::model::{Step, Upload};
 use super::walker::{Cx, Tbl};
 
-pub(super) const UPLOAD_KEYS: &[&str] = &["source", "destination", "mode", "owner"];
+pub(super) const UPLOAD_KEYS: &[&str] = &["source", "destination", "mode", "owner", "before"];
 
-pub(super) fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
+/// The uploads, each checked against `steps` (already parsed) for its `before`.
+pub(super) fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>, steps: &[Step]) -> Vec<Upload> {
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     let mut out = Vec::new();
     for t in cx.array_of_tables(root, "upload") {
         cx.keys(&t, UPLOAD_KEYS);
@@ -84,7 +86,33 @@ pub(super) fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
         {
             cx.problem(&o.span, &o.v, p);
         }
-        if let (Some((source, is_dir)), Some(dest), true, Some(mode)) = (found, dest, dest_ok, mode)
+        let before = cx.string(&t, "before");
+        let mut before_ok = true;
+        if let Some(b) = &before
+            && !names.contains(&b.v.as_str())
+        {
+            before_ok = false;
+            let help = match checks::suggest(&b.v, &names) {
+                Some(s) => format!("did you mean before = \"{s}\"?"),
+                None if names.is_empty() => {
+                    "the recipe has no [[step]]: remove `before`".to_string()
+                }
+                None => format!(
+                    "name one of the steps ({}), or remove `before` to upload before the first step",
+                    names.join(", ")
+                ),
+            };
+            cx.err(
+                Some(b.span.clone()),
+                format!(
+                    "`before` names no step: there is no [[step]] named `{}`",
+                    b.v
+                ),
+                help,
+            );
+        }
+        if let (Some((source, is_dir)), Some(dest), true, Some(mode), true) =
+            (found, dest, dest_ok, mode, before_ok)
         {
             out.push(Upload {
                 source,
@@ -92,6 +120,7 @@ pub(super) fn uploads(cx: &mut Cx<'_>, root: &Tbl<'_, '_>) -> Vec<Upload> {
                 destination: dest.v,
                 mode,
                 owner: owner.map(|o| o.v),
+                before: before.map(|b| b.v),
             });
         }
     }

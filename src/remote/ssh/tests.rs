@@ -165,6 +165,7 @@ fn step(script: &str) -> Step {
         timeout: Duration::from_secs(30),
         retries: 0,
         reboot: false,
+        checkpoint: false,
     }
 }
 
@@ -210,6 +211,7 @@ pub fn plan(
             destination: destination.into(),
             mode,
             owner: owner.map(String::from),
+            before: None,
         },
         entries,
     }

@@ -142,6 +142,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             retries: 0,
             reboot: false,
+            checkpoint: false,
         };
         let text = step_script(
             &step,

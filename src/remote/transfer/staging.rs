@@ -373,6 +373,7 @@ mod tests {
                 destination: "/opt/app".into(),
                 mode: Some(0o644),
                 owner: None,
+                before: None,
             },
             entries: vec![PlannedEntry {
                 rel: "a/b/c.txt".into(),
@@ -518,6 +519,7 @@ mod tests {
                 destination: out.display().to_string(),
                 mode: Some(0o644),
                 owner: None,
+                before: None,
             },
             entries: vec![
                 entry("keep", EntryKind::Dir, 0),
