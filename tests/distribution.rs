@@ -216,14 +216,7 @@ fn a_failed_copy_keeps_the_good_ones_and_the_rerun_copies_only_what_is_missing()
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let name = unique("dist-fail-");
-    let r = write_recipe(
-        tmp.path(),
-        &name,
-        Recipe {
-            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
-            ..Recipe::default()
-        },
-    );
+    let r = copies_recipe(tmp.path(), &name);
     // EC2 refuses the first copy of this recipe's image (whichever region asks first).
     let rule = serde_json::json!({
         "service": "ec2", "action": "CopyImage", "params": {"Name": {"regex": name}},

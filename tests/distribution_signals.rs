@@ -58,14 +58,7 @@ fn sigint_during_copies_removes_the_unfinished_copies_and_the_rerun_only_copies(
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let name = unique("dist-int-");
-    let r = write_recipe(
-        tmp.path(),
-        &name,
-        Recipe {
-            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
-            ..Recipe::default()
-        },
-    );
+    let r = copies_recipe(tmp.path(), &name);
     let (code, err) = {
         // A copy is pending for 20 s × 0.25 plus its bytes: SIGINT lands while both are.
         let _slow = Realistic::new(&lab, 0.25);
@@ -120,14 +113,7 @@ fn sigkill_during_copies_then_gc_in_the_build_region_removes_the_copies_everywhe
     let lab = Lab::new();
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("dist-kill-");
-    let r = write_recipe(
-        tmp.path(),
-        &name,
-        Recipe {
-            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
-            ..Recipe::default()
-        },
-    );
+    let r = copies_recipe(tmp.path(), &name);
     let bake = |args: &[&str]| {
         let mut c = lab.bake(&tmp.path().join("cache"));
         // A journal of this test's own.

@@ -56,14 +56,7 @@ fn prune_keeps_a_copy_in_use_in_its_region_and_deletes_the_unused_copies_elsewhe
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let name = unique("reg-prune-");
-    let r = write_recipe(
-        tmp.path(),
-        &name,
-        Recipe {
-            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
-            ..Recipe::default()
-        },
-    );
+    let r = copies_recipe(tmp.path(), &name);
     let b = build_json(&lab, &cache, &r, &[]);
     let (home, west, eu) = (
         ami_of(&b, "us-east-1"),
@@ -207,14 +200,7 @@ fn plan_tells_each_region_present_copy_needed_or_build_needed() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let name = unique("reg-plan-");
-    let r = write_recipe(
-        tmp.path(),
-        &name,
-        Recipe {
-            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
-            ..Recipe::default()
-        },
-    );
+    let r = copies_recipe(tmp.path(), &name);
     let plan = |text: bool| {
         let mut c = lab.bake(&cache);
         c.arg("plan");

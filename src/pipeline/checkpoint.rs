@@ -25,7 +25,7 @@ use super::image::{STATE_TAG, adopt_image, create_image_transient, is_complete, 
 use super::launch::Builder;
 use super::source::SourceImage;
 use super::{Bake, BuildError, Inputs};
-use crate::aws::ec2::{self, filter, tag_list, tag_spec};
+use crate::aws::ec2::{self, filter, tag_spec};
 use crate::aws::{AwsError, Ctx};
 use crate::plan::prefix::{self, Prefix};
 use crate::recipe::model::{CommunicatorKind, Recipe};
@@ -374,27 +374,7 @@ impl Bake<'_> {
                 }
             };
             let snapshots = ec2::image_snapshots(&img);
-            let mut snap_tags = p.snap_tags;
-            snap_tags.insert(STATE_TAG.into(), "complete".into());
-            snap_tags.remove(super::lease::LEASE_TAG);
-            if !snapshots.is_empty() {
-                let what = snapshots.join(",");
-                ec2::settle(
-                    "CreateTags",
-                    &what,
-                    ec2::VISIBILITY,
-                    ec2::not_yet_visible,
-                    || async {
-                        ec2.create_tags()
-                            .set_resources(Some(snapshots.clone()))
-                            .set_tags(Some(tag_list(&snap_tags)))
-                            .send()
-                            .await
-                            .ctx("CreateTags", Some(&what))
-                    },
-                )
-                .await?;
-            }
+            super::image::tag_snapshots_finished(ec2, &snapshots, p.snap_tags).await?;
             mark_complete(ec2, ami, &snapshots).await?;
             cleanup.keep(p.token);
             done.push(p.checkpoint);

@@ -173,28 +173,7 @@ impl Bake<'_> {
         st.update(&format!("{ami} pending"));
         let img = ec2::wait_image_available(ec2, &ami, Duration::from_secs(3600)).await?;
         let snapshots = ec2::image_snapshots(&img);
-        // Make sure every snapshot carries the tags even where CreateImage ignored the snapshot
-        // TagSpecification; CreateTags is idempotent. The snapshots are new: "not found" is "not yet".
-        snap_tags.insert(STATE_TAG.into(), "complete".into());
-        snap_tags.remove(super::lease::LEASE_TAG);
-        if !snapshots.is_empty() {
-            let what = snapshots.join(",");
-            ec2::settle(
-                "CreateTags",
-                &what,
-                ec2::VISIBILITY,
-                ec2::not_yet_visible,
-                || async {
-                    ec2.create_tags()
-                        .set_resources(Some(snapshots.clone()))
-                        .set_tags(Some(tag_list(&snap_tags)))
-                        .send()
-                        .await
-                        .ctx("CreateTags", Some(&what))
-                },
-            )
-            .await?;
-        }
+        tag_snapshots_finished(ec2, &snapshots, snap_tags).await?;
         // An image with tests is finished only once they pass (`verify_image` marks it): a
         // bake killed during its tests leaves a half-made image `bake gc` removes.
         if recipe.tests.is_empty() {
@@ -217,6 +196,38 @@ impl Bake<'_> {
 }
 
 /// The image is finished: from now on `bake gc` never touches it and it is a cache hit.
+/// The snapshots of an available image get the image's tags, finished: `bake:state=complete`
+/// and no lease (even where CreateImage ignored the snapshot TagSpecification; CreateTags is
+/// idempotent). The snapshots are new: "not found" is "not yet".
+pub(super) async fn tag_snapshots_finished(
+    ec2: &aws_sdk_ec2::Client,
+    snapshots: &[String],
+    mut tags: BTreeMap<String, String>,
+) -> Result<(), AwsError> {
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    tags.insert(STATE_TAG.into(), "complete".into());
+    tags.remove(super::lease::LEASE_TAG);
+    let what = snapshots.join(",");
+    ec2::settle(
+        "CreateTags",
+        &what,
+        ec2::VISIBILITY,
+        ec2::not_yet_visible,
+        || async {
+            ec2.create_tags()
+                .set_resources(Some(snapshots.to_vec()))
+                .set_tags(Some(tag_list(&tags)))
+                .send()
+                .await
+                .ctx("CreateTags", Some(&what))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn mark_complete(
     ec2: &aws_sdk_ec2::Client,
     ami: &str,

@@ -421,6 +421,18 @@ name = "{{recipe}}-{{short_hash}}-{{timestamp}}"
     p
 }
 
+/// [`write_recipe`] with copies to us-west-2 and eu-west-1 (the build region is us-east-1).
+pub fn copies_recipe(dir: &Path, name: &str) -> PathBuf {
+    write_recipe(
+        dir,
+        name,
+        Recipe {
+            tail: "regions = [\"us-west-2\", \"eu-west-1\"]",
+            ..Recipe::default()
+        },
+    )
+}
+
 /// `bake build --output json <extra> <recipe>` with the hash cache `cache`: must succeed;
 /// returns the JSON result.
 pub fn build_json(lab: &Lab, cache: &Path, recipe: &Path, extra: &[&str]) -> serde_json::Value {
