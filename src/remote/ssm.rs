@@ -574,7 +574,7 @@ impl SsmCommunicator {
             &self.settings.bucket,
             &key,
             aws_sdk_s3::primitives::ByteStream::from(body.as_bytes().to_vec()),
-            &hash,
+            Some(&hash),
             DELIVERY_TIMEOUT + Duration::from_secs(300),
             &format!("the script of {what}"),
         )
