@@ -104,7 +104,9 @@ pub fn file_digest(path: &Path, size: u64) -> Result<[u8; 32], PlanError> {
         .min(n as usize);
     let next = AtomicU64::new(0);
     let mut hexes = vec![String::new(); n as usize];
-    let results: Vec<std::io::Result<Vec<(u64, [u8; 32])>>> = std::thread::scope(|s| {
+    // Each worker's (segment index, digest) pairs.
+    type Hashed = std::io::Result<Vec<(u64, [u8; 32])>>;
+    let results: Vec<Hashed> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
