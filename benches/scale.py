@@ -69,7 +69,8 @@ class Scale:
                 try:
                     call(**kw)
                 except ec2.exceptions.ClientError as e:
-                    if "NotFound" not in e.response.get("Error", {}).get("Code", ""):
+                    code = e.response.get("Error", {}).get("Code", "")
+                    if "NotFound" not in code and "Unavailable" not in code:
                         raise
         after = self.leftover_report()
         entry = dict(after=what, finished_images=len(done), unexpected=other, missing_images=missing,
