@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import realistic
+import scale
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ROOT / "benches"
@@ -788,6 +789,9 @@ def rerender(path):
     d = json.loads(Path(path).read_text())
     if d.get("kind") == "realistic":
         return realistic.rerender(d)
+    if d.get("kind") == "scale":
+        print(d["table"])
+        return 1 if d["failures"] else 0
     b = Bench.__new__(Bench)
     b.samples = {tuple(k.split("/", 1)): v for k, v in d["samples"].items()}
     b.stages, b.floor, b.failures = d.get("bake_stages", {}), d.get("api_floor", {}), d.get("failures", [])
@@ -808,6 +812,8 @@ def main():
     ap.add_argument("--only", help="comma list of: empty,steps30,files2000,big,rebuild,micro, or of the "
                     "realistic set (on a LAB_PROFILE=realistic lab): realistic-empty,realistic-prefix "
                     "('realistic' = both)")
+    ap.add_argument("--scale-singles", type=int, default=0, help="scale: build only the first N recipes "
+                    "alone (default: all 20)")
     ap.add_argument("--time-scale", type=float, help="realistic set: the lab's LAB_TIME_SCALE (default: "
                     "the lab's own, 1 from benches/run); < 1 is a smoke test, its ratios are not valid")
     a = ap.parse_args()
@@ -817,20 +823,24 @@ def main():
         ap.error("--bake is required")
     only = [w for x in (a.only or "").split(",") if x
             for w in (realistic.WORKLOADS if x == "realistic" else [x])]
-    unknown = [w for w in only if w not in (*WORKLOADS, "rebuild", "micro", *realistic.WORKLOADS)]
+    unknown = [w for w in only if w not in (*WORKLOADS, "rebuild", "micro", *realistic.WORKLOADS, "scale")]
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(unknown)}")
+    if "scale" in only and len(only) != 1:
+        ap.error("the scale workload needs a (hostile, realistic) lab of its own: run it alone")
     a.realistic = [w for w in realistic.WORKLOADS if w in only]
     if a.realistic and len(a.realistic) != len(only):
         ap.error("the realistic workloads need a lab of their own: run them without the others")
     a.only = ",".join(only) if only else None
     if a.rounds is None:
-        a.rounds = 1 if a.realistic or a.quick else 5
+        a.rounds = 1 if a.realistic or a.quick or only == ["scale"] else 5
     if a.quick:
         a.rounds = 1
     for k in ("AWS_ENDPOINT_URL", "BAKE_LAB_API"):
         if k not in os.environ:
             sys.exit(f"bench.py: {k} not set: run through benches/run (or source the lab's env)")
+    if only == ["scale"]:
+        sys.exit(scale.run_set(Bench(a)))
     sys.exit(Bench(a).run_realistic() if a.realistic else Bench(a).run())
 
 

@@ -17,7 +17,7 @@
 //!
 //! Adaptive mode was considered and not chosen: its client-side limiter is one rate for the
 //! whole client, so throttling of RunInstances would also slow down every Describe, while EC2
-//! keeps a bucket per action class. bake paces itself per class instead ([`budget`]), shared
+//! keeps a bucket per action. bake paces itself per action instead ([`budget`]), shared
 //! by every build of the process, so `-j N` does not throttle itself. `AWS_RETRY_MODE` and
 //! `AWS_MAX_ATTEMPTS`, when set, win over these choices.
 //!

@@ -2,7 +2,9 @@
 //!
 //! An entry is trusted only if path, size, mtime, ctime, inode and device all still match: any
 //! write, truncate, replace or `touch` changes one of them. A missing, unreadable or corrupt
-//! cache file only costs time: bad lines are ignored and the file is rewritten.
+//! cache file only costs time: bad lines are ignored and the file is rewritten. The file name
+//! carries the digest's version (`hashes-v2`: segmented digests of large files), so a cache
+//! written by an older bake is never read as the new digest.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -49,12 +51,12 @@ impl HashCache {
     /// `$BAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/bake`, else `~/.cache/bake`.
     pub fn default_path() -> Option<PathBuf> {
         if let Some(d) = std::env::var_os("BAKE_CACHE_DIR") {
-            return Some(PathBuf::from(d).join("hashes-v1"));
+            return Some(PathBuf::from(d).join("hashes-v2"));
         }
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("bake").join("hashes-v1"))
+        Some(base.join("bake").join("hashes-v2"))
     }
 
     pub fn open(file: PathBuf) -> Self {

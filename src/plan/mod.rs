@@ -12,6 +12,7 @@
 //! Component digests are stored on the image (see [`encode_inputs`]) so `bake plan` can say
 //! which input changed from AWS alone.
 
+pub mod digest;
 mod hashcache;
 pub mod prefix;
 mod walk;
@@ -27,7 +28,8 @@ pub use walk::{EntryKind, FileChunks, PlanError, PlannedEntry, UploadPlan, plan_
 use crate::recipe::model::{Recipe, StepBody};
 
 /// Bumped whenever the definition changes, so an old image never matches by accident.
-pub const VERSION: u32 = 1;
+/// 2: files above [`digest::SEGMENT`] are digested by segments (see [`digest`]).
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fingerprint {
@@ -153,18 +155,23 @@ pub fn compute(
         ));
     }
 
+    Fingerprint {
+        hash: combine(VERSION, &components),
+        components,
+    }
+}
+
+/// The fingerprint's hash: the version line, then every component, in order.
+fn combine(version: u32, components: &[(String, String)]) -> String {
     let mut all = Sha256::new();
-    all.update(format!("bake-fingerprint v{VERSION}\n").as_bytes());
-    for (name, d) in &components {
+    all.update(format!("bake-fingerprint v{version}\n").as_bytes());
+    for (name, d) in components {
         all.update(name.as_bytes());
         all.update([0]);
         all.update(d.as_bytes());
         all.update(b"\n");
     }
-    Fingerprint {
-        hash: hex::encode(all.finalize()),
-        components,
-    }
+    hex::encode(all.finalize())
 }
 
 /// Reads every step's script: inline text, or the bytes of its script file.

@@ -246,3 +246,52 @@ fn tests_have_their_own_fingerprint_apart_from_the_image() {
     r.tests[0].step.retries = 5;
     assert_eq!(tests_fingerprint(&r, &read_test_scripts(&r).unwrap()), t2);
 }
+
+#[test]
+fn the_version_is_part_of_the_fingerprint() {
+    let (_d, r) = setup();
+    let f = fp(&r, "ami-1");
+    // The hash is the version line plus the components; another version gives another hash
+    // for the very same inputs, so an image fingerprinted by an older bake never matches.
+    assert_eq!(f.hash, combine(VERSION, &f.components));
+    assert_ne!(f.hash, combine(VERSION - 1, &f.components));
+    let mut manual = Sha256::new();
+    manual.update(format!("bake-fingerprint v{VERSION}\n").as_bytes());
+    for (name, d) in &f.components {
+        manual.update(format!("{name}\0{d}\n").as_bytes());
+    }
+    assert_eq!(f.hash, hex::encode(manual.finalize()));
+    assert_eq!(
+        VERSION, 2,
+        "version 2 introduced segmented digests of large files"
+    );
+}
+
+#[test]
+fn a_large_upload_is_fingerprinted_by_its_segmented_digest() {
+    let (d, mut r) = setup();
+    let big = d.path().join("big.bin");
+    let bytes: Vec<u8> = (0..(digest::SEGMENT + 1))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(&big, &bytes).unwrap();
+    r.uploads = vec![Upload {
+        source: big.clone(),
+        is_dir: false,
+        destination: "/opt/big.bin".into(),
+        mode: None,
+        owner: None,
+        before: None,
+    }];
+    let plans = plan_uploads(&r.uploads, &HashCache::disabled()).unwrap();
+    let got = plans[0].entries[0].sha256.unwrap();
+    let plain: [u8; 32] = Sha256::digest(&bytes).into();
+    assert_ne!(got, plain);
+    let segs = [
+        hex::encode(Sha256::digest(&bytes[..digest::SEGMENT as usize])),
+        hex::encode(Sha256::digest(&bytes[digest::SEGMENT as usize..])),
+    ];
+    assert_eq!(got, digest::combine(segs.iter().map(String::as_str)));
+    // Stable across runs and planning paths.
+    assert_eq!(fp(&r, "ami-1"), fp(&r, "ami-1"));
+}

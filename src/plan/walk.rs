@@ -1,12 +1,10 @@
-//! Walks each upload's source and hashes its files (streamed sha256, SHA-NI where the CPU has
-//! it), producing the [`UploadPlan`]s that both the fingerprint and the builder-side checksum
+//! Walks each upload's source and hashes its files (sha256, segmented for large files, SHA-NI
+//! where the CPU has it: see [`super::digest`]), producing the [`UploadPlan`]s that both the fingerprint and the builder-side checksum
 //! verification use, so every byte is read once.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::HashCache;
 use crate::recipe::model::Upload;
@@ -28,7 +26,8 @@ pub struct PlannedEntry {
     pub size: u64,
     /// Unix mode bits of the local file (permission bits only).
     pub mode: u32,
-    /// sha256 of the file's bytes (files only).
+    /// The file's digest (files only): plain sha256, or for files above
+    /// [`super::digest::SEGMENT`] the segmented sha256 of [`super::digest`].
     pub sha256: Option<[u8; 32]>,
 }
 
@@ -53,22 +52,10 @@ fn err(path: &Path, e: impl std::fmt::Display) -> PlanError {
     }
 }
 
-/// Hashes a file of `size` bytes; `sha2` picks SHA-NI at run time. Reads are at most 128 KiB:
-/// the buffer then stays in the CPU cache between the kernel's copy and the hash (measured, 1
-/// GiB from the page cache: 0.84 s with 64–128 KiB reads, 1.2–1.4 s with 256 KiB–1 MiB, all
-/// of the difference system time). A small file gets a buffer just big enough for it (plus the
-/// read that sees EOF): thousands of fresh 128 KiB buffers cost more than hashing the files.
+/// The digest of a file of `size` bytes (plain sha256, or segmented for large files: see
+/// [`super::digest`]).
 pub fn hash_file(path: &Path, size: u64) -> Result<[u8; 32], PlanError> {
-    let mut f = FileChunks::open(path, size).map_err(|e| err(path, e))?;
-    let mut h = Sha256::new();
-    let cap = (size as usize + 1).clamp(4096, 128 << 10);
-    let mut buf = Vec::with_capacity(cap);
-    while f.left() > 0 {
-        buf.clear();
-        f.append(&mut buf, cap as u64).map_err(|e| err(path, e))?;
-        h.update(&buf);
-    }
-    Ok(h.finalize().into())
+    super::digest::file_digest(path, size)
 }
 
 /// A file read in chunks up to exactly the size it was planned with: the one reader behind

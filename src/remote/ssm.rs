@@ -574,7 +574,7 @@ impl SsmCommunicator {
             &self.settings.bucket,
             &key,
             upload::Body::Bytes(body.as_bytes()),
-            &hash,
+            Some(&hash),
             DELIVERY_TIMEOUT + Duration::from_secs(300),
             &format!("the script of {what}"),
         )

@@ -182,6 +182,20 @@ fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// The digest the fingerprint gives `bytes`: plain sha256, segmented above
+/// [`crate::plan::digest::SEGMENT`] (spelled out here, apart from the implementation).
+fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    use crate::plan::digest;
+    if !digest::is_segmented(bytes.len() as u64) {
+        return sha(bytes);
+    }
+    let segs: Vec<String> = bytes
+        .chunks(digest::SEGMENT as usize)
+        .map(|c| hex::encode(sha(c)))
+        .collect();
+    digest::combine(segs.iter().map(String::as_str))
+}
+
 /// What the fingerprint module would plan for `source` (file or directory).
 pub fn plan(
     source: &Path,
@@ -201,7 +215,7 @@ pub fn plan(
             kind: EntryKind::File,
             size: bytes.len() as u64,
             mode: meta.permissions().mode() & 0o7777,
-            sha256: Some(sha(&bytes)),
+            sha256: Some(digest_of(&bytes)),
         });
     }
     UploadPlan {
@@ -243,7 +257,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PlannedEntry>) {
                 &p,
                 EntryKind::File,
                 bytes.len() as u64,
-                Some(sha(&bytes)),
+                Some(digest_of(&bytes)),
             ));
         }
     }

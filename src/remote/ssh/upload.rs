@@ -6,10 +6,14 @@
 //! per file. Large files skip tar: they stream raw into a temp file next to the destination,
 //! are hashed there and renamed into place only if the hash matches. (Hashing while receiving,
 //! `tee | openssl`, measured twice as slow: tee's 8 KiB pipe hops cost more than re-reading
-//! from the page cache.) Splitting the tar into batches, each extracted while the previous one
-//! is hashed, also measured slower: on the builder both compete for the same filesystem. What
-//! does pay is unpacking many files as two streams side by side ([`TAR_STREAMS`]): file
-//! creation is kernel CPU, and a single `tar` leaves the builder's second core idle.
+//! from the page cache.) A file above `plan::digest::SEGMENT` is received segment by segment
+//! and each landed segment is re-read from the page cache and hashed in the background while
+//! the next one arrives, so only the last segment is hashed after the last byte (see
+//! `transfer::verify::receive_script`; measured in benches/README.md). Splitting the tar into
+//! batches, each extracted while the previous one is hashed, also measured slower: on the
+//! builder both compete for the same filesystem. What does pay is unpacking many files as two
+//! streams side by side ([`TAR_STREAMS`]): file creation is kernel CPU, and a single `tar`
+//! leaves the builder's second core idle.
 //!
 //! Large files: raw stream or pipelined SFTP. Both land in the same root-owned temp file and
 //! share the verify / chown / chmod / `mv -T` step; [`sftp::LARGE_FILES`] picks one, and it is

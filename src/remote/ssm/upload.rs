@@ -3,7 +3,9 @@
 //! Small files (below 16 MiB), directories and symlinks of all uploads travel as one tar
 //! object (one object and one URL whatever the file count); large files are staged as objects
 //! of their own, streamed from disk. Every object is put with its `ChecksumSHA256`, so S3
-//! refuses bytes that changed on the way in. Then one `AWS-RunShellScript` command, as root,
+//! refuses bytes that changed on the way in, except a file above `plan::digest::SEGMENT`,
+//! whose digest is segmented (S3 checks only plain sha256): that one is checked on the
+//! builder alone, by the same verify-and-move as over SSH. Then one `AWS-RunShellScript` command, as root,
 //! fetches each URL (curl, else wget, else python3), checks the object's sha256, unpacks or
 //! moves it into place with the recipe's mode and owner, and finally checks every uploaded
 //! file's sha256 where it landed (`sha256sum -c`). The objects are removed by the build's undo
@@ -17,7 +19,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest, Sha256};
 
 use super::{Done, SsmCommunicator};
-use crate::plan::{EntryKind, UploadPlan};
+use crate::plan::{EntryKind, UploadPlan, digest};
 use crate::remote::CommError;
 use crate::remote::transfer::fetch::FETCH;
 use crate::remote::transfer::script::shell_quote;
@@ -74,10 +76,18 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
     script.push_str(&owners_and_roots(small.iter().chain(&large), &small));
     script.push_str(
         "T=$(mktemp -d /tmp/bake-upload.XXXXXXXX)\n\
-         trap 'rc=$?; rm -rf \"$T\"; [ $rc != 3 ] || echo \"bake-file:$d\" >&2' EXIT\n",
+         trap 'rc=$?; rm -rf \"$T\"; [ -z \"${t:-}\" ] || rm -f -- \"$t\".h*; \
+         [ $rc != 3 ] || echo \"bake-file:$d\" >&2' EXIT\n",
     );
 
-    let files = file_hashes(small.iter().chain(&large));
+    // Plain sha256s, checked with `sha256sum -c` at the end; a segmented file is checked by
+    // its own verify-and-move where it lands instead.
+    let files = file_hashes(
+        small
+            .iter()
+            .chain(&large)
+            .filter(|i| !digest::is_segmented(i.size)),
+    );
 
     let tar_items: Vec<Item> = small.into_iter().filter(|i| !i.root).collect();
     if !tar_items.is_empty() {
@@ -94,7 +104,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
             &bucket,
             &key,
             Body::Bytes(&tar),
-            &hash,
+            Some(&hash),
             expiry,
             "upload bundle",
         )
@@ -110,7 +120,8 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
         ));
     }
     for (n, item) in large.iter().enumerate() {
-        let hash = item.sha256.unwrap_or_default();
+        // S3 checks a plain sha256; a segmented digest is checked on the builder only.
+        let hash = item.sha256.filter(|_| !digest::is_segmented(item.size));
         let name = item
             .dest
             .rsplit('/')
@@ -119,7 +130,7 @@ pub async fn upload(c: &SsmCommunicator, plans: &[UploadPlan]) -> Result<(), Com
             .unwrap_or("file");
         let key = format!("{stage}{n:04}-{name}");
         let body = Body::File(&item.local);
-        let url = put(c, &bucket, &key, body, &hash, expiry, &item.dest).await?;
+        let url = put(c, &bucket, &key, body, hash.as_ref(), expiry, &item.dest).await?;
         done += item.size;
         c.sink.upload_progress(done, total);
         // The same verify-and-move as over SSH; on a mismatch (exit 3) the exit trap names
@@ -225,7 +236,7 @@ pub(super) async fn put(
     bucket: &str,
     key: &str,
     body: Body<'_>,
-    sha256: &[u8; 32],
+    sha256: Option<&[u8; 32]>,
     expiry: Duration,
     what: &str,
 ) -> Result<String, CommError> {
@@ -240,7 +251,7 @@ pub(super) async fn put(
             .bucket(bucket)
             .key(key)
             .body(stream)
-            .checksum_sha256(aws_smithy_types::base64::encode(sha256))
+            .set_checksum_sha256(sha256.map(aws_smithy_types::base64::encode))
             .send()
             .await
             .map_err(|e| CommError::Staging {

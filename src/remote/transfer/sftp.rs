@@ -31,10 +31,7 @@ pub(crate) fn prepare_script(parent: &str) -> String {
 /// The root shell that checks the temp file's hash and renames it into place; the temp file is
 /// removed whatever happens.
 pub(crate) fn finish_script(item: &Item, temp: &str, hasher: &str) -> String {
-    let mut script = format!(
-        "set -e\nt={}\ntrap 'rm -f -- \"$t\"' EXIT\n",
-        shell_quote(temp)
-    );
+    let mut script = format!("set -e\nt={}\n{}", shell_quote(temp), verify::TEMP_TRAP);
     script.push_str(&verify::verify_and_move(item, hasher));
     script
 }

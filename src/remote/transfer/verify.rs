@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::script::shell_quote;
 use super::staging::{Item, upload_err};
+use crate::plan::digest;
 use crate::remote::CommError;
 
 /// The command that prints `HEX…  path` for each path: `openssl dgst -sha256 -r` where the
@@ -36,12 +37,54 @@ pub(crate) fn parse_hashes(text: &str) -> BTreeMap<&str, String> {
     map
 }
 
-/// Shell that hashes the temp file `$t`, refuses it (exit 3, `bake-sha256:<hash>` on stderr)
-/// unless it matches `item`'s sha256, then gives it `item`'s owner and mode and renames it
-/// onto the destination. Shared by the raw stream and SFTP, so both check the same way.
-pub(crate) fn verify_and_move(item: &Item, hasher: &str) -> String {
+/// dd's block size for segments; [`digest::SEGMENT`] is a whole number of them.
+const DD_BLOCK: u64 = 1 << 20;
+
+/// Shell (a brace group, to run in the background) that hashes segment `$i` of `$t` into
+/// `$t.h$i` (its lowercase hex sha256 and a newline).
+fn hash_segment(hasher: &str) -> String {
+    let blocks = digest::SEGMENT / DD_BLOCK;
+    format!(
+        "{{ dd if=\"$t\" bs={DD_BLOCK} skip=$((i*{blocks})) count={blocks} 2>/dev/null \
+         | {hasher} | cut -c1-64 >\"$t.h$i\"; }}"
+    )
+}
+
+/// Shell that sets `$h` to the segmented digest of `$t` from the `n` segment hashes in
+/// `$t.h0`…, then removes them (see [`digest::combine`]: the header line, then each
+/// segment's hex line).
+fn combine_segments(n: u64, hasher: &str) -> String {
+    format!(
+        "h=$({{ printf '%s\\n' {header}; i=0; while [ $i -lt {n} ]; do cat -- \"$t.h$i\"; \
+         i=$((i+1)); done; }} | {hasher} | cut -c1-64)\nrm -f -- \"$t\".h*\n",
+        header = shell_quote(digest::header().trim_end()),
+    )
+}
+
+/// Shell that sets `$h` to the digest of the temp file `$t` as the fingerprint defines it:
+/// plain sha256, or for a file above [`digest::SEGMENT`] its segments hashed side by side,
+/// as many at a time as the builder has cores.
+fn digest_of_temp(item: &Item, hasher: &str) -> String {
+    if !digest::is_segmented(item.size) {
+        return format!("h=$({hasher} \"$t\" | cut -c1-64)\n");
+    }
+    let n = digest::segments(item.size);
+    format!(
+        "j=$(nproc 2>/dev/null || echo 2)\ni=0\nwhile [ $i -lt {n} ]; do\n{} &\n\
+         i=$((i+1))\n[ $((i % j)) -ne 0 ] || wait\ndone\nwait\n{}",
+        hash_segment(hasher),
+        combine_segments(n, hasher)
+    )
+}
+
+/// The trap that removes the temp file `$t` and any segment hashes beside it.
+pub(crate) const TEMP_TRAP: &str = "trap 'rm -f -- \"$t\" \"$t\".h*' EXIT\n";
+
+/// Shell that refuses `$t` (exit 3, `bake-sha256:<hash>` on stderr) unless `$h` matches
+/// `item`'s digest, then gives it `item`'s owner and mode and renames it onto the destination.
+fn check_and_move(item: &Item) -> String {
     let expected = item.sha256.map(hex::encode).unwrap_or_default();
-    let mut script = format!("h=$({hasher} \"$t\" | cut -c1-64)\n");
+    let mut script = String::new();
     if !expected.is_empty() {
         script.push_str(&format!(
             "[ \"$h\" = {expected} ] || {{ echo \"bake-sha256:$h\" >&2; exit 3; }}\n"
@@ -58,9 +101,18 @@ pub(crate) fn verify_and_move(item: &Item, hasher: &str) -> String {
     script
 }
 
+/// Shell that hashes the temp file `$t`, refuses it (exit 3, `bake-sha256:<hash>` on stderr)
+/// unless it matches `item`'s digest, then gives it `item`'s owner and mode and renames it
+/// onto the destination. Shared by SFTP and SSM, so both check the same way.
+pub(crate) fn verify_and_move(item: &Item, hasher: &str) -> String {
+    format!("{}{}", digest_of_temp(item, hasher), check_and_move(item))
+}
+
 /// The root shell that receives one large file on stdin into a temp file next to its
-/// destination (creating the parent first), then passes it through [`verify_and_move`]; the
-/// temp file is removed whatever happens.
+/// destination (creating the parent first), then checks and moves it as [`verify_and_move`]
+/// does; the temp file is removed whatever happens. A segmented file is received segment by
+/// segment and each segment is hashed in the background as soon as it has landed, while the
+/// next one arrives, so after the last byte only the last segment is left to hash.
 pub(crate) fn receive_script(item: &Item, hasher: &str) -> String {
     let dest = shell_quote(&item.dest);
     let parent = shell_quote(
@@ -69,10 +121,23 @@ pub(crate) fn receive_script(item: &Item, hasher: &str) -> String {
             .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }),
     );
     let mut script = format!(
-        "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n\
-         trap 'rm -f -- \"$t\"' EXIT\ncat >\"$t\"\n"
+        "set -e\numask 022\nmkdir -p -- {parent}\numask 077\nt={dest}.bake-upload.$$\n{TEMP_TRAP}"
     );
-    script.push_str(&verify_and_move(item, hasher));
+    if digest::is_segmented(item.size) {
+        let n = digest::segments(item.size);
+        let blocks = digest::SEGMENT / DD_BLOCK;
+        // `iflag=fullblock`: from a pipe, a plain `count=` would count short reads.
+        script.push_str(&format!(
+            ": >\"$t\"\ni=0\nwhile [ $i -lt {n} ]; do\n\
+             dd bs={DD_BLOCK} count={blocks} iflag=fullblock 2>/dev/null >>\"$t\"\n{} &\n\
+             i=$((i+1))\ndone\nwait\n{}",
+            hash_segment(hasher),
+            combine_segments(n, hasher)
+        ));
+    } else {
+        script.push_str(&format!("cat >\"$t\"\n{}", digest_of_temp(item, hasher)));
+    }
+    script.push_str(&check_and_move(item));
     script
 }
 
@@ -127,6 +192,19 @@ mod tests {
         assert_eq!(m.len(), 3);
     }
 
+    /// The digest the fingerprint gives `bytes` (plain or segmented).
+    fn digest_of(bytes: &[u8]) -> [u8; 32] {
+        if digest::is_segmented(bytes.len() as u64) {
+            let segs: Vec<String> = bytes
+                .chunks(digest::SEGMENT as usize)
+                .map(|c| hex::encode(Sha256::digest(c)))
+                .collect();
+            digest::combine(segs.iter().map(String::as_str))
+        } else {
+            Sha256::digest(bytes).into()
+        }
+    }
+
     fn item(dest: &str, expected: &[u8]) -> Item {
         Item {
             dest: dest.to_string(),
@@ -135,16 +213,27 @@ mod tests {
             size: expected.len() as u64,
             mode: 0o640,
             owner: None,
-            sha256: Some(Sha256::digest(expected).into()),
+            sha256: Some(digest_of(expected)),
             root: false,
         }
     }
 
+    fn have_openssl() -> bool {
+        Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     /// Runs [`receive_script`] under `sh` with `bytes` on stdin, as the raw stream does.
     fn receive(item: &Item, bytes: &[u8]) -> Result<(), CommError> {
+        receive_with(item, bytes, hasher(false))
+    }
+
+    fn receive_with(item: &Item, bytes: &[u8], hasher: &str) -> Result<(), CommError> {
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(receive_script(item, hasher(false)))
+            .arg(receive_script(item, hasher))
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -222,5 +311,97 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, CommError::Upload { .. }), "{msg}");
         assert!(msg.contains("writing on the builder failed"), "{msg}");
+    }
+
+    /// A file of two segments and a bit: random-ish so segments differ.
+    fn segmented_bytes() -> Vec<u8> {
+        let len = 2 * digest::SEGMENT as usize + 777;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_segmented_file_is_received_and_checked_segment_by_segment_with_either_hasher() {
+        let bytes = segmented_bytes();
+        let mut hashers = vec![hasher(false)];
+        if have_openssl() {
+            hashers.push(hasher(true));
+        }
+        for h in hashers {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("big");
+            let it = item(dest.to_str().unwrap(), &bytes);
+            receive_with(&it, &bytes, h).unwrap_or_else(|e| panic!("{h}: {e}"));
+            assert!(
+                std::fs::read(&dest).unwrap() == bytes,
+                "{h}: content differs"
+            );
+            // No temp file and no segment hashes are left beside it.
+            assert_eq!(leftovers(dir.path()), vec!["big".to_string()], "{h}");
+        }
+    }
+
+    #[test]
+    fn a_corrupted_segment_is_a_checksum_error_and_leaves_nothing() {
+        let bytes = segmented_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("big");
+        let it = item(dest.to_str().unwrap(), &bytes);
+        // One byte flipped in the middle segment, as if damaged on the way or on the disk.
+        let mut bad = bytes.clone();
+        bad[digest::SEGMENT as usize + 5] ^= 1;
+        match receive(&it, &bad) {
+            Err(CommError::Checksum { local, remote, .. }) => {
+                assert_eq!(local, hex::encode(digest_of(&bytes)));
+                assert_eq!(remote, hex::encode(digest_of(&bad)));
+            }
+            other => panic!("expected a checksum error, got {other:?}"),
+        }
+        // A stream cut short is refused too.
+        match receive(&it, &bytes[..bytes.len() - 1]) {
+            Err(CommError::Checksum { .. }) => {}
+            other => panic!("expected a checksum error, got {other:?}"),
+        }
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+    }
+
+    /// [`verify_and_move`] on a segmented file already in place (SFTP, SSM): segments hashed
+    /// side by side, the same digest; a flipped byte is refused.
+    #[test]
+    fn verify_and_move_checks_a_segmented_temp_file() {
+        let bytes = segmented_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("big");
+        let temp = dir.path().join("big.part");
+        let it = item(dest.to_str().unwrap(), &bytes);
+        let run = |content: &[u8]| {
+            std::fs::write(&temp, content).unwrap();
+            let script = format!(
+                "set -e\nt={}\n{TEMP_TRAP}{}",
+                shell_quote(temp.to_str().unwrap()),
+                verify_and_move(&it, hasher(false))
+            );
+            Command::new("sh").arg("-c").arg(script).output().unwrap()
+        };
+        let mut bad = bytes.clone();
+        bad[7] ^= 0x80;
+        let out = run(&bad);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(!dest.exists());
+        let out = run(&bytes);
+        assert!(out.status.success(), "{out:?}");
+        assert!(std::fs::read(&dest).unwrap() == bytes);
+        assert_eq!(leftovers(dir.path()), vec!["big".to_string()]);
     }
 }

@@ -8,11 +8,12 @@ async fn upload_file_with_mode_and_owner_into_nested_path() {
     let sshd = Sshd::started();
     let local = sshd.scratch("local");
     let remote = sshd.scratch("remote");
-    // A small file (tar path) and a large one (raw stream path).
+    // A small file (tar path) and a large one (raw stream path, two segments: see
+    // plan::digest).
     let small = local.join("app.conf");
     std::fs::write(&small, b"listen 80\n").unwrap();
     let big = local.join("app.bin");
-    let big_bytes: Vec<u8> = (0..20 * 1024 * 1024u32)
+    let big_bytes: Vec<u8> = (0..40 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     std::fs::write(&big, &big_bytes).unwrap();
@@ -53,6 +54,26 @@ async fn upload_file_with_mode_and_owner_into_nested_path() {
     );
     let total = (big_bytes.len() + 10) as u64;
     assert_eq!(*sink.progress.lock().unwrap(), Some((total, total)));
+
+    // The same segmented file planned with another digest (as if a segment had been damaged
+    // on the way): refused, the destination keeps what it had, no temp file or segment hash
+    // is left.
+    let mut p = plan(&big, big_dest.to_str().unwrap(), Some(0o750), None);
+    p.entries[0].sha256 = Some([9u8; 32]);
+    match comm.upload(&[p]).await {
+        Err(CommError::Checksum { local, remote, .. }) => {
+            assert_eq!(local, "09".repeat(32));
+            assert_eq!(remote, hex::encode(digest_of(&big_bytes)));
+        }
+        other => panic!("expected a checksum error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&big_dest).unwrap(), big_bytes);
+    assert_eq!(
+        std::fs::read_dir(remote.join("opt/web/bin"))
+            .unwrap()
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
