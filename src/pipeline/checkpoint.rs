@@ -21,12 +21,12 @@ use aws_sdk_ec2::types::{Image, ImageState, ResourceType};
 use serde::Serialize;
 
 use super::cleanup::{Token, Undo};
-use super::image::{STATE_TAG, adopt_image, create_image_transient, is_complete, mark_complete};
+use super::image::{STATE_TAG, is_complete, mark_complete};
 use super::launch::Builder;
 use super::source::SourceImage;
 use super::{Bake, BuildError, Inputs};
+use crate::aws::AwsError;
 use crate::aws::ec2::{self, filter, tag_spec};
-use crate::aws::{AwsError, Ctx};
 use crate::plan::prefix::{self, Prefix};
 use crate::recipe::model::{CommunicatorKind, Recipe};
 use crate::remote::any::Communicator;
@@ -287,47 +287,13 @@ impl Bake<'_> {
             .no_reboot(true)
             .tag_specifications(tag_spec(ResourceType::Image, &tags))
             .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags));
-        let res = ec2::settle(
-            "CreateImage",
-            &name,
-            Duration::from_secs(120),
-            create_image_transient,
-            || {
-                let req = req.clone();
-                let name = &name;
-                async move { req.send().await.ctx("CreateImage", Some(name)) }
-            },
-        )
-        .await;
-        let ami = match res {
-            Ok(out) => out.image_id().unwrap_or_default().to_string(),
-            Err(e) if e.code_is(&["InvalidAMIName.Duplicate"]) => {
-                match adopt_image(ec2, &name, build_id).await? {
-                    Ok(ami) => ami,
-                    Err(_) => {
-                        cleanup.refused(undo);
-                        st.fail("the checkpoint's name is taken");
-                        return Err(e.into());
-                    }
-                }
-            }
+        let ami = match super::image::create_image(ec2, cleanup, undo, build_id, &name, req).await {
+            Ok(ami) => ami,
             Err(e) => {
-                if e.is_refusal() {
-                    cleanup.refused(undo);
-                }
                 st.fail(&e.to_string());
-                return Err(e.into());
+                return Err(e);
             }
         };
-        if ami.is_empty() {
-            return Err(AwsError::new(
-                "CreateImage",
-                Some(name.clone()),
-                "no image id in the answer",
-            )
-            .into());
-        }
-        cleanup.resolve(undo, &ami);
         st.finish(&format!(
             "{ami} pending (prefix {}); the next steps go on",
             p.short()

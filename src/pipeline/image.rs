@@ -128,48 +128,7 @@ impl Bake<'_> {
             .no_reboot(true)
             .tag_specifications(tag_spec(ResourceType::Image, &tags))
             .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags));
-        // CreateImage takes no client token: a retry after a lost answer is refused as a
-        // duplicate name, and the image of that name carrying this build's tag is the one the
-        // first attempt made.
-        let res = ec2::settle(
-            "CreateImage",
-            name,
-            // Bounded: "not in state" also answers an instance that terminated and never will be.
-            Duration::from_secs(120),
-            create_image_transient,
-            || {
-                let req = req.clone();
-                async move { req.send().await.ctx("CreateImage", Some(name)) }
-            },
-        )
-        .await;
-        let ami = match res {
-            Ok(out) => out.image_id().unwrap_or_default().to_string(),
-            Err(e) if e.code_is(&["InvalidAMIName.Duplicate"]) => {
-                match adopt_image(ec2, name, build_id).await? {
-                    Ok(ami) => ami,
-                    Err(other) => {
-                        cleanup.refused(undo);
-                        return Err(name_taken(name, &other));
-                    }
-                }
-            }
-            Err(e) => {
-                if e.is_refusal() {
-                    cleanup.refused(undo);
-                }
-                return Err(e.into());
-            }
-        };
-        if ami.is_empty() {
-            return Err(AwsError::new(
-                "CreateImage",
-                Some(name.into()),
-                "no image id in the answer",
-            )
-            .into());
-        }
-        cleanup.resolve(undo, &ami);
+        let ami = create_image(ec2, cleanup, undo, build_id, name, req).await?;
         st.update(&format!("{ami} pending"));
         let img = ec2::wait_image_available(ec2, &ami, Duration::from_secs(3600)).await?;
         let snapshots = ec2::image_snapshots(&img);
@@ -226,6 +185,61 @@ pub(super) async fn tag_snapshots_finished(
     )
     .await?;
     Ok(())
+}
+
+/// Sends `req` (a CreateImage of this build named `name`, whose undo is `undo`) and returns
+/// the new image's id, with the undo resolved to it. CreateImage takes no client token: a
+/// retry after a lost answer is refused as a duplicate name, and the image of that name
+/// carrying this build's tag is the one the first attempt made; any other image of that name
+/// is somebody else's (the undo is dropped, never run against it).
+pub(super) async fn create_image(
+    ec2: &aws_sdk_ec2::Client,
+    cleanup: &super::Cleanup,
+    undo: Token,
+    build_id: &str,
+    name: &str,
+    req: aws_sdk_ec2::operation::create_image::builders::CreateImageFluentBuilder,
+) -> Result<String, BuildError> {
+    let res = ec2::settle(
+        "CreateImage",
+        name,
+        // Bounded: "not in state" also answers an instance that terminated and never will be.
+        Duration::from_secs(120),
+        create_image_transient,
+        || {
+            let req = req.clone();
+            async move { req.send().await.ctx("CreateImage", Some(name)) }
+        },
+    )
+    .await;
+    let ami = match res {
+        Ok(out) => out.image_id().unwrap_or_default().to_string(),
+        Err(e) if e.code_is(&["InvalidAMIName.Duplicate"]) => {
+            match adopt_image(ec2, name, build_id).await? {
+                Ok(ami) => ami,
+                Err(other) => {
+                    cleanup.refused(undo);
+                    return Err(name_taken(name, &other));
+                }
+            }
+        }
+        Err(e) => {
+            if e.is_refusal() {
+                cleanup.refused(undo);
+            }
+            return Err(e.into());
+        }
+    };
+    if ami.is_empty() {
+        return Err(AwsError::new(
+            "CreateImage",
+            Some(name.into()),
+            "no image id in the answer",
+        )
+        .into());
+    }
+    cleanup.resolve(undo, &ami);
+    Ok(ami)
 }
 
 pub(super) async fn mark_complete(
