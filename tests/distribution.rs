@@ -11,15 +11,6 @@ use common::*;
 
 const EXTRA: [&str; 2] = ["us-west-2", "eu-west-1"];
 
-fn ec2_in(lab: &Lab, region: &str) -> aws_sdk_ec2::Client {
-    let conf = lab
-        .conf
-        .to_builder()
-        .region(aws_config::Region::new(region.to_string()))
-        .build();
-    aws_sdk_ec2::Client::new(&conf)
-}
-
 fn ssm_in(lab: &Lab, region: &str) -> aws_sdk_ssm::Client {
     let conf = lab
         .conf
@@ -27,18 +18,6 @@ fn ssm_in(lab: &Lab, region: &str) -> aws_sdk_ssm::Client {
         .region(aws_config::Region::new(region.to_string()))
         .build();
     aws_sdk_ssm::Client::new(&conf)
-}
-
-fn ami_of(build: &serde_json::Value, region: &str) -> String {
-    build["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["region"] == region)
-        .unwrap_or_else(|| panic!("no image in {region}: {build}"))["ami_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -72,7 +51,7 @@ fn one_build_copies_to_every_region_and_the_cache_is_per_region() {
 
     lab.rt.block_on(async {
         for region in EXTRA {
-            let ec2 = ec2_in(&lab, region);
+            let ec2 = lab.ec2_in(region);
             let ami = ami_of(&first, region);
             assert_ne!(ami, home, "{region} got no copy of its own");
             let img = ec2
@@ -157,7 +136,7 @@ fn one_build_copies_to_every_region_and_the_cache_is_per_region() {
     // One copy gone: the next build copies again, without building.
     let gone = ami_of(&first, "eu-west-1");
     lab.rt.block_on(async {
-        ec2_in(&lab, "eu-west-1")
+        lab.ec2_in("eu-west-1")
             .deregister_image()
             .image_id(&gone)
             .send()
@@ -204,7 +183,7 @@ fn the_build_region_among_the_copy_regions_is_refused_before_any_aws_call() {
 
 /// The images of `recipe` in `region` (any state but deregistered).
 fn images_in(lab: &Lab, region: &str, recipe: &str) -> Vec<String> {
-    lab.images_through(&ec2_in(lab, region), recipe)
+    lab.images_through(&lab.ec2_in(region), recipe)
         .iter()
         .filter_map(|i| i.image_id().map(str::to_string))
         .collect()
@@ -285,7 +264,7 @@ fn a_lost_copy_answer_is_retried_without_a_second_copy() {
 /// Who may create volumes from `ami`'s snapshot in `region`: user ids and groups.
 fn snapshot_perms(lab: &Lab, region: &str, ami: &str) -> Vec<String> {
     lab.rt.block_on(async {
-        let ec2 = ec2_in(lab, region);
+        let ec2 = lab.ec2_in(region);
         let img = ec2
             .describe_images()
             .image_ids(ami)
@@ -363,7 +342,7 @@ fn snapshots_are_public_only_when_the_recipe_says_public_snapshots() {
             "{region}"
         );
         let public = lab.rt.block_on(async {
-            ec2_in(&lab, region)
+            lab.ec2_in(region)
                 .describe_images()
                 .image_ids(&ami)
                 .send()

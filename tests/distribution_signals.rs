@@ -43,12 +43,7 @@ impl Drop for Realistic<'_> {
 }
 
 fn images_in(lab: &Lab, region: &str, recipe: &str) -> Vec<aws_sdk_ec2::types::Image> {
-    let conf = lab
-        .conf
-        .to_builder()
-        .region(aws_config::Region::new(region.to_string()))
-        .build();
-    lab.images_through(&aws_sdk_ec2::Client::new(&conf), recipe)
+    lab.images_through(&lab.ec2_in(region), recipe)
 }
 
 #[test]

@@ -20,18 +20,6 @@ fn in_region<'a>(
         .filter(move |i| i["region"] == region)
 }
 
-fn ami_of(build: &serde_json::Value, region: &str) -> String {
-    build["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["region"] == region)
-        .unwrap_or_else(|| panic!("no image in {region}: {build}"))["ami_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn snapshot_of(lab: &Lab, region: &str, ami: &str) -> String {
     lab.rt.block_on(async {
         lab.ec2_in(region)

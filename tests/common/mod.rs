@@ -433,6 +433,19 @@ pub fn copies_recipe(dir: &Path, name: &str) -> PathBuf {
     )
 }
 
+/// The AMI id a build's JSON result names for `region`.
+pub fn ami_of(build: &serde_json::Value, region: &str) -> String {
+    build["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == region)
+        .unwrap_or_else(|| panic!("no image in {region}: {build}"))["ami_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `bake build --output json <extra> <recipe>` with the hash cache `cache`: must succeed;
 /// returns the JSON result.
 pub fn build_json(lab: &Lab, cache: &Path, recipe: &Path, extra: &[&str]) -> serde_json::Value {
