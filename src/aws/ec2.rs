@@ -216,10 +216,46 @@ pub async fn wait_instance_state(
     }
 }
 
-/// Waits until an image is `available`; a `failed` image is an error.
+/// How far an image must have come for a wait to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageReady {
+    /// `available`: usable.
+    Available,
+    /// Every EBS block device names its snapshot (or the image is already available): the
+    /// snapshots are point-in-time from their start, so the instance is no longer needed.
+    SnapshotsStarted,
+}
+
+/// Whether `img` has reached `until` (failure is the caller's to judge first).
+pub fn image_reached(img: &Image, until: ImageReady) -> bool {
+    if img.state() == Some(&ImageState::Available) {
+        return true;
+    }
+    let ebs: Vec<_> = img
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs())
+        .collect();
+    until == ImageReady::SnapshotsStarted
+        && !ebs.is_empty()
+        && ebs.iter().all(|e| e.snapshot_id().is_some())
+}
+
+/// Waits until the image `id` is available.
 pub async fn wait_image_available(
     ec2: &Client,
     id: &str,
+    timeout: Duration,
+) -> Result<Image, AwsError> {
+    wait_image(ec2, id, ImageReady::Available, timeout).await
+}
+
+/// Waits until the image `id` has reached `until`; a failed image is an error with EC2's
+/// reason.
+pub async fn wait_image(
+    ec2: &Client,
+    id: &str,
+    until: ImageReady,
     timeout: Duration,
 ) -> Result<Image, AwsError> {
     let r = retry::poll(Backoff::AWS.with_timeout(timeout), |_| async {
@@ -227,7 +263,6 @@ pub async fn wait_image_available(
             Err(e) => Poll::from_err(e),
             Ok(None) => Poll::Pending(format!("{id} not visible yet")),
             Ok(Some(img)) => match img.state() {
-                Some(ImageState::Available) => Poll::Ready(img),
                 Some(ImageState::Failed) | Some(ImageState::Error) | Some(ImageState::Invalid) => {
                     let reason = img
                         .state_reason()
@@ -240,6 +275,7 @@ pub async fn wait_image_available(
                         format!("image creation failed: {reason}"),
                     ))
                 }
+                _ if image_reached(&img, until) => Poll::Ready(img),
                 other => Poll::Pending(format!(
                     "{id} is {}",
                     other.map(|s| s.as_str()).unwrap_or("unknown")
@@ -468,4 +504,44 @@ pub async fn delete_volume(ec2: &Client, id: &str) -> Result<(), AwsError> {
         || async { ec2.delete_volume().volume_id(id).send().await.map(|_| ()) },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice};
+
+    fn image(state: ImageState, snapshots: &[Option<&str>]) -> Image {
+        let mut b = Image::builder().state(state);
+        for s in snapshots {
+            let ebs = EbsBlockDevice::builder().set_snapshot_id(s.map(str::to_string));
+            b = b.block_device_mappings(BlockDeviceMapping::builder().ebs(ebs.build()).build());
+        }
+        b.build()
+    }
+
+    #[test]
+    fn snapshots_started_needs_every_ebs_snapshot_named() {
+        let started = ImageReady::SnapshotsStarted;
+        assert!(!image_reached(&image(ImageState::Pending, &[]), started));
+        assert!(!image_reached(
+            &image(ImageState::Pending, &[Some("snap-1"), None]),
+            started
+        ));
+        assert!(image_reached(
+            &image(ImageState::Pending, &[Some("snap-1"), Some("snap-2")]),
+            started
+        ));
+        assert!(image_reached(&image(ImageState::Available, &[]), started));
+    }
+
+    #[test]
+    fn available_is_only_available() {
+        let pending = image(ImageState::Pending, &[Some("snap-1")]);
+        assert!(!image_reached(&pending, ImageReady::Available));
+        assert!(image_reached(
+            &image(ImageState::Available, &[Some("snap-1")]),
+            ImageReady::Available
+        ));
+    }
 }

@@ -91,6 +91,14 @@ pub struct Pending {
     snap_tags: BTreeMap<String, String>,
 }
 
+/// The images of checkpoints still pending (the builder must outlive their snapshots' start).
+pub fn ami_ids(pending: &[Pending]) -> Vec<String> {
+    pending
+        .iter()
+        .map(|p| p.checkpoint.ami_id.clone())
+        .collect()
+}
+
 /// Of `images`, the newest available, complete checkpoint image of the latest checkpoint in
 /// `prefixes` that has one: where a build starts.
 pub fn choose<'a>(images: &'a [Image], prefixes: &'a [Prefix]) -> Option<(&'a Prefix, &'a Image)> {

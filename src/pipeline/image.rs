@@ -75,6 +75,7 @@ impl Bake<'_> {
         inputs: &Inputs,
         name: &str,
         from: Option<&super::checkpoint::Resume>,
+        checkpoints: &[String],
     ) -> Result<(FoundImage, Token), BuildError> {
         let Bake {
             clients,
@@ -130,6 +131,7 @@ impl Bake<'_> {
             .tag_specifications(tag_spec(ResourceType::Snapshot, &snap_tags));
         let ami = create_image(ec2, cleanup, undo, build_id, name, req).await?;
         st.update(&format!("{ami} pending"));
+        self.release_builder(id, &ami, checkpoints).await?;
         let img = ec2::wait_image_available(ec2, &ami, Duration::from_secs(3600)).await?;
         let snapshots = ec2::image_snapshots(&img);
         tag_snapshots_finished(ec2, &snapshots, snap_tags).await?;
@@ -151,6 +153,52 @@ impl Bake<'_> {
             },
             undo,
         ))
+    }
+
+    /// Terminates the builder as soon as every image made from it (`ami` and the pending
+    /// `checkpoints`) has started its snapshots, which are point-in-time from their start: the
+    /// shutdown (tens of seconds on EC2) then overlaps the snapshots' copy instead of following
+    /// it. The builder's undo stays registered and waits for `terminated` at cleanup. A
+    /// TerminateInstances that fails here is only reported: cleanup terminates it anyway.
+    async fn release_builder(
+        &self,
+        id: &str,
+        ami: &str,
+        checkpoints: &[String],
+    ) -> Result<(), BuildError> {
+        let ec2 = &self.clients.ec2;
+        for image in std::iter::once(ami).chain(checkpoints.iter().map(String::as_str)) {
+            ec2::wait_image(
+                ec2,
+                image,
+                ec2::ImageReady::SnapshotsStarted,
+                Duration::from_secs(3600),
+            )
+            .await?;
+        }
+        let sent = ec2::settle(
+            "TerminateInstances",
+            id,
+            ec2::VISIBILITY,
+            ec2::not_yet_visible,
+            || async {
+                ec2.terminate_instances()
+                    .instance_ids(id)
+                    .send()
+                    .await
+                    .ctx("TerminateInstances", Some(id))
+            },
+        )
+        .await;
+        match sent {
+            Ok(_) => self.ui.line(&format!(
+                "{ami}: snapshots started, terminating builder {id}"
+            )),
+            Err(e) => self.ui.line(&format!(
+                "could not terminate builder {id} yet ({e}); cleanup will"
+            )),
+        }
+        Ok(())
     }
 }
 

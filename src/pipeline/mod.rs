@@ -218,9 +218,16 @@ impl Bake<'_> {
                     .map_or_else(|| inputs.source.clone(), checkpoint::Resume::as_source);
                 let builder = self.launch(&source).await?;
                 let pending = self.provision(&builder, &inputs, resume.as_ref()).await?;
+                let pending_amis = checkpoint::ami_ids(&pending);
                 // The checkpoints' snapshots complete while the builder stops and is imaged.
                 let ((made, undo), done) = tokio::try_join!(
-                    self.make_image(&builder, &inputs, &image_name, resume.as_ref()),
+                    self.make_image(
+                        &builder,
+                        &inputs,
+                        &image_name,
+                        resume.as_ref(),
+                        &pending_amis
+                    ),
                     self.finish_checkpoints(pending),
                 )?;
                 from_checkpoint = resume;

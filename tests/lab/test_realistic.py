@@ -169,6 +169,11 @@ def test_image_pending_with_snapshot_progress(ec2, res, debian_ami, realistic):
     ami = res.image(iid)
     img = ec2.describe_images(ImageIds=[ami])["Images"][0]
     assert img["State"] == "pending"
+    # The snapshot starts a moment after CreateImage; only then does the image name it.
+    img = until(lambda: next(
+        (i for i in ec2.describe_images(ImageIds=[ami])["Images"]
+         if "SnapshotId" in i["BlockDeviceMappings"][0]["Ebs"]), None), 5, "the snapshot started")
+    assert img["State"] == "pending"
     snap_id = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro")
@@ -257,3 +262,28 @@ def test_new_image_is_never_seen_available_before_pending(ec2, res, debian_ami, 
         stop.set()
         t.join()
     assert seen[0] == "pending", seen[:5]
+
+
+def test_image_fails_if_its_instance_is_terminated_before_the_snapshot_starts(ec2, res, debian_ami, realistic):
+    a, b = res.run(debian_ami), res.run(debian_ami)
+    for i in (a, b):
+        until(lambda: state(ec2, i["InstanceId"])[0] == "running", 40 * SCALE + 10, "running")
+    # At scale 1 the snapshot starts 1-4 s after CreateImage: a window a test can hit.
+    lab_api("profile", {"profile": "realistic", "time_scale": 1.0})
+
+    def ebs(ami: str) -> dict:
+        return ec2.describe_images(ImageIds=[ami])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]
+
+    early = ec2.create_image(InstanceId=a["InstanceId"], Name=f"early-{uuid.uuid4().hex[:8]}", NoReboot=True)
+    res.images.append(early["ImageId"])
+    assert "SnapshotId" not in ebs(early["ImageId"])
+    ec2.terminate_instances(InstanceIds=[a["InstanceId"]])
+    assert ec2.describe_images(ImageIds=[early["ImageId"]])["Images"][0]["State"] == "failed"
+
+    late = ec2.create_image(InstanceId=b["InstanceId"], Name=f"late-{uuid.uuid4().hex[:8]}", NoReboot=True)
+    res.images.append(late["ImageId"])
+    until(lambda: "SnapshotId" in ebs(late["ImageId"]), 10, "the snapshot started", step=0.1)
+    ec2.terminate_instances(InstanceIds=[b["InstanceId"]])
+    assert ec2.describe_images(ImageIds=[late["ImageId"]])["Images"][0]["State"] == "pending"
+    lab_api("profile", {"profile": "instant"})  # finishes the pending image at once
+    assert ec2.describe_images(ImageIds=[late["ImageId"]])["Images"][0]["State"] == "available"

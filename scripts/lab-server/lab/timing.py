@@ -21,6 +21,10 @@ Under `realistic`:
   snapshot's `Progress` rising to 100 % (it completes at 90 % of that time), then
   `completed` / `available`. CopyImage: the same with the bytes of every lab layer of the
   source image. RunInstances from a pending image → `InvalidAMIID.Unavailable`.
+  For SNAPSHOT_START seconds after CreateImage EC2 has not started the snapshot: the
+  image's block device mapping names no `SnapshotId` yet, and an instance terminated in
+  that window takes its volume with it, so the image becomes `failed` (once the snapshot
+  has started it is point-in-time and completes without the instance).
 * An IAM instance profile is refused by RunInstances for PROFILE_LAG seconds after
   CreateInstanceProfile / AddRoleToInstanceProfile (`InvalidParameterValue`, EC2's wording).
 
@@ -56,6 +60,7 @@ STOPPING = (20.0, 60.0)
 SHUTTING_DOWN = (20.0, 60.0)
 IMAGE_BASE = 20.0
 IMAGE_RATE = 20 * 1024 * 1024  # bytes/s of changed data
+SNAPSHOT_START = (1.0, 4.0)  # CreateImage -> the snapshot starts (SnapshotId visible)
 SNAPSHOT_SHARE = 0.9  # the snapshot completes at this share of the image's time
 PROFILE_LAG = 8.0
 
@@ -521,7 +526,48 @@ def install(lab: Any) -> Timing:
             layer = lab.layers_dir / ami.id
             return timing.image_seconds(tree_bytes(layer) if layer.exists() else 0)
 
-        return made_pending(lambda: orig(self, instance_id, *args, **kwargs), seconds)
+        ami = made_pending(lambda: orig(self, instance_id, *args, **kwargs), seconds)
+        if timing.realistic:
+            ami.__dict__["_lab_snap_start_at"] = time.monotonic() + timing.dur(SNAPSHOT_START)
+            starting.setdefault(instance_id, []).append(ami)
+        return ami
+
+    # Images whose snapshot has not started yet, by the instance they are made from.
+    starting: dict[str, list[Any]] = {}
+
+    def snapshot_started(ami: Any) -> bool:
+        at = ami.__dict__.get("_lab_snap_start_at")
+        return at is None or time.monotonic() >= at or not timing.realistic
+
+    orig_bdm = m_amis.Ami.block_device_mappings
+
+    def _bdm(self: Any) -> list[dict[str, Any]]:
+        out = orig_bdm.fget(self)
+        if snapshot_started(self):
+            return out
+        return [{**m, "Ebs": {k: v for k, v in m["Ebs"].items() if k != "SnapshotId"}} for m in out]
+
+    m_amis.Ami.block_device_mappings = property(_bdm)
+
+    @_wrap(m_inst.Instance, "terminate")
+    def inst_terminate_imaging(orig, self):
+        for ami in starting.pop(self.id, []):
+            if not snapshot_started(ami):
+                ami.__dict__.update(_lab_state="failed", _lab_ready_at=None)
+                log.info("lab: %s failed: instance %s terminated before its snapshot started",
+                         ami.id, self.id)
+        return orig(self)
+
+    @_wrap(m_amis.AmiBackend, "deregister_image")
+    def deregister_unstarted(orig, self, ami_id):
+        # An image deregistered before its snapshot started never gets one.
+        ami = self.amis.get(ami_id)
+        snap = getattr(ami, "ebs_snapshot", None) if ami is not None and not snapshot_started(ami) else None
+        ret = orig(self, ami_id)
+        if snap is not None and snap.id in self.snapshots:
+            self.snapshots.pop(snap.id)
+            log.info("lab: %s deregistered before its snapshot %s started: no snapshot", ami_id, snap.id)
+        return ret
 
     @_wrap(m_amis.AmiBackend, "copy_image")
     def copy_image(orig, self, source_image_id, *args, **kwargs):
