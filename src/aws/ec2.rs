@@ -402,10 +402,9 @@ pub async fn own_images(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<Image>
     Ok(out)
 }
 
-/// Terminates `ids` and waits until every one is terminated. `not_found_grace`: for ids this
-/// process was just given (a builder a moment after RunInstances) "not found" means "not
-/// visible yet" for that long; `None` for ids a listing showed, where "not found" means gone.
-pub async fn terminate_and_wait(
+/// Sends TerminateInstances for `ids` without waiting (`not_found_grace` as for
+/// [`terminate_and_wait`]).
+pub async fn terminate(
     ec2: &Client,
     ids: &[String],
     not_found_grace: Option<Duration>,
@@ -432,9 +431,20 @@ pub async fn terminate_and_wait(
         }
     };
     match sent {
-        Err(e) if !(not_found_grace.is_none() && e.is_not_found()) => return Err(e),
-        _ => {}
+        Err(e) if !(not_found_grace.is_none() && e.is_not_found()) => Err(e),
+        _ => Ok(()),
     }
+}
+
+/// Terminates `ids` and waits until every one is terminated. `not_found_grace`: for ids this
+/// process was just given (a builder a moment after RunInstances) "not found" means "not
+/// visible yet" for that long; `None` for ids a listing showed, where "not found" means gone.
+pub async fn terminate_and_wait(
+    ec2: &Client,
+    ids: &[String],
+    not_found_grace: Option<Duration>,
+) -> Result<(), AwsError> {
+    terminate(ec2, ids, not_found_grace).await?;
     let waits = ids.iter().map(|id| {
         wait_instance_state(
             ec2,

@@ -176,20 +176,7 @@ impl Bake<'_> {
             )
             .await?;
         }
-        let sent = ec2::settle(
-            "TerminateInstances",
-            id,
-            ec2::VISIBILITY,
-            ec2::not_yet_visible,
-            || async {
-                ec2.terminate_instances()
-                    .instance_ids(id)
-                    .send()
-                    .await
-                    .ctx("TerminateInstances", Some(id))
-            },
-        )
-        .await;
+        let sent = ec2::terminate(ec2, &[id.to_string()], Some(ec2::VISIBILITY)).await;
         match sent {
             Ok(_) => self.ui.line(&format!(
                 "{ami}: snapshots started, terminating builder {id}"
