@@ -513,7 +513,19 @@ async fn undo_one(c: &Clients, undo: &Undo) -> Result<String, AwsError> {
             .await?;
             let mut done = Vec::new();
             for img in found {
-                let Some(id) = img.image_id() else { continue };
+                let Some(id) = img.image_id().map(str::to_string) else {
+                    continue;
+                };
+                let id = id.as_str();
+                // A pending image names its snapshots only once they have started: deregistered
+                // before that, the snapshots it then makes would be left with no image.
+                let img = if ec2::image_reached(&img, ec2::ImageReady::SnapshotsStarted) {
+                    img
+                } else {
+                    ec2::wait_image(&c.ec2, id, ec2::ImageReady::SnapshotsStarted, LOOKUP_WINDOW)
+                        .await
+                        .unwrap_or(img)
+                };
                 let snaps = ec2::image_snapshots(&img);
                 ec2::deregister_with_snapshots(&c.ec2, id, &snaps, &[]).await?;
                 done.push(format!("{id} (+{} snapshot(s))", snaps.len()));
