@@ -505,16 +505,24 @@ fn foreign_image(lab: &Lab, name: &str) -> (String, Vec<String>) {
                 .unwrap()
             }
         };
+        // As on EC2, an image names its snapshots only once they have started (a few seconds
+        // after CreateImage); terminating the instance before that would fail the image.
         let snaps = poll(wait, |_| async {
-            match e.describe_images().image_ids(&image).send().await {
-                Ok(o) if !o.images().is_empty() => Poll::<_, ()>::Ready(
-                    o.images()[0]
-                        .block_device_mappings()
+            let r = e.describe_images().image_ids(&image).send().await;
+            let snaps: Vec<String> = r
+                .ok()
+                .and_then(|o| o.images().first().cloned())
+                .map(|i| {
+                    i.block_device_mappings()
                         .iter()
                         .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
-                        .collect::<Vec<_>>(),
-                ),
-                _ => Poll::Pending(format!("{image} visible")),
+                        .collect()
+                })
+                .unwrap_or_default();
+            if snaps.is_empty() {
+                Poll::Pending(format!("{image} visible with its snapshots started"))
+            } else {
+                Poll::<_, ()>::Ready(snaps)
             }
         })
         .await
