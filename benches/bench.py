@@ -619,7 +619,8 @@ class Bench:
             row(WORKLOADS[wl]["title"], b, p, o, ratio(b, p), tgt, check(ratio(b, p), limit),
                 pr=paired(wl, "bake", wl, "packer"))
         b, p, o = m("big", "bake"), m("big", "packer"), m("big", "openssh")
-        row(f"4. {big_label} file, whole build", b, p, o, ratio(b, o), "<= 1.2 x sftp put", check(ratio(b, o), 1.2),
+        # Issue 17 tightened the whole build's goal from 1.2 to 0.9 x `sftp put`.
+        row(f"4. {big_label} file, whole build", b, p, o, ratio(b, o), "<= 0.9 x sftp put", check(ratio(b, o), 0.9),
             note=f"bake/Packer {ratio(b, p):.2f}" if ratio(b, p) else "", pr=paired("big", "bake", "big", "openssh"))
         bo = m("ours", "bake")
         row(f"4. {big_label} file, build minus lab waits (launch, stop, image)", bo, None, o, ratio(bo, o),

@@ -1,28 +1,30 @@
 //! Uploads: a tar stream for directories and small files, a raw stream per large file, and
-//! sha256 verification of every file on the builder.
+//! a sha256 check of every file before it counts as landed.
 //!
 //! Why not SFTP: SFTP pays a request/response per open, write batch, setstat and close, which is
 //! what makes Packer slow on many small files; a tar stream is one channel and zero round trips
-//! per file. Large files skip tar: they stream raw into a temp file next to the destination,
-//! are hashed there and renamed into place only if the hash matches. (Hashing while receiving,
-//! `tee | openssl`, measured twice as slow: tee's 8 KiB pipe hops cost more than re-reading
-//! from the page cache.) A file above `plan::digest::SEGMENT` is received segment by segment
-//! and each landed segment is re-read from the page cache and hashed in the background while
-//! the next one arrives, so only the last segment is hashed after the last byte (see
-//! `transfer::verify::receive_script`; measured in benches/README.md). Splitting the tar into
+//! per file; the builder hashes the small files after the tar. Large files skip tar: they
+//! stream raw into a temp file next to the destination, followed by the digest of the bytes
+//! bake sent, computed as it read them; the builder renames the file into place only if the
+//! planned size arrived and that digest is the planned one (`transfer::verify::receive_script`
+//! says why the builder need not hash it again). Earlier designs hashed on the builder:
+//! `tee | openssl` while receiving measured twice as slow as re-reading from the page cache
+//! (tee's 8 KiB pipe hops), and re-reading each landed 32 MiB segment in the background cost
+//! the lab's two shared cores ~1.8 s of CPU per GiB (benches/README.md). Splitting the tar into
 //! batches, each extracted while the previous one is hashed, also measured slower: on the
 //! builder both compete for the same filesystem. What does pay is unpacking many files as two
 //! streams side by side ([`TAR_STREAMS`]): file creation is kernel CPU, and a single `tar`
 //! leaves the builder's second core idle.
 //!
 //! Large files: raw stream or pipelined SFTP. Both land in the same root-owned temp file and
-//! share the verify / chown / chmod / `mv -T` step; [`sftp::LARGE_FILES`] picks one, and it is
-//! the raw stream. Measured 2026-11-23, release build, 1 GiB of random data to a throwaway
-//! OpenSSH sshd on 127.0.0.1 (2 cores, shared with other builds, so wall times are noisy),
-//! variants alternated within each round, bake's times include the remote sha256 check,
-//! OpenSSH `sftp put` (its default cipher, no check) as the reference. Medians of three runs;
-//! "cpu" = CPU seconds of the client plus the whole sshd side, the steadier number on a
-//! machine this busy:
+//! share the check / chown / chmod / `mv -T` step (SFTP hashes the landed file on the
+//! builder); [`sftp::LARGE_FILES`] picks one, and it is the raw stream. Measured 2026-11-23
+//! (when the raw stream still hashed on the builder), release build, 1 GiB of random data to
+//! a throwaway OpenSSH sshd on 127.0.0.1 (2 cores, shared with other builds, so wall times
+//! are noisy), variants alternated within each round, bake's times include the remote sha256
+//! check, OpenSSH `sftp put` (its default cipher, no check) as the reference. Medians of
+//! three runs; "cpu" = CPU seconds of the client plus the whole sshd side, the steadier number
+//! on a machine this busy:
 //!
 //! | wall s / cpu s                   | run 1, 7 rounds | run 2, 5 rounds | run 3, 7 rounds |
 //! |----------------------------------|-----------------|-----------------|-----------------|
@@ -54,7 +56,7 @@ use super::Remote;
 use super::connect::Client;
 use super::exec::{Chunk, capture, pipe};
 use super::sftp;
-use crate::plan::{EntryKind, UploadPlan};
+use crate::plan::{EntryKind, UploadPlan, digest};
 use crate::remote::CommError;
 use crate::remote::transfer::script::as_root;
 use crate::remote::transfer::staging::{
@@ -155,18 +157,34 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
     let _ = tx.blocking_send(Ok((buf, accounted)));
 }
 
-/// Produces one file's raw bytes on a blocking thread.
+/// Produces one file's raw bytes on a blocking thread, then the [`verify::trailer`] with the
+/// digest of what it read and sent.
 fn produce_raw(item: Item, tx: mpsc::Sender<Chunk>) {
-    let mut buf = Vec::with_capacity(CHUNK);
-    let mut accounted = 0u64;
-    match read_file(&item, &mut buf, &mut accounted, &tx) {
-        Ok(()) => {
-            let _ = tx.blocking_send(Ok((buf, accounted)));
+    let last = match send_raw(&item, &tx) {
+        Ok(sent) => Ok((verify::trailer(sent), 0)),
+        Err(e) => Err(e),
+    };
+    let _ = tx.blocking_send(last);
+}
+
+/// Sends `item`'s bytes in [`CHUNK`]s and returns their digest. Reads [`digest::READ`] at a
+/// time and hashes each piece at once, while it is still in the CPU cache.
+fn send_raw(item: &Item, tx: &mpsc::Sender<Chunk>) -> Result<[u8; 32], CommError> {
+    let mut src = SourceFile::open(item)?;
+    let mut sent = digest::Streaming::new(item.size);
+    while src.left() > 0 {
+        let mut buf = Vec::with_capacity(CHUNK);
+        while buf.len() < CHUNK && src.left() > 0 {
+            let from = buf.len();
+            src.append(&mut buf, digest::READ.min(CHUNK - from) as u64)?;
+            sent.update(&buf[from..]);
         }
-        Err(e) => {
-            let _ = tx.blocking_send(Err(e));
+        let n = buf.len() as u64;
+        if tx.blocking_send(Ok((buf, n))).is_err() {
+            return Err(upload_err(&item.dest, "transfer aborted"));
         }
     }
+    Ok(sent.finish())
 }
 
 pub async fn upload(
@@ -191,7 +209,7 @@ pub async fn upload(
         .partition(|i| i.kind == EntryKind::File && i.size >= STREAM_THRESHOLD);
     // The tars go first: they create the directories large files may land in. Then the
     // builder hashes the small files while the large ones stream in; two large files overlap
-    // so one's remote hashing runs during the next one's transfer.
+    // so one's check and rename run during the next one's transfer.
     let small_files = if small.is_empty() {
         Vec::new()
     } else {
@@ -321,8 +339,8 @@ async fn upload_large(
 
 // ---- end of the large-file transport hook ----
 
-/// Streams one large file into place, hashing it on the builder as it arrives; it is renamed
-/// over the destination only when the hash matches.
+/// Streams one large file into place with the digest of what was sent after it; it is renamed
+/// over the destination only when all of it arrived and that digest is the planned one.
 async fn upload_raw(
     handle: &Handle<Client>,
     remote: &Remote,
@@ -330,7 +348,7 @@ async fn upload_raw(
     item: Item,
 ) -> Result<(), CommError> {
     let expected = item.sha256.map(hex::encode).unwrap_or_default();
-    let script = verify::receive_script(&item, hasher(remote));
+    let script = verify::receive_script(&item);
     let command = as_root(remote.sudo, &script);
 
     let path = item.dest.clone();
