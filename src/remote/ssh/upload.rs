@@ -160,10 +160,7 @@ fn produce_tar(items: Vec<Item>, tx: mpsc::Sender<Chunk>) {
 /// Produces one file's raw bytes on a blocking thread, then the [`verify::trailer`] with the
 /// digest of what it read and sent.
 fn produce_raw(item: Item, tx: mpsc::Sender<Chunk>) {
-    let last = match send_raw(&item, &tx) {
-        Ok(sent) => Ok((verify::trailer(sent), 0)),
-        Err(e) => Err(e),
-    };
+    let last = send_raw(&item, &tx).map(|sent| (verify::trailer(sent), 0));
     let _ = tx.blocking_send(last);
 }
 
