@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::cleanup::{Token, Undo};
 use super::image::{STATE_TAG, is_complete, mark_complete};
-use super::launch::Builder;
+use super::launch::Launched;
 use super::source::SourceImage;
 use super::{Bake, BuildError, Inputs};
 use crate::aws::AwsError;
@@ -167,7 +167,7 @@ fn tags(
     p: &Prefix,
     source: &SourceImage,
     build_id: &str,
-    builder: &Builder,
+    builder: &Launched,
     key: Option<&str>,
 ) -> BTreeMap<String, String> {
     let mut t = recipe.image.tags.clone();
@@ -249,7 +249,7 @@ impl Bake<'_> {
     pub(super) async fn checkpoint(
         &self,
         comm: &mut Communicator,
-        builder: &Builder,
+        builder: &Launched,
         inputs: &Inputs,
         p: &Prefix,
     ) -> Result<Pending, BuildError> {

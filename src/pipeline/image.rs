@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Image, ImageState, InstanceStateName, ResourceType};
 
 use super::cleanup::{Token, Undo};
-use super::launch::Builder;
+use super::launch::Launched;
 use super::source::SourceImage;
 use super::{Bake, BuildError, FoundImage, Inputs};
 use crate::aws::AwsError;
@@ -71,7 +71,7 @@ impl Bake<'_> {
     /// token): the caller keeps the image once it passed its tests.
     pub(super) async fn make_image(
         &self,
-        builder: &Builder,
+        builder: &Launched,
         inputs: &Inputs,
         name: &str,
         from: Option<&super::checkpoint::Resume>,

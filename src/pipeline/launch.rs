@@ -23,8 +23,8 @@ use crate::aws::{AwsError, Clients, Ctx};
 use crate::recipe::model::{CommunicatorKind, Imds, Recipe, SshInterface};
 use crate::remote::any::Communicator;
 
-/// A running builder and how to reach it.
-pub struct Builder {
+/// A launched instance (the builder, or a tester of the new image) and how to reach it.
+pub struct Launched {
     pub instance_id: String,
     /// Address for the recipe's SSH interface.
     pub addr: String,
@@ -73,7 +73,7 @@ impl Role {
 impl Bake<'_> {
     /// The "prepare" and "launch" stages: temporary key pair and security group, then the
     /// builder, each undo registered before the call that creates it.
-    pub(super) async fn launch(&self, source: &SourceImage) -> Result<Builder, BuildError> {
+    pub(super) async fn launch(&self, source: &SourceImage) -> Result<Launched, BuildError> {
         self.launch_as(Role::Builder, source).await
     }
 
@@ -82,7 +82,7 @@ impl Bake<'_> {
         &self,
         role: Role,
         source: &SourceImage,
-    ) -> Result<Builder, BuildError> {
+    ) -> Result<Launched, BuildError> {
         let Bake {
             clients,
             recipe,
@@ -396,7 +396,7 @@ impl Bake<'_> {
                 format!(" at {addr}")
             }
         ));
-        Ok(Builder {
+        Ok(Launched {
             instance_id: id,
             addr,
             client_key: Arc::new(client_key),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use russh::keys::{PrivateKey, PublicKey};
 use serde::Serialize;
 
-use super::launch::Builder;
+use super::launch::Launched;
 use super::{Bake, BuildError, Undo};
 use crate::recipe::model::{CommunicatorKind, Recipe, Step};
 use crate::remote::any::Communicator;
@@ -59,7 +59,7 @@ pub struct Access {
 }
 
 impl Access {
-    pub(super) fn of(builder: &Builder, recipe: &Recipe) -> Access {
+    pub(super) fn of(builder: &Launched, recipe: &Recipe) -> Access {
         let left = recipe
             .builder
             .max_lifetime
@@ -226,7 +226,7 @@ impl Bake<'_> {
         comm: &mut Communicator,
         step: &Step,
         script: &str,
-        builder: &Builder,
+        builder: &Launched,
     ) -> Result<(), BuildError> {
         loop {
             let err = match self.run_step(comm, step, script, builder).await {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpoint::{Pending, Resume};
-use super::launch::Builder;
+use super::launch::Launched;
 use super::{Bake, BuildError, Inputs};
 use crate::aws::Ctx;
 use crate::plan::{UploadPlan, prefix};
@@ -25,7 +25,7 @@ impl Bake<'_> {
     /// asked for and not waited for.
     pub(super) async fn provision(
         &self,
-        builder: &Builder,
+        builder: &Launched,
         inputs: &Inputs,
         resume: Option<&Resume>,
     ) -> Result<Vec<Pending>, BuildError> {
@@ -52,7 +52,7 @@ impl Bake<'_> {
     /// After the last step: disarm the dead-man switch and remove what bake itself put on the
     /// builder (the temporary authorized key, cloud-init's copies of the user data), so the image
     /// carries none of it. See [`super::deadman`].
-    async fn tidy(&self, comm: &mut Communicator, builder: &Builder) -> Result<(), BuildError> {
+    async fn tidy(&self, comm: &mut Communicator, builder: &Launched) -> Result<(), BuildError> {
         let Bake { recipe, ui, .. } = *self;
         let st = ui.stage(
             "tidy",
@@ -88,7 +88,7 @@ impl Bake<'_> {
     /// SSM: no session, no inbound port.
     pub(super) async fn connect_ssm(
         &self,
-        builder: &Builder,
+        builder: &Launched,
         sink: SharedSink,
     ) -> Result<Communicator, BuildError> {
         let Bake {
@@ -134,7 +134,7 @@ impl Bake<'_> {
 
     pub(super) async fn connect_ssh(
         &self,
-        builder: &Builder,
+        builder: &Launched,
         sink: SharedSink,
     ) -> Result<Communicator, BuildError> {
         let Bake { recipe, ui, .. } = *self;
@@ -168,7 +168,7 @@ impl Bake<'_> {
     async fn provision_with(
         &self,
         comm: &mut Communicator,
-        builder: &Builder,
+        builder: &Launched,
         inputs: &Inputs,
         resume: Option<&Resume>,
     ) -> Result<Vec<Pending>, BuildError> {
@@ -203,7 +203,7 @@ impl Bake<'_> {
     async fn provision_step(
         &self,
         comm: &mut Communicator,
-        builder: &Builder,
+        builder: &Launched,
         inputs: &Inputs,
         i: usize,
         checkpoints: &[prefix::Prefix],
@@ -288,7 +288,7 @@ impl Bake<'_> {
         comm: &mut Communicator,
         step: &Step,
         script: &str,
-        builder: &Builder,
+        builder: &Launched,
     ) -> Result<(), BuildError> {
         let ui = self.ui;
         retry_times(step.retries + 1, async |attempt: Attempt| {
@@ -344,7 +344,7 @@ impl Bake<'_> {
 
     /// A `reboot = true` step that exited normally: bake reboots the builder through EC2, waits for
     /// the old session to drop, then reconnects with the same pinned host key.
-    async fn reboot(&self, comm: &mut Communicator, builder: &Builder) -> Result<(), BuildError> {
+    async fn reboot(&self, comm: &mut Communicator, builder: &Launched) -> Result<(), BuildError> {
         let Bake { clients, ui, .. } = *self;
         let st = ui.stage("reboot", &format!("rebooting {}", builder.instance_id));
         clients
