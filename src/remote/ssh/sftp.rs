@@ -23,9 +23,9 @@ use super::Remote;
 use super::connect::Client;
 use super::exec::{capture, protocol};
 use crate::remote::CommError;
+use crate::remote::transfer::items::{Item, SourceFile, upload_err};
 use crate::remote::transfer::script::{as_root, program_as_root, remove_file};
 use crate::remote::transfer::sftp::{SFTP_SERVERS, finish_script, prepare_script};
-use crate::remote::transfer::staging::{Item, SourceFile, upload_err};
 use crate::remote::transfer::verify;
 
 /// How files at or above the stream threshold travel.

@@ -58,11 +58,11 @@ use super::exec::{Chunk, capture, pipe};
 use super::sftp;
 use crate::plan::{EntryKind, UploadPlan, digest};
 use crate::remote::CommError;
-use crate::remote::transfer::script::as_root;
-use crate::remote::transfer::staging::{
+use crate::remote::transfer::items::{
     Item, SourceFile, file_bytes, file_hashes, items, owners_and_roots, split_streams, tar_extract,
     tar_header, tar_mtime, upload_err,
 };
+use crate::remote::transfer::script::as_root;
 use crate::remote::transfer::tar;
 use crate::remote::transfer::verify;
 use crate::ui::SharedSink;

@@ -22,11 +22,11 @@ use super::{Done, SsmCommunicator};
 use crate::plan::{EntryKind, UploadPlan, digest};
 use crate::remote::CommError;
 use crate::remote::transfer::fetch::FETCH;
-use crate::remote::transfer::script::shell_quote;
-use crate::remote::transfer::staging::{
+use crate::remote::transfer::items::{
     Item, SourceFile, file_bytes, file_hashes, items, owners_and_roots, tar_extract, tar_header,
     tar_mtime, upload_err,
 };
+use crate::remote::transfer::script::shell_quote;
 use crate::remote::transfer::tar;
 use crate::remote::transfer::verify::{finish_outcome, hasher, verify_and_move};
 use crate::retry::{self, Backoff, Poll, PollError};

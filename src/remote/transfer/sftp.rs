@@ -2,8 +2,8 @@
 //! directory and finds `sftp-server`, and the one that verifies the temp file and moves it
 //! into place. The SFTP protocol itself is `remote::ssh::sftp`; every shell it sends is here.
 
+use super::items::Item;
 use super::script::shell_quote;
-use super::staging::Item;
 use super::verify;
 
 /// Where `sftp-server` lives on the distributions builders run; the first executable wins.

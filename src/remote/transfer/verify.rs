@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::items::{Item, upload_err};
 use super::script::shell_quote;
-use super::staging::{Item, upload_err};
 use crate::plan::digest;
 use crate::remote::CommError;
 

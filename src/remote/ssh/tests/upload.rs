@@ -304,7 +304,7 @@ async fn reconnect_after_the_connection_drops() {
 
 /// Uploads `plan` (one large file) over the SFTP transport, whatever `LARGE_FILES` says.
 async fn sftp_upload(comm: &SshCommunicator, plan: &UploadPlan) -> Result<(), CommError> {
-    let items = crate::remote::transfer::staging::items(std::slice::from_ref(plan));
+    let items = crate::remote::transfer::items::items(std::slice::from_ref(plan));
     let item = items
         .into_iter()
         .find(|i| i.kind == EntryKind::File)
