@@ -68,7 +68,7 @@ const LAYERS: &[(&[&str], &[Group])] = &[
         &[
             peers(&["sftp", "fetch"]),
             g(&["verify"]),
-            g(&["staging"]),
+            g(&["items"]),
             peers(&["script", "tar"]),
         ],
     ),
