@@ -137,17 +137,16 @@ pub(crate) fn receive_script(item: &Item) -> String {
          : >\"$t\"\n"
     );
     // Exactly `size` bytes, so the digest line after them stays on stdin. `iflag=fullblock`:
-    // from a pipe, a plain `count=` would count short reads.
+    // from a pipe, a plain `count=` would count short reads. dd's stderr stays: on success
+    // nobody reads it, on failure it names the cause (a full disk, most often).
     let (blocks, rest) = (size / DD_BLOCK, size % DD_BLOCK);
     if blocks > 0 {
         script.push_str(&format!(
-            "dd bs={DD_BLOCK} count={blocks} iflag=fullblock 2>/dev/null >>\"$t\"\n"
+            "dd bs={DD_BLOCK} count={blocks} iflag=fullblock >>\"$t\"\n"
         ));
     }
     if rest > 0 {
-        script.push_str(&format!(
-            "dd bs={rest} count=1 iflag=fullblock 2>/dev/null >>\"$t\"\n"
-        ));
+        script.push_str(&format!("dd bs={rest} count=1 iflag=fullblock >>\"$t\"\n"));
     }
     script.push_str(&format!(
         "IFS= read -r h || h=\n\
@@ -339,6 +338,40 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, CommError::Upload { .. }), "{msg}");
         assert!(msg.contains("writing on the builder failed"), "{msg}");
+    }
+
+    #[test]
+    fn a_write_error_on_the_builder_is_named_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("big");
+        let bytes = vec![5u8; 1 << 20];
+        let it = item(dest.to_str().unwrap(), &bytes);
+        let mut stream = bytes.clone();
+        stream.extend(trailer(digest_of(&bytes)));
+        // A file size limit of 64 KiB stands for a full disk: dd's write fails (EFBIG).
+        let script = format!("trap '' XFSZ; ulimit -f 128; {}", receive_script(&it));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // dd stops reading when its write fails: the rest of the stream may meet a closed pipe.
+        let _ = child.stdin.take().unwrap().write_all(&stream);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let status = out.status.code().map(|c| c as u32);
+        let e =
+            finish_outcome(status, &stderr, it.dest.clone(), String::new(), "writing").unwrap_err();
+        assert!(matches!(e, CommError::Upload { .. }), "{e}");
+        assert!(e.to_string().contains("File too large"), "{e}");
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
     }
 
     /// A file of two segments and a bit: random-ish so segments differ.
