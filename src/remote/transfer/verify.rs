@@ -257,14 +257,22 @@ mod tests {
 
     /// Runs [`receive_script`] under `sh` with exactly `bytes` on stdin.
     fn receive_raw(item: &Item, bytes: &[u8]) -> Result<(), CommError> {
+        receive_after(item, bytes, "")
+    }
+
+    /// Runs `shell` (setting up the builder's limits) and then [`receive_script`] under `sh`
+    /// in the C locale, with exactly `bytes` on stdin.
+    fn receive_after(item: &Item, bytes: &[u8], shell: &str) -> Result<(), CommError> {
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(receive_script(item))
+            .arg(format!("{shell}{}", receive_script(item)))
+            .env("LC_ALL", "C")
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        // A script that fails early stops reading: the rest may meet a closed pipe.
+        let _ = child.stdin.take().unwrap().write_all(bytes);
         let out = child.wait_with_output().unwrap();
         let expected = item.sha256.map(hex::encode).unwrap_or_default();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -348,23 +356,9 @@ mod tests {
         let it = item(dest.to_str().unwrap(), &bytes);
         let mut stream = bytes.clone();
         stream.extend(trailer(digest_of(&bytes)));
-        // A file size limit of 64 KiB stands for a full disk: dd's write fails (EFBIG).
-        let script = format!("trap '' XFSZ; ulimit -f 128; {}", receive_script(&it));
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // dd stops reading when its write fails: the rest of the stream may meet a closed pipe.
-        let _ = child.stdin.take().unwrap().write_all(&stream);
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let status = out.status.code().map(|c| c as u32);
-        let e =
-            finish_outcome(status, &stderr, it.dest.clone(), String::new(), "writing").unwrap_err();
+        // A file size limit of 64 KiB (dash counts 512-byte blocks) stands for a full disk:
+        // dd's write fails with EFBIG.
+        let e = receive_after(&it, &stream, "trap '' XFSZ; ulimit -f 128; ").unwrap_err();
         assert!(matches!(e, CommError::Upload { .. }), "{e}");
         assert!(e.to_string().contains("File too large"), "{e}");
         assert!(
